@@ -1,0 +1,71 @@
+"""``mlops ...``: the same operations as the magics, for terminals and CI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import _render, config
+from .errors import MlopsError
+
+
+def _runs(args) -> int:
+    from .tracking import list_runs
+
+    settings = config.resolve(args.project or (os.path.dirname(os.path.abspath(args.notebook))
+                                               if args.notebook else None))
+    notebook = os.path.abspath(args.notebook) if args.notebook else None
+    runs = list_runs(settings, notebook=notebook, last=args.last)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+    else:
+        header, rows = _render.runs_rows(runs)
+        print(_render.text_table(header, rows) if rows else "no tracked runs yet")
+        print(f"{len(runs)} runs · {settings.where_to_look()}")
+    return 0
+
+
+def _compare(args) -> int:
+    from .tracking import compare_runs
+
+    cmp = compare_runs(config.resolve(args.project), args.run_ids)
+    header, rows, marks = _render.compare_rows(cmp)
+    print(_render.text_table(header, rows, marks))
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlops", description="Jupyter-native MLOps from the terminal.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    runs = sub.add_parser("runs", help="tracked runs, newest first")
+    runs.add_argument("--last", type=_positive, metavar="N", help="only the N newest runs")
+    runs.add_argument("--notebook", metavar="PATH", help="only this notebook's runs")
+    runs.add_argument("--project", metavar="DIR", help="project folder (default: the working directory's)")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.set_defaults(func=_runs)
+    cmp = sub.add_parser("compare", help="params and metrics of runs side by side")
+    cmp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    cmp.add_argument("--project", metavar="DIR")
+    cmp.set_defaults(func=_compare)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MlopsError as exc:
+        print(f"mlops {args.verb}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

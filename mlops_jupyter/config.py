@@ -1,0 +1,131 @@
+"""Settings resolution: magic/CLI arguments > environment > [tool.mlops] in pyproject.toml > defaults.
+
+Cheap by design (stdlib only): it runs inside ``%load_ext``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+STATE_DIR = ".mlops"
+
+# key -> environment variables, first set wins
+ENV_VARS = {
+    "tracking_uri": ("MLOPS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+    "experiment": ("MLOPS_EXPERIMENT",),
+    "artifact_location": ("MLOPS_ARTIFACT_LOCATION",),
+}
+KNOWN_KEYS = tuple(ENV_VARS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_root: Path
+    tracking_uri: str
+    experiment: str | None = None
+    artifact_location: str | None = None
+    origin: dict = field(default_factory=dict, compare=False)  # key -> where the value came from
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_root / STATE_DIR
+
+    @property
+    def is_local_sqlite(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+    def where_to_look(self) -> str:
+        """A ready command (or URL) that opens these runs in the stock MLflow UI."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri
+        cmd = f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        if self.artifact_location:
+            cmd += f" --default-artifact-root {self.artifact_location}"
+        return cmd
+
+
+def find_project_root(start: str | os.PathLike | None = None) -> Path:
+    """Nearest folder upward holding pyproject.toml or .git; else ``start`` itself."""
+    here = Path(start or os.getcwd()).resolve()
+    if here.is_file():
+        here = here.parent
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def _pyproject_table(root: Path) -> dict:
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            table = tomllib.load(fh).get("tool", {}).get("mlops", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file so [tool.mlops] can be read.") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.mlops] in {path} must be a table, e.g. [tool.mlops] / experiment = \"demo\".")
+    out = {}
+    for key, value in table.items():
+        norm = key.replace("-", "_")
+        if norm not in KNOWN_KEYS:
+            valid = ", ".join(k.replace("_", "-") for k in KNOWN_KEYS)
+            raise ConfigError(f"[tool.mlops] in {path} has an unknown key {key!r}; the known keys are: {valid}.")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"[tool.mlops] {key} in {path} must be a non-empty string, got {value!r}.")
+        out[norm] = value.strip()
+    return out
+
+
+def _default_tracking_uri(root: Path) -> str:
+    return "sqlite:///" + (root / STATE_DIR / "mlflow.db").as_posix()
+
+
+def resolve(start: str | os.PathLike | None = None, overrides: dict | None = None,
+            env: dict | None = None) -> Settings:
+    """Settings for the project holding ``start`` (default: the working directory)."""
+    root = find_project_root(start)
+    env = os.environ if env is None else env
+    table = _pyproject_table(root)
+    values, origin = {}, {}
+    for key in KNOWN_KEYS:
+        given = (overrides or {}).get(key)
+        if given:
+            values[key], origin[key] = given, "argument"
+            continue
+        for var in ENV_VARS[key]:
+            if env.get(var):
+                values[key], origin[key] = env[var], var
+                break
+        else:
+            if key in table:
+                values[key], origin[key] = table[key], "pyproject.toml [tool.mlops]"
+    if "tracking_uri" not in values:
+        values["tracking_uri"], origin["tracking_uri"] = _default_tracking_uri(root), "default"
+        if "artifact_location" not in values:
+            art = (root / STATE_DIR / "artifacts").as_uri()
+            values["artifact_location"], origin["artifact_location"] = art, "default"
+    uri = values["tracking_uri"]
+    if "://" not in uri and not uri.startswith(("sqlite:", "databricks")):
+        # a bare folder is MLflow's file store, refused by MLflow 3 by default
+        raise ConfigError(
+            f"tracking URI {uri!r} (from {origin['tracking_uri']}) is not a URI; use a database URI such as "
+            f"sqlite:///{(root / STATE_DIR / 'mlflow.db').as_posix()} or a server URL such as "
+            "http://127.0.0.1:5000.")
+    return Settings(project_root=root, origin=origin, **values)
+
+
+def ensure_state_dir(settings: Settings) -> Path:
+    """Create ``.mlops/`` with a .gitignore of its own, so git never picks it up."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    ignore = state / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by mlops-jupyter: local tracking state stays out of git\n*\n")
+    return state

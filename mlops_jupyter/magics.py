@@ -1,0 +1,270 @@
+"""``%mlops`` / ``%%mlops``: argument parsing and display only; the work happens in the core."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from . import _render
+from .errors import MlopsError
+from .tracking.session import RunOptions, Tracker
+
+VERBS = ("init", "run", "autotrack", "runs", "compare")
+_SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes become one clean UsageError naming the argument and the right form."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}. Right form: {self.format_usage().strip()[len('usage: '):]}")
+
+    def exit(self, status=0, message=None):  # --help
+        if message:
+            raise UsageError(message)
+        raise UsageError(self.format_help())
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. team=vision)")
+    return key.strip(), value.strip()
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated variable names, e.g. acc,loss")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _parsers() -> dict:
+    p = {}
+    p["init"] = _Parser(prog="%mlops init", add_help=False)
+    p["init"].add_argument("--experiment", metavar="NAME")
+    p["init"].add_argument("--tracking-uri", metavar="URI")
+    p["run"] = _Parser(prog="%%mlops run", add_help=False)
+    p["run"].add_argument("--name", metavar="N")
+    p["run"].add_argument("--metrics", type=_names, default=[], metavar="acc,loss")
+    p["run"].add_argument("--tag", type=_key_value, action="append", default=[], metavar="k=v")
+    p["run"].add_argument("--param", type=_key_value, action="append", default=[], metavar="k=v")
+    p["autotrack"] = _Parser(prog="%mlops autotrack", add_help=False)
+    p["autotrack"].add_argument("state", choices=["on", "off"])
+    p["runs"] = _Parser(prog="%mlops runs", add_help=False)
+    p["runs"].add_argument("--last", type=_positive, metavar="N")
+    p["runs"].add_argument("--all", action="store_true", help="every tracked run of the project's store")
+    p["compare"] = _Parser(prog="%mlops compare", add_help=False)
+    p["compare"].add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    return p
+
+
+PARSERS = _parsers()
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%mlops: cannot read the arguments ({exc}); check the quotes in: {line}") from None
+
+
+def _run_header(raw: str):
+    """For a ``%%mlops run ...`` cell: (options, body, magic line); None for any other cell.
+    Raises UsageError for a run line with bad arguments."""
+    text = raw.lstrip("\n")
+    if not text.startswith("%%mlops"):
+        return None
+    first, _, body = text.partition("\n")
+    words = _split(first[len("%%mlops"):])
+    if not words or words[0] != "run":
+        return None
+    ns = PARSERS["run"].parse_args(words[1:])
+    return RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param)), body, first
+
+
+def _trackable(raw: str) -> bool:
+    lines = [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not lines or lines[0].startswith(_SKIP_AUTOTRACK):
+        return False
+    return not all(ln.startswith(("%", "!")) for ln in lines)
+
+
+@magics_class
+class MlopsMagics(Magics):
+    def __init__(self, shell, tracker: Tracker):
+        super().__init__(shell)
+        self.tracker = tracker
+        self._nested = False
+        self._header_cache = (None, None)
+
+    # ---- the hooks that make ``%%mlops run`` and autotrack work ----------------------------
+    def _header(self, raw: str):
+        if self._header_cache[0] != raw:
+            try:
+                parsed = _run_header(raw)
+            except UsageError:
+                parsed = None  # left to the cell magic, which reports it
+            self._header_cache = (raw, parsed)
+        return self._header_cache[1]
+
+    def strip_run_header(self, lines: list[str]) -> list[str]:
+        """Input transformer: a valid ``%%mlops run`` cell executes as its plain body, so its
+        exceptions, output and last value behave exactly as in an untracked cell."""
+        if lines and lines[0].startswith("%%mlops") and self._header("".join(lines)) is not None:
+            return lines[1:]
+        return lines
+
+    def pre_run_cell(self, info) -> None:
+        if self._nested or getattr(info, "silent", False):
+            return
+        try:
+            raw, cell_id = info.raw_cell, getattr(info, "cell_id", None)
+            if self.tracker.configured:
+                self.tracker.note_cell(raw, cell_id)
+            parsed = self._header(raw)
+            if parsed is not None:
+                opts, body, first = parsed
+                self.tracker.begin(body, opts, cell_id, magic=first)
+            elif self.tracker.autotrack and _trackable(raw) and not self.tracker.is_parameters_cell(raw, cell_id):
+                self.tracker.begin(raw, RunOptions(), cell_id)
+        except MlopsError as exc:
+            print(f"mlops: this cell is not tracked: {exc}")
+
+    def post_run_cell(self, result) -> None:
+        if not self._nested:
+            self.tracker.finish(result)
+
+    # ---- %mlops VERB ... --------------------------------------------------------------------
+    @line_cell_magic
+    def mlops(self, line: str, cell: str | None = None):
+        """%mlops init|autotrack|runs|compare ... and %%mlops run: see the README."""
+        words = _split(line)
+        if not words or words[0] not in VERBS:
+            got = f"unknown verb {words[0]!r}" if words else "a verb is missing"
+            raise UsageError(f"%mlops: {got}; use one of: {', '.join(VERBS)} (e.g. `%mlops runs --last 5`).")
+        verb, args = words[0], words[1:]
+        if (verb == "run") != (cell is not None):
+            raise UsageError("%mlops run is a cell magic: put `%%mlops run [--name N] [--metrics acc,loss]` "
+                             "on the first line of the cell." if verb == "run" else
+                             f"%%mlops {verb} is a line magic: write `%mlops {verb} ...` on a line of its own.")
+        ns = PARSERS[verb].parse_args(args)
+        try:
+            return getattr(self, f"_{verb}")(ns, cell)
+        except MlopsError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _init(self, ns, _cell):
+        s = self.tracker.configure(experiment=ns.experiment, tracking_uri=ns.tracking_uri)
+        nb = self.tracker.notebook_path() or "(notebook path unknown: runs are tagged by project only)"
+        print(f"mlops: tracking {nb} → experiment '{self.tracker.experiment}' in {s.tracking_uri} "
+              f"({s.origin.get('tracking_uri')}) · project {s.project_root}")
+
+    def _run(self, ns, cell):
+        # reached only when the input transformer did not run (e.g. run_cell_magic called directly)
+        opts = RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param))
+        self.tracker.begin(cell, opts)
+        self._nested = True
+        try:
+            result = self.shell.run_cell(cell, store_history=False)
+        finally:
+            self._nested = False
+        self.tracker.finish(result)
+
+    def _autotrack(self, ns, _cell):
+        if not self.tracker.configured:
+            self.tracker.configure()
+        self.tracker.autotrack = ns.state == "on"
+        print(f"mlops: autotrack {ns.state}" + (": every code cell you run becomes a run in experiment "
+                                                f"'{self.tracker.experiment}'" if ns.state == "on" else ""))
+
+    def _runs(self, ns, _cell):
+        from .tracking import query
+
+        if not self.tracker.configured:
+            self.tracker.configure()
+        waiting = self.tracker.flush()
+        nb = None if ns.all else self.tracker.notebook_path()
+        runs = query.list_runs(self.tracker.settings, notebook=nb, last=ns.last)
+        header, rows = _render.runs_rows(runs)
+        caption = f"{len(runs)} runs of {nb or 'this project'}"
+        if waiting:
+            caption += f" · {waiting} more still being written ({self.tracker.degraded or 'store busy'})"
+        return _render.Table(header, rows, caption=caption)
+
+    def _compare(self, ns, _cell):
+        from .tracking import query
+
+        if not self.tracker.configured:
+            self.tracker.configure()
+        self.tracker.flush()
+        cmp = query.compare_runs(self.tracker.settings, ns.run_ids)
+        header, rows, marks = _render.compare_rows(cmp)
+        n = sum(marks)
+        return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
+
+
+def load(shell) -> None:
+    tracker = Tracker(shell)
+    magics = MlopsMagics(shell, tracker)
+    shell.register_magics(magics)
+    shell.events.register("pre_run_cell", magics.pre_run_cell)
+    shell.events.register("post_run_cell", magics.post_run_cell)
+    shell.input_transformers_cleanup.append(magics.strip_run_header)
+    _wrap_outputs(shell, tracker)
+    shell._mlops_magics = magics
+    try:  # a kernel that died earlier in this project leaves no run RUNNING
+        from . import config
+        from .tracking import journal
+
+        journal.finish_orphans(config.find_project_root() / config.STATE_DIR)
+    except OSError:
+        pass
+
+
+def unload(shell) -> None:
+    magics = getattr(shell, "_mlops_magics", None)
+    if magics is None:
+        return
+    shell.events.unregister("pre_run_cell", magics.pre_run_cell)
+    shell.events.unregister("post_run_cell", magics.post_run_cell)
+    if magics.strip_run_header in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.remove(magics.strip_run_header)
+    for obj, name in ((shell.display_pub, "publish"), (shell.displayhook, "write_format_data")):
+        if hasattr(getattr(obj, name), "_mlops_original"):
+            setattr(obj, name, getattr(obj, name)._mlops_original)
+    magics.tracker.close()
+    del shell._mlops_magics
+
+
+def _wrap_outputs(shell, tracker: Tracker) -> None:
+    """Copy rich outputs (display() calls, inline figures, the cell's value) into the cell's run."""
+    publish = shell.display_pub.publish
+
+    def publish_and_keep(data, metadata=None, *args, **kwargs):
+        tracker.capture_output({"output_type": "display_data", "data": data, "metadata": metadata or {}})
+        return publish(data, metadata, *args, **kwargs)
+
+    write = shell.displayhook.write_format_data
+
+    def write_and_keep(format_dict, md_dict=None):
+        tracker.capture_output({"output_type": "execute_result", "data": format_dict, "metadata": md_dict or {}})
+        return write(format_dict, md_dict)
+
+    publish_and_keep._mlops_original, write_and_keep._mlops_original = publish, write
+    shell.display_pub.publish = publish_and_keep
+    shell.displayhook.write_format_data = write_and_keep

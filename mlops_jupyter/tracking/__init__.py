@@ -1,0 +1,10 @@
+"""Notebook cells as MLflow runs.
+
+Public surface for the front doors: ``Tracker`` / ``RunOptions`` (kernel side),
+``list_runs`` / ``compare_runs`` / ``get_runs`` (reading runs back, lazily importing mlflow).
+"""
+
+from .query import compare_runs, get_runs, list_runs
+from .session import RunOptions, Tracker
+
+__all__ = ["Tracker", "RunOptions", "list_runs", "compare_runs", "get_runs"]

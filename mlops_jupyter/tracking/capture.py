@@ -1,0 +1,87 @@
+"""What a tracked run records beyond the kernel's own observations: parameters parsed from cell
+sources, git state, the Python environment. Runs in the recorder process, off the notebook's path."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def to_python(source: str) -> str:
+    """IPython cell syntax (magics, shell escapes) -> plain Python, for parsing."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
+def literal_assignments(source: str) -> dict:
+    """Top-level ``name = <literal>`` assignments of a cell, in order (later ones win)."""
+    try:
+        tree = ast.parse(to_python(source))
+    except SyntaxError:
+        return {}
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name):
+                found[target.id] = literal
+            elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(literal, (tuple, list)) \
+                    and len(target.elts) == len(literal):
+                found.update({t.id: v for t, v in zip(target.elts, literal) if isinstance(t, ast.Name)})
+    return found
+
+
+def param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict, bool)) \
+        or value is None else repr(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _git(root: str, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(root: str) -> dict:
+    """{"commit", "dirty", "diff"} of the project's git repo; {} when it is not one."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+    dirty = bool(status.strip())
+    return {"commit": commit.strip(), "dirty": dirty, "diff": _git(root, "diff", "HEAD") if dirty else None}
+
+
+def environment() -> dict:
+    """Python version and installed distributions (the equivalent of ``pip freeze``)."""
+    dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
+                    if d.metadata["Name"]}, key=str.lower)
+    return {
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+                   "executable": sys.executable, "platform": platform.platform()},
+        "requirements": "\n".join(dists) + "\n",
+    }

@@ -1,0 +1,113 @@
+"""Reading runs back from the store: the one code path behind ``%mlops runs``, ``mlops runs``,
+``%mlops compare`` and the server's /mlops/runs route."""
+
+from __future__ import annotations
+
+import os
+
+from ..config import Settings
+from ..errors import MlopsError
+from . import tags as T
+
+
+def _client(settings: Settings):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def _summary(run) -> dict:
+    tags = run.data.tags
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "experiment_id": run.info.experiment_id,
+        "notebook": tags.get(T.NOTEBOOK),
+        "cell_id": tags.get(T.CELL_ID),
+        "cell_key": tags.get(T.CELL_KEY),
+        "execution_count": int(tags[T.EXECUTION_COUNT]) if tags.get(T.EXECUTION_COUNT, "").isdigit() else None,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+    }
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, last: int | None = None) -> list[dict]:
+    """Tracked runs, newest first: those of ``notebook`` (an absolute path) or all tracked runs."""
+    if last is not None and last < 1:
+        raise MlopsError(f"--last must be a positive number of runs, got {last}.")
+    if not store_ready(settings.tracking_uri):
+        return []
+    client = _client(settings)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    flt = f"tags.`{T.NOTEBOOK}` = '{_quote(os.fspath(notebook))}'" if notebook else f"tags.`{T.RECORD}` != ''"
+    runs, token = [], None
+    while True:
+        want = min(1000, (last - len(runs)) if last else 1000)
+        page = client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time DESC"],
+                                  max_results=want, page_token=token)
+        runs.extend(_summary(r) for r in page)
+        token = page.token
+        if not token or (last and len(runs) >= last):
+            return runs
+
+
+def get_runs(settings: Settings, run_ids: list[str]) -> list:
+    """MLflow Run objects for ``run_ids``; a clear error names any id the store lacks."""
+    from mlflow.exceptions import MlflowException
+
+    client, runs = _client(settings), []
+    for rid in run_ids:
+        try:
+            runs.append(client.get_run(rid))
+        except MlflowException:
+            raise MlopsError(f"no run {rid!r} in the tracking store {settings.tracking_uri}; "
+                             "`%mlops runs` lists the run ids of this notebook.") from None
+    return runs
+
+
+def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
+    """Params and metrics of several runs side by side; ``differs`` lists keys whose values differ."""
+    if len(run_ids) < 2:
+        raise MlopsError("compare needs two or more run ids, e.g. `%mlops compare 3f2a9c 81be07`.")
+    runs = get_runs(settings, run_ids)
+
+    def table(kind):
+        keys = sorted(set().union(*(getattr(r.data, kind).keys() for r in runs)))
+        rows = {k: [getattr(r.data, kind).get(k) for r in runs] for k in keys}
+        return rows, [k for k, vals in rows.items() if len({repr(v) for v in vals}) > 1]
+
+    params, pdiff = table("params")
+    metrics, mdiff = table("metrics")
+    return {
+        "runs": [_summary(r) for r in runs],
+        "params": params,
+        "metrics": metrics,
+        "differs": {"params": pdiff, "metrics": mdiff},
+    }
+
+
+def store_ready(tracking_uri: str) -> bool:
+    """False for a local SQLite store that does not exist yet or is still being created (by a
+    recorder, say): opening it then would start a second schema migration on the same file."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return True
+    path = tracking_uri[len("sqlite:///"):].split("?")[0]
+    if not os.path.exists(path):
+        return False
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as con:
+            # MLflow creates the Default experiment after its last migration
+            return con.execute("SELECT count(*) FROM experiments").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False

@@ -1,0 +1,371 @@
+"""The recorder: a process per kernel that applies the kernel's journal to the MLflow store.
+
+It runs beside the kernel (``--follow``: woken through stdin, reporting on stdout) so that no
+MLflow write ever sits on a cell's critical path or competes with it for the GIL, and it outlives
+the kernel: when stdin closes (kernel exit or SIGKILL) it writes what is left, ends any run whose
+cell never finished as KILLED, and removes the journal. If the store is down it retries with
+backoff; whatever it cannot write stays in the journal for the next recorder.
+
+    python -m mlops_jupyter.tracking.recorder JOURNAL [--follow]
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import capture
+from . import tags as T
+from .journal import dumps, side_file, try_lock
+
+EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # retrying a failing store after the kernel is gone
+SLOW_OP_S = 3.0  # an op slower than this is reported as "store not answering"
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+             "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED"}
+MIME_FILES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "text/html": "html",
+              "text/markdown": "md", "application/json": "json", "text/plain": "txt"}
+
+
+class StoreDown(Exception):
+    pass
+
+
+class Recorder:
+    def __init__(self, journal: Path, follow: bool):
+        self.journal = journal
+        self.follow = follow
+        self.state_path = side_file(journal, ".state")
+        self.state = {"offset": 0, "step": 0, "attempting": None, "runs": {}, "open": {},
+                      "env_run": None}
+        if self.state_path.exists():
+            self.state.update(json.loads(self.state_path.read_text()))
+        self.clients, self.experiments = {}, {}
+        self.wake, self.eof = threading.Event(), threading.Event()
+        self.degraded = False
+        self._env = None
+
+    # ---- talking to the kernel -------------------------------------------------------------
+    def emit(self, **event) -> None:
+        if not self.follow:
+            return
+        try:
+            sys.stdout.write(json.dumps(event, default=str) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the kernel is gone; the journal still holds everything
+
+    def _read_stdin(self) -> None:
+        try:
+            while os.read(sys.stdin.fileno(), 4096):
+                self.wake.set()
+        except OSError:
+            pass
+        self.eof.set()
+        self.wake.set()
+
+    # ---- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        lock = try_lock(side_file(self.journal, ".recorder.lock"))
+        if lock is None:
+            return 0  # another recorder owns this journal
+        if self.follow:
+            threading.Thread(target=self._read_stdin, daemon=True).start()
+        deadline = None
+        while True:
+            if (self.eof.is_set() or not self.follow) and deadline is None:
+                deadline = time.monotonic() + EXIT_GRACE_S
+            caught_up = self.drain(deadline)
+            if deadline is not None:
+                if caught_up and self.finish(deadline):
+                    self.cleanup()
+                lock.close()
+                return 0
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+
+    def drain(self, deadline) -> bool:
+        """Apply every complete line past the saved offset; False if the store stopped us."""
+        with open(self.journal, "rb") as fh:
+            fh.seek(self.state["offset"])
+            data = fh.read()
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # a line the kernel is still writing
+            try:
+                op = json.loads(raw)
+            except ValueError:
+                op = {"op": "corrupt"}
+            if not self.retrying(self.apply, op, deadline):
+                return False
+            self.state.update(offset=self.state["offset"] + len(raw), step=0, attempting=None)
+            self.save()
+        return True
+
+    def retrying(self, fn, op, deadline) -> bool:
+        delay = 0.25
+        while True:
+            watchdog = threading.Timer(SLOW_OP_S, self._report_slow)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                fn(op)
+            except StoreDown as exc:
+                self._report_down(exc)
+            except Exception as exc:  # noqa: BLE001 - classify below, never die on a store error
+                if getattr(exc, "error_code", None) in PERMANENT:
+                    self.emit(event="warning", key=op.get("key"), message=f"{type(exc).__name__}: {exc}")
+                    print(f"mlops recorder: skipped part of {op.get('op')}: {exc}", file=sys.stderr)
+                    return True
+                self._report_down(exc)
+            else:
+                if self.degraded:
+                    self.degraded = False
+                    self.emit(event="recovered")
+                return True
+            finally:
+                watchdog.cancel()
+            if deadline is not None:
+                if time.monotonic() + delay > deadline:
+                    return False
+                time.sleep(delay)
+            elif self.eof.wait(timeout=delay):
+                return False  # kernel gone: the main loop retries under the exit deadline
+            delay = min(delay * 2, 5.0)
+
+    def _report_down(self, exc) -> None:
+        print(f"mlops recorder: store error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if not self.degraded:
+            self.degraded = True
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            self.emit(event="degraded", error=first, journal=str(self.journal))
+
+    def _report_slow(self) -> None:
+        if not self.degraded:
+            self.degraded = True
+            self.emit(event="degraded", error="the tracking store is not answering", journal=str(self.journal))
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(dumps(self.state))
+        os.replace(tmp, self.state_path)
+
+    def steps(self, *fns) -> None:
+        """Run an op's steps, skipping those a previous attempt finished (ops are not all idempotent)."""
+        for i, fn in enumerate(fns):
+            if i < self.state["step"]:
+                continue
+            fn()
+            self.state["step"] = i + 1
+            self.save()
+
+    # ---- MLflow ----------------------------------------------------------------------------
+    def client(self, uri: str):
+        if uri not in self.clients:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            if uri.startswith("sqlite:///"):
+                # two recorders creating one new SQLite store would run its migrations twice at once
+                with open(uri[len("sqlite:///"):].split("?")[0] + ".init-lock", "a") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    client.search_experiments(max_results=1)
+            self.clients[uri] = client
+        return self.clients[uri]
+
+    def experiment_id(self, uri: str, name: str, artifact_location: str | None) -> str:
+        if (uri, name) in self.experiments:
+            return self.experiments[(uri, name)]
+        client = self.client(uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(name, artifact_location=artifact_location)
+            except Exception as exc:  # noqa: BLE001 - another kernel created it first
+                if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp_id = client.get_experiment_by_name(name).experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp_id)
+                self.emit(event="warning", message=f"experiment {name!r} was deleted; restored it to record runs")
+        self.experiments[(uri, name)] = exp_id
+        return exp_id
+
+    def apply(self, op: dict) -> None:
+        kind = op.get("op")
+        if kind == "start":
+            self.start(op)
+        elif kind == "end":
+            self.end(op)
+        elif kind == "experiment":
+            self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
+            self.emit(event="experiment", experiment=op["experiment"])
+
+    def start(self, op: dict) -> None:
+        key, uri = op["key"], op["tracking_uri"]
+        client = self.client(uri)
+        root = op.get("project_root") or os.getcwd()
+        git = capture.git_state(root)
+        params = {}
+        for src in op.get("param_sources", []):
+            params.update(capture.literal_assignments(src))
+        params.update(capture.literal_assignments(op.get("source", "")))
+        skip = set(op.get("metric_names", []))  # a literal metric (acc = 0.9) is a metric, not a param
+        params = {k: capture.param_value(v) for k, v in params.items() if k not in skip}
+        params.update({k: str(v) for k, v in op.get("params", {}).items()})
+
+        def create():
+            if key in self.state["runs"]:
+                return
+            exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
+            if self.state["attempting"] == self.state["offset"]:
+                # a previous attempt may have created the run before we could save its id
+                found = client.search_runs([exp_id], filter_string=f"tags.`{T.RECORD}` = '{key}'")
+                if found:
+                    self.state["runs"][key] = found[0].info.run_id
+                    return
+            self.state["attempting"] = self.state["offset"]
+            self.save()
+            notebook = op.get("notebook") or ""
+            run_tags = {
+                T.RECORD: key, T.KERNEL: op.get("kernel", ""), T.HOST: socket.gethostname(),
+                T.CELL_KEY: op.get("cell_key", ""), T.SOURCE_HASH: capture.source_hash(op.get("source", "")),
+                "mlflow.user": op.get("user", ""), "mlflow.source.type": "NOTEBOOK",
+                "mlflow.note.content": f"Cell [{op.get('execution_count')}] of `{notebook or 'an unsaved notebook'}`"
+                                       f"\n\n```python\n{op.get('source', '')}\n```",
+            }
+            if notebook:
+                run_tags.update({T.NOTEBOOK: notebook, "mlflow.source.name": notebook})
+            if op.get("cell_id"):
+                run_tags[T.CELL_ID] = op["cell_id"]
+            if op.get("execution_count") is not None:
+                run_tags[T.EXECUTION_COUNT] = str(op["execution_count"])
+            if git:
+                run_tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
+                                 T.GIT_DIRTY: str(git["dirty"]).lower()})
+            run_tags.update(op.get("tags", {}))
+            run = client.create_run(exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
+            self.state["runs"][key] = run.info.run_id
+            self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
+                                       "source": op.get("source", "")}
+            self.emit(event="run", key=key, run_id=run.info.run_id, experiment_id=exp_id)
+
+        def files():
+            run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tmp, "cell").mkdir()
+                Path(tmp, "cell", "source.py").write_text(info.get("source", ""))
+                if info.get("git_diff"):
+                    Path(tmp, "git").mkdir()
+                    Path(tmp, "git", "diff.patch").write_text(info["git_diff"])
+                if self.state["env_run"] is None:
+                    env = capture.environment()
+                    Path(tmp, "environment").mkdir()
+                    Path(tmp, "environment", "requirements.txt").write_text(env["requirements"])
+                    Path(tmp, "environment", "python.json").write_text(json.dumps(env["python"], indent=2))
+                client.log_artifacts(run_id, tmp)
+            if self.state["env_run"] is None:
+                self.state["env_run"] = run_id
+            client.set_tag(run_id, T.ENVIRONMENT, f"runs:/{self.state['env_run']}/environment")
+
+        self.steps(create, files)
+
+    def end(self, op: dict) -> None:
+        key = op["key"]
+        run_id = self.state["runs"].get(key)
+        if run_id is None:
+            return  # its start was skipped as permanently invalid
+        info = self.state["open"].get(key, {"uri": op.get("tracking_uri")})
+        client = self.client(info["uri"])
+        counts = {}
+
+        def values():
+            from mlflow.entities import Metric, Param
+
+            existing = client.get_run(run_id).data
+            params = {k: v for k, v in info.get("params", {}).items() if k not in existing.params}
+            metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
+            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+            counts["params"] = len(existing.params) + len(params)
+            counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
+
+        def files():
+            counts["artifacts"] = self.write_outputs(client, run_id, op)
+
+        def terminate():
+            client.set_terminated(run_id, op["status"], end_time=op["t"])
+            self.state["open"].pop(key, None)
+            self.emit(event="done", key=key, run_id=run_id, status=op["status"], counts=counts)
+
+        self.steps(values, files, terminate)
+
+    def write_outputs(self, client, run_id: str, op: dict) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            cell = Path(tmp, "cell")
+            cell.mkdir()
+            for name in ("stdout", "stderr", "traceback"):
+                if op.get(name):
+                    (cell / f"{name}.txt").write_text(op[name])
+            outputs = op.get("outputs", [])
+            if outputs:
+                (cell / "outputs.json").write_text(json.dumps(outputs, indent=1, default=str))
+                folder = cell / "outputs"
+                folder.mkdir()
+                for i, out in enumerate(outputs):
+                    for mime, data in out.get("data", {}).items():
+                        ext = MIME_FILES.get(mime)
+                        if ext is None or (mime == "text/plain" and len(out["data"]) > 1):
+                            continue  # text/plain beside a richer form is only its fallback
+                        path = folder / f"{i:03d}.{ext}"
+                        if mime in ("image/png", "image/jpeg"):
+                            path.write_bytes(base64.b64decode(data))
+                        else:
+                            path.write_text(data if isinstance(data, str) else json.dumps(data))
+            files = [p for p in Path(tmp).rglob("*") if p.is_file()]
+            if files:
+                client.log_artifacts(run_id, tmp)
+            return len(files)
+
+    def finish(self, deadline) -> bool:
+        """Runs whose cell never reported back (kernel died mid-cell) end KILLED."""
+        for key in list(self.state["open"]):
+            run_id = self.state["runs"][key]
+            info = self.state["open"][key]
+
+            def kill(_op, run_id=run_id, info=info):
+                client = self.client(info["uri"])
+                client.set_tag(run_id, "mlops.end_reason", "the kernel exited before the cell finished")
+                client.set_terminated(run_id, "KILLED")
+
+            if not self.retrying(kill, {"op": "kill", "key": key}, deadline):
+                return False
+            self.state["open"].pop(key)
+            self.save()
+        return True
+
+    def cleanup(self) -> None:
+        for suffix in (".jsonl", ".state", ".lock", ".log", ".recorder.lock"):
+            try:
+                side_file(self.journal, suffix).unlink()
+            except FileNotFoundError:
+                pass
+
+
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    follow = "--follow" in args
+    journal = Path([a for a in args if a != "--follow"][0])
+    return Recorder(journal, follow).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

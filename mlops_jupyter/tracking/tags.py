@@ -1,0 +1,13 @@
+"""Tag names a tracked run carries (part of the user's surface: searchable in MLflow)."""
+
+NOTEBOOK = "mlops.notebook"
+CELL_ID = "mlops.cell_id"
+CELL_KEY = "mlops.cell_key"
+EXECUTION_COUNT = "mlops.execution_count"
+SOURCE_HASH = "mlops.source_hash"
+KERNEL = "mlops.kernel"
+RECORD = "mlops.record"  # our journal key: makes replays idempotent
+GIT_COMMIT = "mlops.git.commit"
+GIT_DIRTY = "mlops.git.dirty"
+ENVIRONMENT = "mlops.environment"  # runs:/<id>/environment of the kernel session's first run
+HOST = "mlops.host"

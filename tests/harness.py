@@ -1,0 +1,186 @@
+"""Real engines for tests: temp projects with git, real kernels (jupyter_client), the real store."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import nbformat
+
+CLEAN_VARS = ("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_EXPERIMENT", "MLOPS_ARTIFACT_LOCATION",
+              "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "JPY_SESSION_NAME", "MLOPS_NOTEBOOK")
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout
+
+
+def make_git_project(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n')
+    git(root, "init", "-q")
+    git(root, "add", "pyproject.toml")
+    git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+def store_uri(root: Path) -> str:
+    return "sqlite:///" + (root / ".mlops" / "mlflow.db").as_posix()
+
+
+def client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store_uri(root))
+
+
+def all_runs(root: Path, uri: str | None = None):
+    from mlflow import MlflowClient
+
+    from mlops_jupyter.tracking.query import store_ready
+
+    if not store_ready(uri or store_uri(root)):
+        return []  # never race the recorder's schema creation
+    c = MlflowClient(tracking_uri=uri or store_uri(root))
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, order_by=["attributes.start_time ASC"]) if ids else []
+
+
+def artifacts(root: Path, run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri or store_uri(root))
+    out = []
+    for item in c.list_artifacts(run_id, path):
+        out.extend(artifacts(root, run_id, item.path, uri) if item.is_dir else [item.path])
+    return out
+
+
+def read_artifact(root: Path, run_id: str, path: str) -> str:
+    return Path(client(root).download_artifacts(run_id, path)).read_text()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def notebook(path: Path, cells: list, kernel: str = "python3") -> Path:
+    """cells: source strings, or (source, tags) pairs."""
+    nb = nbformat.v4.new_notebook()
+    for cell in cells:
+        src, tags = (cell, []) if isinstance(cell, str) else cell
+        c = nbformat.v4.new_code_cell(src)
+        if tags:
+            c.metadata["tags"] = list(tags)
+        nb.cells.append(c)
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def recorder_pids(journal_dir_hint: str = "") -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "mlops_jupyter.tracking.recorder" in cmd and journal_dir_hint in cmd:
+            pids.append(p.info["pid"])
+    return pids
+
+
+class Kernel:
+    """A real ipykernel through jupyter_client; ``run`` returns (reply content, iopub messages)."""
+
+    def __init__(self, cwd: Path, env: dict | None = None):
+        from jupyter_client import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")
+        base = {k: v for k, v in os.environ.items() if k not in CLEAN_VARS}
+        self.km.start_kernel(cwd=str(cwd), env={**base, **(env or {})})
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid
+
+    def run(self, code: str, cell_id: str | None = None, timeout: float = 60, wait: bool = True):
+        msg = self.kc.session.msg("execute_request", {
+            "code": code, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": True}, metadata={"cellId": cell_id} if cell_id else {})
+        self.kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
+        if not wait:
+            return msg_id
+        return self.collect(msg_id, timeout)
+
+    def collect(self, msg_id: str, timeout: float = 60):
+        outputs, deadline = [], time.monotonic() + timeout
+        while True:
+            try:
+                m = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"kernel gave no idle status within {timeout}s") from None
+            if m["parent_header"].get("msg_id") != msg_id:
+                outputs.append(m)  # e.g. display updates sent from the recorder-events thread
+                continue
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                break
+            outputs.append(m)
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        return reply["content"], outputs
+
+    def drain_iopub(self, seconds: float) -> list:
+        msgs, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                msgs.append(self.kc.get_iopub_msg(timeout=0.1))
+            except queue.Empty:
+                pass
+        return msgs
+
+    def shutdown(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            if self.km.is_alive():
+                self.km.shutdown_kernel(now=False)
+
+
+@contextmanager
+def kernel(cwd: Path, env: dict | None = None):
+    k = Kernel(cwd, env)
+    try:
+        yield k
+    finally:
+        k.shutdown()
+
+
+def text_of(msgs: list) -> str:
+    """All text a cell showed: streams, plain-text displays and errors."""
+    parts = []
+    for m in msgs:
+        c = m["content"]
+        if m["msg_type"] == "stream":
+            parts.append(c["text"])
+        elif m["msg_type"] in ("display_data", "execute_result", "update_display_data"):
+            parts.append(c["data"].get("text/plain", ""))
+        elif m["msg_type"] == "error":
+            parts.append(f"{c['ename']}: {c['evalue']}")
+    return "\n".join(parts)

@@ -1,0 +1,147 @@
+"""Tracking in real kernels: JupyterLab-style sessions, papermill, SIGKILL, a store that is down."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import (all_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
+                     text_of, wait_for)
+
+
+def finished_runs(root, n, uri=None):
+    def ready():
+        runs = all_runs(root, uri)
+        return runs if len(runs) >= n and all(r.info.status != "RUNNING" for r in runs) else None
+    return wait_for(ready, timeout=60, what=f"{n} finished runs")
+
+
+def test_lab_session_records_notebook_cell_parameters_and_figure(project):
+    nb = notebook(project / "train.ipynb", [("lr = 0.05\nepochs = 3", ["parameters"]), "x"])
+    import nbformat
+
+    params_id = nbformat.read(nb, as_version=4).cells[0].id
+    with kernel(project, env={"JPY_SESSION_NAME": str(nb)}) as k:
+        reply, _ = k.run("%load_ext mlops_jupyter\n%mlops init")
+        assert reply["status"] == "ok"
+        assert k.run("lr = 0.05\nepochs = 3", cell_id=params_id)[0]["status"] == "ok"
+        reply, msgs = k.run("%%mlops run --metrics acc\nimport matplotlib.pyplot as plt\n"
+                            "plt.plot([1, 2, 3])\nacc = 0.91\nprint('fit')", cell_id="cell-fit")
+        assert reply["status"] == "ok"
+        later = k.drain_iopub(3.0)
+    (run,) = finished_runs(project, 1)
+    assert run.data.tags["mlops.notebook"] == str(nb)
+    assert run.data.tags["mlops.cell_id"] == "cell-fit"
+    assert run.data.tags["mlflow.source.name"] == str(nb)
+    assert run.data.params == {"lr": "0.05", "epochs": "3"}
+    assert run.data.metrics == {"acc": pytest.approx(0.91)}
+    assert any(p.endswith(".png") for p in artifacts(project, run.info.run_id, "cell/outputs"))
+    # one summary line under the cell, completed in place once the recorder has written the run
+    shown = text_of(msgs + later)
+    assert "mlops: run" in shown and run.info.run_id in shown and "mlflow ui --backend-store-uri" in shown
+
+
+def test_papermill_run_records_injected_parameters(project):
+    nb = notebook(project / "pm.ipynb", [
+        "%load_ext mlops_jupyter\n%mlops init",
+        ("lr = 0.1\nlayers = [8, 4]", ["parameters"]),
+        "%%mlops run --metrics score\nscore = lr * 10",
+    ])
+    subprocess.run([sys.executable, "-m", "papermill", str(nb), str(project / "out.ipynb"), "-p", "lr", "0.3",
+                    "--log-level", "WARNING"], cwd=project, check=True, timeout=300)
+    (run,) = finished_runs(project, 1)
+    assert run.data.params == {"lr": "0.3", "layers": "[8, 4]"}
+    assert run.data.metrics == {"score": pytest.approx(3.0)}
+    assert run.data.tags["mlops.notebook"] == str(nb)
+
+
+@pytest.mark.parametrize("recorder_dies_too", [False, True])
+def test_sigkilled_kernel_leaves_no_run_running(project, recorder_dies_too):
+    with kernel(project) as k:
+        k.run("%load_ext mlops_jupyter\n%mlops init")
+        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker._recorder.pid)")
+        recorder = int(text_of(msgs).strip())
+        k.run("%%mlops run --name long\nimport time\ntime.sleep(120)", wait=False)
+        wait_for(lambda: [r for r in all_runs(project) if r.info.status == "RUNNING"], timeout=60,
+                 what="the long cell's run to start")
+        if recorder_dies_too:
+            os.kill(recorder, signal.SIGKILL)
+        os.kill(k.pid, signal.SIGKILL)
+        wait_for(lambda: not k.km.is_alive(), timeout=10, what="the kernel to die")
+    if recorder_dies_too:
+        time.sleep(1)
+        assert [r.info.status for r in all_runs(project)] == ["RUNNING"]
+        with kernel(project) as k2:  # the next %load_ext in the project finds the orphan
+            k2.run("%load_ext mlops_jupyter")
+            wait_for(lambda: all_runs(project)[0].info.status == "KILLED", timeout=60, what="KILLED")
+    else:
+        wait_for(lambda: all_runs(project)[0].info.status == "KILLED", timeout=60, what="KILLED")
+    (run,) = all_runs(project)
+    assert run.data.tags["mlops.end_reason"].startswith("the kernel exited")
+    assert not list((project / ".mlops" / "journal").glob("*.jsonl"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_then_back_records_arrive_after_kernel_exit(project, tmp_path):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {"MLOPS_TRACKING_URI": uri, "MLOPS_RECORDER_EXIT_GRACE_S": "1"}
+    with kernel(project, env=env) as k:
+        k.run("%load_ext mlops_jupyter\n%mlops init")
+        reply, msgs = k.run("%%mlops run --metrics acc\nacc = 0.7\nprint('still works')")
+        assert reply["status"] == "ok" and "still works" in text_of(msgs)
+        shown = text_of(msgs + k.drain_iopub(8.0))
+        assert "not answering" in shown and ".mlops/journal/" in shown
+    wait_for(lambda: not recorder_pids(str(project)), timeout=30, what="the recorder to give up for now")
+    assert list((project / ".mlops" / "journal").glob("*.jsonl")), "records must wait in the journal"
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def healthy():
+            try:
+                import urllib.request
+
+                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(healthy, timeout=90, interval=0.5, what="mlflow server")
+        with kernel(project, env=env) as k:
+            k.run("%load_ext mlops_jupyter")  # finds the orphan journal and finishes it
+            (run,) = finished_runs(project, 1, uri=uri)
+        assert run.info.status == "FINISHED" and run.data.metrics == {"acc": pytest.approx(0.7)}
+        wait_for(lambda: not list((project / ".mlops" / "journal").glob("*.jsonl")), timeout=30,
+                 what="the journal to be emptied")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_locked_store_cell_runs_and_records_arrive_when_released(ip, project, capsys):
+    ip.run_cell("%%mlops run\nfirst = 1")  # creates the store
+    assert ip._mlops_magics.tracker.flush(60) == 0
+    con = sqlite3.connect(store_uri(project)[len("sqlite:///"):], isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    try:
+        result = ip.run_cell("%%mlops run --metrics acc\nacc = 0.5")
+        assert result.success
+        wait_for(lambda: ip._mlops_magics.tracker.degraded, timeout=15, what="the warning")
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    runs = finished_runs(project, 2)
+    assert runs[-1].data.metrics == {"acc": 0.5}
+    out = capsys.readouterr().out
+    assert "not answering" in out and "waits in" in out

@@ -1,0 +1,163 @@
+"""Tracked cells in the real IPython shell against the real SQLite MLflow store."""
+
+import subprocess
+import sys
+
+import pytest
+from harness import all_runs, artifacts, git, read_artifact
+from IPython.core.error import UsageError
+
+
+def flush(ip):
+    assert ip._mlops_magics.tracker.flush(timeout=60) == 0
+
+
+def test_load_ext_imports_no_engine():
+    code = ("import sys\nfrom IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+            "ip.run_line_magic('load_ext', 'mlops_jupyter')\n"
+            "print(sorted(m for m in ('mlflow', 'dvc', 'ray', 'papermill') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]")
+
+
+def test_tracked_cell_records_params_metrics_tags_and_artifacts(ip, project, capsys):
+    (project / "dirty.txt").write_text("x")
+    git(project, "add", "dirty.txt")  # staged, uncommitted: the run must say dirty and keep the diff
+    ip.run_cell("%mlops init --experiment demo")
+    result = ip.run_cell("%%mlops run --metrics acc,loss --tag team=vision --param seed=7\n"
+                         "lr = 0.1\ndepth, width = 3, 'wide'\nacc = 0.5 + lr\nloss = 1 - acc\n"
+                         "print('training done')\nacc")
+    assert result.success and result.result == pytest.approx(0.6)
+    flush(ip)
+    (run,) = all_runs(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "depth": "3", "width": "wide", "seed": "7"}
+    assert run.data.metrics == {"acc": pytest.approx(0.6), "loss": pytest.approx(0.4)}
+    tags = run.data.tags
+    assert tags["team"] == "vision"
+    assert tags["mlops.git.commit"] == git(project, "rev-parse", "HEAD").strip()
+    assert tags["mlops.git.dirty"] == "true"
+    assert tags["mlflow.user"] and tags["mlops.source_hash"] and tags["mlops.execution_count"]
+    assert tags["mlops.environment"] == f"runs:/{run.info.run_id}/environment"
+    files = artifacts(project, run.info.run_id)
+    for expected in ("cell/source.py", "cell/stdout.txt", "cell/outputs.json", "git/diff.patch",
+                     "environment/requirements.txt", "environment/python.json"):
+        assert expected in files
+    assert "training done" in read_artifact(project, run.info.run_id, "cell/stdout.txt")
+    assert "dirty.txt" in read_artifact(project, run.info.run_id, "git/diff.patch")
+    assert "mlflow==" in read_artifact(project, run.info.run_id, "environment/requirements.txt")
+    assert "lr = 0.1" in read_artifact(project, run.info.run_id, "cell/source.py")
+    out = capsys.readouterr().out
+    assert f"mlops: run {run.info.run_id}" in out and "FINISHED" in out and "mlflow ui --backend-store-uri" in out
+    # .mlops/ never shows up in git
+    assert ".mlops" not in git(project, "status", "--porcelain", "--untracked-files=all")
+
+
+def test_failing_cell_ends_failed_with_traceback_and_reraises(ip, project):
+    result = ip.run_cell("%%mlops run\nx = 1\nraise ValueError('boom 42')")
+    assert isinstance(result.error_in_exec, ValueError) and str(result.error_in_exec) == "boom 42"
+    flush(ip)
+    (run,) = all_runs(project)
+    assert run.info.status == "FAILED"
+    tb = read_artifact(project, run.info.run_id, "cell/traceback.txt")
+    assert "ValueError: boom 42" in tb
+
+
+def test_keyboard_interrupt_ends_killed(ip, project):
+    result = ip.run_cell("%%mlops run\nraise KeyboardInterrupt")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    flush(ip)
+    (run,) = all_runs(project)
+    assert run.info.status == "KILLED"
+
+
+def test_rerun_makes_a_new_run_with_the_same_cell_key(ip, project):
+    cell = "%%mlops run --metrics acc\nacc = 0.9"
+    assert ip.run_cell(cell).success and ip.run_cell(cell).success
+    flush(ip)
+    first, second = all_runs(project)
+    assert first.info.run_id != second.info.run_id
+    assert first.data.tags["mlops.cell_key"] == second.data.tags["mlops.cell_key"]
+    assert {first.info.status, second.info.status} == {"FINISHED"}
+
+
+def test_mlflow_api_inside_the_cell_lands_in_its_run_and_nested_runs_work(ip, project):
+    result = ip.run_cell(
+        "%%mlops run --name fit\nimport mlflow\nmlflow.log_metric('from_api', 3.5)\nmlflow.log_param('p', 'x')\n"
+        "with mlflow.start_run(nested=True) as child:\n    mlflow.log_metric('inner', 1)\n"
+        "child_id = child.info.run_id\nactive_inside = mlflow.active_run().info.run_id")
+    assert result.success, result.error_in_exec
+    flush(ip)
+    runs = {r.info.run_id: r for r in all_runs(project)}
+    parent = runs[ip.user_ns["active_inside"]]
+    child = runs[ip.user_ns["child_id"]]
+    assert parent.info.run_name == "fit" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["from_api"] == 3.5 and parent.data.params["p"] == "x"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.experiment_id == parent.info.experiment_id
+    import mlflow
+
+    assert mlflow.active_run() is None  # nothing left active after the cell
+
+
+def test_autotrack_tracks_code_cells_and_skips_magics(ip, project):
+    ip.run_cell("%mlops autotrack on")
+    ip.run_cell("a = 1\nb = a + 1")
+    ip.run_cell("%mlops runs")
+    ip.run_cell("# only a comment")
+    ip.run_cell("%mlops autotrack off")
+    ip.run_cell("c = 3")
+    flush(ip)
+    (run,) = all_runs(project)
+    assert run.data.params == {"a": "1"}
+
+
+def test_runs_table_and_compare_mark_differences(ip, project):
+    for lr in (0.1, 0.2):
+        ip.run_cell(f"%%mlops run --metrics acc\nlr = {lr}\nepochs = 5\nacc = 1 - lr")
+    table = ip.run_line_magic("mlops", "runs --last 5")
+    text = repr(table)
+    assert text.count("FINISHED") == 2 and "lr=0.2" in text
+    ids = [r.info.run_id for r in all_runs(project)]
+    cmp = ip.run_line_magic("mlops", f"compare {ids[0]} {ids[1]}")
+    lines = repr(cmp).splitlines()
+    assert any(line.startswith("≠") and "param lr" in line for line in lines)
+    assert any(not line.startswith("≠") and "param epochs" in line for line in lines)
+    assert "<table" in cmp._repr_html_()
+    # the same from a terminal
+    out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs", "--last", "1"], cwd=project,
+                         capture_output=True, text=True, check=True).stdout
+    assert ids[1][:8] in out and ids[0][:8] not in out
+
+
+@pytest.mark.parametrize("line, names", [
+    ("%mlops runs --last x", "--last"),
+    ("%mlops runs --last 0", "--last"),
+    ("%mlops frobnicate", "frobnicate"),
+    ("%mlops", "verb"),
+    ("%mlops autotrack maybe", "maybe"),
+    ("%mlops compare onlyone", "two or more"),
+    ("%mlops compare 0123abcd 4567ef01", "no run"),
+    ("%mlops init --tracking-uri not-a-uri", "not a URI"),
+    ("%mlops run --name x", "cell magic"),
+    ("%mlops init --experiment 'unclosed", "quotes"),
+])
+def test_bad_line_arguments_raise_a_usage_error_naming_them(ip, project, line, names):
+    verb_line = line[len("%mlops"):].strip()
+    with pytest.raises(UsageError) as err:
+        ip.run_line_magic("mlops", verb_line)
+    assert names in str(err.value)
+
+
+@pytest.mark.parametrize("header, names", [
+    ("%%mlops run --metrics 1bad", "--metrics"),
+    ("%%mlops run --tag novalue", "--tag"),
+    ("%%mlops run --param =3", "--param"),
+    ("%%mlops run --bogus", "--bogus"),
+])
+def test_bad_run_header_reports_and_does_not_run_the_body(ip, project, header, names):
+    result = ip.run_cell(f"{header}\nside_effect = 1")
+    assert isinstance(result.error_in_exec, UsageError) and names in str(result.error_in_exec)
+    assert "side_effect" not in ip.user_ns
+    assert "Right form" in str(result.error_in_exec)
+    assert all_runs(project) == []
