@@ -69,7 +69,8 @@ def _parsers() -> dict:
     p["runs"].add_argument("--last", type=_positive, metavar="N")
     p["runs"].add_argument("--all", action="store_true", help="every tracked run of the project's store")
     p["compare"] = _Parser(prog="%mlops compare", add_help=False)
-    p["compare"].add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p["compare"].add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    p["compare"].add_argument("--last", type=_positive, metavar="N", help="the N newest runs of this notebook")
     return p
 
 
@@ -134,9 +135,11 @@ class MlopsMagics(Magics):
             return
         try:
             raw, cell_id = info.raw_cell, getattr(info, "cell_id", None)
+            parsed = self._header(raw)
             if self.tracker.configured:
                 self.tracker.note_cell(raw, cell_id)
-            parsed = self._header(raw)
+                if parsed is not None or self.tracker.autotrack:
+                    cell_id = self.tracker.cell_id_for(raw, cell_id)
             if parsed is not None:
                 opts, body, first = parsed
                 self.tracker.begin(body, opts, cell_id, magic=first)
@@ -212,7 +215,13 @@ class MlopsMagics(Magics):
         if not self.tracker.configured:
             self.tracker.configure()
         self.tracker.flush()
-        cmp = query.compare_runs(self.tracker.settings, ns.run_ids)
+        ids = ns.run_ids
+        if ns.last:
+            if ids:
+                raise MlopsError("give run ids or --last N, not both (e.g. `%mlops compare --last 2`).")
+            ids = [r["run_id"] for r in query.list_runs(self.tracker.settings, self.tracker.notebook_path(),
+                                                        last=ns.last)][::-1]
+        cmp = query.compare_runs(self.tracker.settings, ids)
         header, rows, marks = _render.compare_rows(cmp)
         n = sum(marks)
         return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")

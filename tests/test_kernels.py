@@ -49,14 +49,22 @@ def test_papermill_run_records_injected_parameters(project):
     nb = notebook(project / "pm.ipynb", [
         "%load_ext mlops_jupyter\n%mlops init",
         ("lr = 0.1\nlayers = [8, 4]", ["parameters"]),
-        "%%mlops run --metrics score\nscore = lr * 10",
+        "%%mlops run --metrics score\nscore = lr * 10\nscore",
+        "%%mlops run --name wait\nimport time\ntime.sleep(3)  # the first cell's line is completed meanwhile\n'x'",
     ])
     subprocess.run([sys.executable, "-m", "papermill", str(nb), str(project / "out.ipynb"), "-p", "lr", "0.3",
                     "--log-level", "WARNING"], cwd=project, check=True, timeout=300)
-    (run,) = finished_runs(project, 1)
+    run, second = finished_runs(project, 2)
     assert run.data.params == {"lr": "0.3", "layers": "[8, 4]"}
     assert run.data.metrics == {"score": pytest.approx(3.0)}
     assert run.data.tags["mlops.notebook"] == str(nb)
+    import nbformat
+
+    # papermill sends no cell ids: the run still names its cell, found by source in the notebook
+    assert run.data.tags["mlops.cell_id"] == nbformat.read(nb, as_version=4).cells[2].id
+    # the summary line of a cell is never recorded as one of the cell's own outputs
+    for r in (run, second):
+        assert "mlops: run" not in read_artifact(project, r.info.run_id, "cell/outputs.json")
 
 
 @pytest.mark.parametrize("recorder_dies_too", [False, True])

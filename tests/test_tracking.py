@@ -124,6 +124,9 @@ def test_runs_table_and_compare_mark_differences(ip, project):
     assert any(line.startswith("≠") and "param lr" in line for line in lines)
     assert any(not line.startswith("≠") and "param epochs" in line for line in lines)
     assert "<table" in cmp._repr_html_()
+    # the 8-character prefixes the runs table shows, and "the last N", name the same runs
+    assert repr(ip.run_line_magic("mlops", f"compare {ids[0][:8]} {ids[1][:8]}")) == repr(cmp)
+    assert repr(ip.run_line_magic("mlops", "compare --last 2")) == repr(cmp)
     # the same from a terminal
     out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs", "--last", "1"], cwd=project,
                          capture_output=True, text=True, check=True).stdout

@@ -61,11 +61,19 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
 
 
 def get_runs(settings: Settings, run_ids: list[str]) -> list:
-    """MLflow Run objects for ``run_ids``; a clear error names any id the store lacks."""
+    """MLflow Run objects for ``run_ids`` (full ids, or the unique prefixes the tables show);
+    a clear error names any id the store lacks."""
     from mlflow.exceptions import MlflowException
 
-    client, runs = _client(settings), []
+    client, runs, known = _client(settings), [], None
     for rid in run_ids:
+        if len(rid) < 32:
+            known = known if known is not None else [r["run_id"] for r in list_runs(settings)]
+            matches = [k for k in known if k.startswith(rid.lower())]
+            if len(matches) > 1:
+                raise MlopsError(f"run id prefix {rid!r} matches {len(matches)} runs; give more characters "
+                                 f"(e.g. {matches[0][:12]}).")
+            rid = matches[0] if matches else rid
         try:
             runs.append(client.get_run(rid))
         except MlflowException:
@@ -77,7 +85,7 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
 def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
     """Params and metrics of several runs side by side; ``differs`` lists keys whose values differ."""
     if len(run_ids) < 2:
-        raise MlopsError("compare needs two or more run ids, e.g. `%mlops compare 3f2a9c 81be07`.")
+        raise MlopsError("compare needs two or more runs: give their ids (the 8-character prefixes `%mlops runs` shows will do), e.g. `%mlops compare 3f2a9c81 81be07aa`, or `%mlops compare --last 2`.")
     runs = get_runs(settings, run_ids)
 
     def table(kind):

@@ -273,6 +273,7 @@ class Recorder:
                     Path(tmp, "environment", "requirements.txt").write_text(env["requirements"])
                     Path(tmp, "environment", "python.json").write_text(json.dumps(env["python"], indent=2))
                 client.log_artifacts(run_id, tmp)
+                info["files"] = sum(1 for p in Path(tmp).rglob("*") if p.is_file())
             if self.state["env_run"] is None:
                 self.state["env_run"] = run_id
             client.set_tag(run_id, T.ENVIRONMENT, f"runs:/{self.state['env_run']}/environment")
@@ -299,7 +300,7 @@ class Recorder:
             counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
 
         def files():
-            counts["artifacts"] = self.write_outputs(client, run_id, op)
+            counts["artifacts"] = info.get("files", 0) + self.write_outputs(client, run_id, op)
 
         def terminate():
             client.set_terminated(run_id, op["status"], end_time=op["t"])

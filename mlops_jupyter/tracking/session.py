@@ -110,6 +110,7 @@ class Tracker:
         self._saved_streams = None
         self._pending = None
         self._mutex = threading.Lock()
+        self._local = threading.local()
 
     # ---- set-up ----------------------------------------------------------------------------
     @property
@@ -202,36 +203,49 @@ class Tracker:
                 argv = parent.cmdline()
                 if any(Path(a).name in ("papermill", "papermill.exe") or a == "papermill" for a in argv[:3]):
                     first = next((a for a in argv[1:] if a.endswith(".ipynb")), None)
-                    if first:
-                        self._parent_notebook = os.path.join(parent.cwd(), first)
+                    # papermill chdirs to --cwd while it runs: the shell's PWD is where the path started
+                    bases = [os.environ.get("PWD"), parent.cwd()]
+                    found = [os.path.join(b, first) for b in bases if b and first]
+                    self._parent_notebook = next((f for f in found if os.path.isfile(f)), None)
             except Exception:  # noqa: BLE001 - no psutil, no permission: just unknown
                 pass
         return self._parent_notebook
 
     def _notebook_params(self) -> tuple[set, set]:
         """(cell ids, sources) of the cells tagged as parameters in the saved notebook."""
+        return self._notebook_index()[:2]
+
+    def cell_id_for(self, raw: str, cell_id: str | None) -> str | None:
+        """The cell's id: from the frontend when it sends one (JupyterLab), else by finding the
+        source in the saved notebook (papermill and nbclient send none)."""
+        return cell_id or self._notebook_index()[2].get(raw)
+
+    def _notebook_index(self) -> tuple[set, set, dict]:
         nb = self.notebook_path()
         try:
             st = os.stat(nb) if nb else None
         except OSError:
             st = None
         if st is None:
-            return set(), set()
+            return set(), set(), {}
         stamp = (st.st_mtime_ns, st.st_size)
         if self._nb_cache[0] != stamp:
-            ids, sources = set(), set()
+            ids, sources, by_source = set(), set(), {}
             try:
                 with open(nb, encoding="utf-8") as fh:
                     cells = json.load(fh).get("cells", [])
                 for cell in cells:
+                    src = cell.get("source", "")
+                    src = "".join(src) if isinstance(src, list) else src
+                    if cell.get("id") and cell.get("cell_type") == "code":
+                        by_source.setdefault(src, cell["id"])
                     if PARAM_TAGS & set(cell.get("metadata", {}).get("tags", [])):
-                        src = cell.get("source", "")
-                        sources.add("".join(src) if isinstance(src, list) else src)
+                        sources.add(src)
                         if cell.get("id"):
                             ids.add(cell["id"])
             except (OSError, ValueError, AttributeError):
                 pass
-            self._nb_cache = (stamp, (ids, sources))
+            self._nb_cache = (stamp, (ids, sources, by_source))
         return self._nb_cache[1]
 
     def is_parameters_cell(self, raw: str, cell_id: str | None) -> bool:
@@ -280,8 +294,8 @@ class Tracker:
 
     def capture_output(self, output: dict) -> None:
         rec = self.current
-        if rec is None:
-            return
+        if rec is None or getattr(self._local, "showing", False):
+            return  # not a tracked cell, or our own summary line (possibly another cell's, updated late)
         data = {}
         for mime, value in output.get("data", {}).items():
             if isinstance(value, bytes):
@@ -340,6 +354,7 @@ class Tracker:
         return _Line(f"mlops: run {run} {what} · see {self.settings.where_to_look()}")
 
     def _show(self, rec: CellRecord, first: bool = False, counts: dict | None = None) -> None:
+        self._local.showing = True
         try:
             if first:
                 from IPython.display import display
@@ -349,6 +364,8 @@ class Tracker:
                 rec.line.update(self._line(rec, counts))
         except Exception:  # noqa: BLE001 - a display problem must never break the cell
             pass
+        finally:
+            self._local.showing = False
 
     def flush(self, timeout: float = 15.0) -> int:
         """Wait until the recorder has written every finished cell; returns how many still wait

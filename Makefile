@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Both work from a fresh clone on a fresh
+# Debian machine: they create .venv, install the package with its dev extras (which builds the
+# JupyterLab extension with the node that is on the machine), register the kernel, and install
+# the Debian packages they need.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT := .mlops/demo
+
+.PHONY: demo test bench clean system-deps
+
+$(STAMP): pyproject.toml labextension/package.json
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# rfc3987-syntax only validates URI formats for jsonschema, and costs every kernel ~2 s of imports
+	$(BIN)/python -m pip uninstall --quiet --yes rfc3987-syntax
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-jupyter)"
+	touch $(STAMP)
+
+# git (runs record their commit), node (builds the labextension), chromium (the browser test)
+system-deps:
+	@missing=""; \
+	command -v git >/dev/null || missing="$$missing git"; \
+	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_OUT)
+	@for nb in example_notebooks/*.ipynb; do \
+	  echo "== $$nb"; \
+	  $(BIN)/papermill --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
+	done
+	$(BIN)/mlops runs --last 10
+	@echo "executed notebooks: $(DEMO_OUT)/ · open the runs with the command above, or in JupyterLab: $(BIN)/jupyter lab"
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mlops labextension/node_modules labextension/lib mlops_jupyter/labextension

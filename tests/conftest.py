@@ -1,0 +1,43 @@
+# jp_fetch, jp_serverapp, jp_root_dir ... for the server extension tests (must be declared in the root conftest)
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ui: drives a real JupyterLab in headless Chromium (tests/test_lab_ui.py)")
+
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import CLEAN_VARS, make_git_project, recorder_pids, wait_for  # noqa: E402
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A fresh git project (pyproject.toml, one commit) as the working directory, no store settings."""
+    for var in CLEAN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLOPS_RECORDER_EXIT_GRACE_S", "3")
+    root = make_git_project(tmp_path / "proj")
+    monkeypatch.chdir(root)
+    yield root
+    # no test leaves a recorder behind
+    wait_for(lambda: not recorder_pids(str(root)), timeout=30, what="recorder processes to exit")
+
+
+@pytest.fixture
+def ip(project):
+    """The real IPython shell with the extension loaded in ``project``."""
+    from IPython.testing.globalipapp import get_ipython, start_ipython
+
+    shell = start_ipython() or get_ipython()  # the first call makes the singleton, later calls return None
+    shell.run_line_magic("load_ext", "mlops_jupyter")
+    yield shell
+    shell.run_line_magic("unload_ext", "mlops_jupyter")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        import os
+
+        os.environ.pop(var, None)

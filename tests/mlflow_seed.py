@@ -1,0 +1,53 @@
+"""Seed a real MLflow SQLite store the way tracked cells leave it (shared by server and UI tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STORE_VARS = ("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_EXPERIMENT", "MLOPS_ARTIFACT_LOCATION")
+
+
+def make_project(root: Path) -> Path:
+    """A project root: the pyproject.toml makes config.resolve() put the store in root/.mlops."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n')
+    return root
+
+
+def write_notebook(path: Path) -> Path:
+    import nbformat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("%%mlops run --name fit\nacc = 0.9"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def seed_runs(root: Path, notebook: Path, runs: list[dict]) -> list[str]:
+    """Create finished runs tagged with ``notebook``'s absolute path; each dict gives
+    name, start (ms), params, metrics and optionally status. Returns the run ids in order."""
+    from mlflow import MlflowClient
+
+    state = root / ".mlops"
+    state.mkdir(exist_ok=True)
+    client = MlflowClient(tracking_uri="sqlite:///" + (state / "mlflow.db").as_posix())
+    exp = client.get_experiment_by_name("Default") or client.get_experiment_by_name("demo")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "demo", artifact_location=(state / "artifacts").as_uri())
+    ids = []
+    for i, spec in enumerate(runs, start=1):
+        run = client.create_run(exp_id, run_name=spec["name"], start_time=spec["start"], tags={
+            "mlops.notebook": str(notebook.resolve()),
+            "mlops.record": f"rec-{spec['name']}",
+            "mlops.cell_id": f"cell-{i}",
+            "mlops.execution_count": str(i),
+        })
+        for key, value in spec.get("params", {}).items():
+            client.log_param(run.info.run_id, key, value)
+        for key, value in spec.get("metrics", {}).items():
+            client.log_metric(run.info.run_id, key, value, timestamp=spec["start"])
+        client.set_terminated(run.info.run_id, status=spec.get("status", "FINISHED"), end_time=spec["start"] + 500)
+        ids.append(run.info.run_id)
+    return ids
