@@ -105,6 +105,15 @@ def _trackable(raw: str) -> bool:
     return not all(ln.startswith(("%", "!")) for ln in lines)
 
 
+def _execution_count(shell, info) -> int:
+    """The cell's In[n]: IPython 9 counts it before pre_run_cell, IPython 8 after; the input history
+    holds every earlier stored cell in both, and this one not yet."""
+    hm = shell.history_manager
+    if getattr(info, "store_history", False) and hm is not None:
+        return len(hm.input_hist_raw)
+    return shell.execution_count
+
+
 @magics_class
 class MlopsMagics(Magics):
     def __init__(self, shell, tracker: Tracker):
@@ -140,17 +149,21 @@ class MlopsMagics(Magics):
                 self.tracker.note_cell(raw, cell_id)
                 if parsed is not None or self.tracker.autotrack:
                     cell_id = self.tracker.cell_id_for(raw, cell_id)
+            count = _execution_count(self.shell, info)
             if parsed is not None:
                 opts, body, first = parsed
-                self.tracker.begin(body, opts, cell_id, magic=first)
+                self.tracker.begin(body, opts, cell_id, magic=first, count=count)
             elif self.tracker.autotrack and _trackable(raw) and not self.tracker.is_parameters_cell(raw, cell_id):
-                self.tracker.begin(raw, RunOptions(), cell_id)
-        except MlopsError as exc:
+                self.tracker.begin(raw, RunOptions(), cell_id, count=count)
+        except (MlopsError, OSError) as exc:  # tracking problems never stop the cell
             print(f"mlops: this cell is not tracked: {exc}")
 
     def post_run_cell(self, result) -> None:
         if not self._nested:
-            self.tracker.finish(result)
+            try:
+                self.tracker.finish(result)
+            except OSError as exc:
+                print(f"mlops: this cell's record could not be written to the journal: {exc}")
 
     # ---- %mlops VERB ... --------------------------------------------------------------------
     @line_cell_magic
@@ -170,6 +183,8 @@ class MlopsMagics(Magics):
             return getattr(self, f"_{verb}")(ns, cell)
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"mlops: cannot write the project's tracking state: {exc}") from None
 
     def _init(self, ns, _cell):
         s = self.tracker.configure(experiment=ns.experiment, tracking_uri=ns.tracking_uri)
@@ -200,7 +215,7 @@ class MlopsMagics(Magics):
 
         if not self.tracker.configured:
             self.tracker.configure()
-        waiting = self.tracker.flush()
+        waiting = self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
         nb = None if ns.all else self.tracker.notebook_path()
         runs = query.list_runs(self.tracker.settings, notebook=nb, last=ns.last)
         header, rows = _render.runs_rows(runs)
@@ -214,7 +229,7 @@ class MlopsMagics(Magics):
 
         if not self.tracker.configured:
             self.tracker.configure()
-        self.tracker.flush()
+        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
         ids = ns.run_ids
         if ns.last:
             if ids:

@@ -36,6 +36,7 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
     (run,) = finished_runs(project, 1)
     assert run.data.tags["mlops.notebook"] == str(nb)
     assert run.data.tags["mlops.cell_id"] == "cell-fit"
+    assert run.data.tags["mlops.execution_count"] == str(reply["execution_count"])  # the cell's In[n]
     assert run.data.tags["mlflow.source.name"] == str(nb)
     assert run.data.params == {"lr": "0.05", "epochs": "3"}
     assert run.data.metrics == {"acc": pytest.approx(0.91)}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -145,3 +146,52 @@ def test_sidebar_lists_the_notebooks_runs(lab):
             raise AssertionError(f"{err}\nbrowser console errors: {errors}") from None
         finally:
             browser.close()
+
+
+def test_a_cell_run_in_lab_is_tracked_with_its_notebook_and_cell(lab):
+    """End to end: JupyterLab starts the kernel (JPY_SESSION_NAME), sends the cell id, the run shows up."""
+    from playwright.sync_api import expect, sync_playwright
+
+    import nbformat
+
+    url, root, _ = lab
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext mlops_jupyter"),
+                nbformat.v4.new_code_cell("%%mlops run --name in-lab --metrics acc\nacc = 0.77")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "live.ipynb")
+    cell_id = nb.cells[1].id
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.goto(f"{url}/lab/tree/live.ipynb?token={TOKEN}", timeout=60_000)
+            expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
+                1, timeout=60_000)
+            prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
+            for i in range(2):  # Shift+Enter runs the selected cell and selects the next one
+                for _ in range(3):  # a keypress can land before Lab has focused the notebook
+                    if i == 0:
+                        page.locator(".jp-CodeCell .jp-InputPrompt").first.click()
+                    page.keyboard.press("Shift+Enter")
+                    try:
+                        expect(prompts.nth(i)).to_contain_text(re.compile(r"\[\d+\]"), timeout=15_000)
+                        break
+                    except AssertionError:
+                        continue
+            line = page.locator(".mlops-run-line")
+            expect(line).to_contain_text("FINISHED", timeout=60_000)
+            expect(line).to_contain_text("artifacts", timeout=60_000)  # completed in place by the recorder
+            page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]').click()
+            rows = page.get_by_test_id("mlops-sidebar").locator(".mlops-run-row")
+            expect(rows).to_have_count(1, timeout=20_000)
+            expect(rows.nth(0)).to_contain_text("in-lab")
+            expect(rows.nth(0)).to_contain_text("acc=0.77")
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "lab_tracked_cell.png"))
+            browser.close()
+    with urllib.request.urlopen(f"{url}/mlops/runs?path=live.ipynb&token={TOKEN}", timeout=30) as resp:
+        (run,) = json.load(resp)["runs"]
+    assert run["notebook"] == str(root / "live.ipynb") and run["cell_id"] == cell_id

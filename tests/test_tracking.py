@@ -164,3 +164,23 @@ def test_bad_run_header_reports_and_does_not_run_the_body(ip, project, header, n
     assert "side_effect" not in ip.user_ns
     assert "Right form" in str(result.error_in_exec)
     assert all_runs(project) == []
+
+
+def test_applied_journal_is_compacted_and_nothing_is_lost(ip, project, monkeypatch):
+    monkeypatch.setenv("MLOPS_JOURNAL_COMPACT_BYTES", "1")
+    for i in range(5):
+        assert ip.run_cell(f"%%mlops run --metrics m\nm = {i}").success
+    flush(ip)
+    assert sorted(r.data.metrics["m"] for r in all_runs(project)) == [0, 1, 2, 3, 4]
+    journal = ip._mlops_magics.tracker.journal.path
+    assert journal.stat().st_size < 2000  # emptied once applied, instead of growing for the kernel's life
+
+
+def test_unwritable_state_leaves_the_cell_running(ip, project, capsys):
+    (project / ".mlops").mkdir()
+    (project / ".mlops" / "journal").write_text("not a folder")
+    result = ip.run_cell("%%mlops run\nstill_ran = 1")
+    assert result.success and ip.user_ns["still_ran"] == 1
+    assert "this cell is not tracked" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="cannot write the project's tracking state"):
+        ip.run_line_magic("mlops", "init")

@@ -64,8 +64,12 @@ class JournalWriter:
     def append(self, op: dict) -> None:
         line = dumps(op) + "\n"
         with self._mutex:
-            self._fh.write(line)
-            self._fh.flush()
+            fcntl.flock(self._fh, fcntl.LOCK_EX)  # the recorder truncates an applied journal under this lock
+            try:
+                self._fh.write(line)
+                self._fh.flush()
+            finally:
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._mutex:

@@ -28,6 +28,7 @@ from .journal import dumps, side_file, try_lock
 
 EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # retrying a failing store after the kernel is gone
 SLOW_OP_S = 3.0  # an op slower than this is reported as "store not answering"
+COMPACT_BYTES = int(os.environ.get("MLOPS_JOURNAL_COMPACT_BYTES", 8 << 20))
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
              "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED"}
 MIME_FILES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "text/html": "html",
@@ -50,7 +51,7 @@ class Recorder:
         self.clients, self.experiments = {}, {}
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
-        self._env = None
+        self._initializing = False
 
     # ---- talking to the kernel -------------------------------------------------------------
     def emit(self, **event) -> None:
@@ -107,7 +108,21 @@ class Recorder:
                 return False
             self.state.update(offset=self.state["offset"] + len(raw), step=0, attempting=None)
             self.save()
+        if self.state["offset"] >= COMPACT_BYTES:
+            self.compact()
         return True
+
+    def compact(self) -> None:
+        """Empty a fully applied journal, so a kernel that runs for days keeps a small one."""
+        with open(self.journal, "r+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fh.fileno()).st_size == self.state["offset"]:
+                    self.state["offset"] = 0
+                    self.save()  # first: a crash in between re-applies (idempotently), never skips
+                    fh.truncate(0)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def retrying(self, fn, op, deadline) -> bool:
         delay = 0.25
@@ -148,7 +163,7 @@ class Recorder:
             self.emit(event="degraded", error=first, journal=str(self.journal))
 
     def _report_slow(self) -> None:
-        if not self.degraded:
+        if not self.degraded and not self._initializing:  # creating a new store is slow, not down
             self.degraded = True
             self.emit(event="degraded", error="the tracking store is not answering", journal=str(self.journal))
 
@@ -174,9 +189,13 @@ class Recorder:
             client = MlflowClient(tracking_uri=uri)
             if uri.startswith("sqlite:///"):
                 # two recorders creating one new SQLite store would run its migrations twice at once
-                with open(uri[len("sqlite:///"):].split("?")[0] + ".init-lock", "a") as fh:
-                    fcntl.flock(fh, fcntl.LOCK_EX)
-                    client.search_experiments(max_results=1)
+                self._initializing = True
+                try:
+                    with open(uri[len("sqlite:///"):].split("?")[0] + ".init-lock", "a") as fh:
+                        fcntl.flock(fh, fcntl.LOCK_EX)
+                        client.search_experiments(max_results=1)
+                finally:
+                    self._initializing = False
             self.clients[uri] = client
         return self.clients[uri]
 
@@ -365,6 +384,8 @@ def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     follow = "--follow" in args
     journal = Path([a for a in args if a != "--follow"][0])
+    import mlflow  # noqa: F401 - seconds of import, paid before any op's slowness watchdog is armed
+
     return Recorder(journal, follow).run()
 
 

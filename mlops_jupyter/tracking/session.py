@@ -267,11 +267,12 @@ class Tracker:
                 self.note_cell(raw, None)
 
     # ---- a tracked cell --------------------------------------------------------------------
-    def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None) -> None:
+    def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
+              count: int | None = None) -> None:
         if not self.configured:
             self.configure()
         nb = self.notebook_path()
-        count = self.shell.execution_count
+        count = self.shell.execution_count if count is None else count
         key = uuid.uuid4().hex
         rec = CellRecord(key=key, opts=opts, started=time.time())
         cell_key = f"name:{opts.name}" if opts.name else cell_id or "source:" + hashlib.sha1(source.encode()).hexdigest()[:12]
@@ -374,7 +375,7 @@ class Tracker:
         while True:
             with self._mutex:
                 waiting = sum(1 for r in self.records.values() if r is not self.current)
-            if not waiting or self.degraded or time.monotonic() > deadline:
+            if not waiting or time.monotonic() > deadline:
                 return waiting
             if self._recorder is None or self._recorder.poll() is not None:
                 self._wake()
