@@ -8,3 +8,7 @@ class MlopsError(Exception):
 
 class ConfigError(MlopsError):
     """Bad configuration value in magic arguments, MLOPS_* variables or [tool.mlops]."""
+
+
+class StoreError(MlopsError):
+    """The tracking store could not be read or written (down, unreachable, refusing)."""

@@ -179,8 +179,86 @@ def test_applied_journal_is_compacted_and_nothing_is_lost(ip, project, monkeypat
 def test_unwritable_state_leaves_the_cell_running(ip, project, capsys):
     (project / ".mlops").mkdir()
     (project / ".mlops" / "journal").write_text("not a folder")
-    result = ip.run_cell("%%mlops run\nstill_ran = 1")
-    assert result.success and ip.user_ns["still_ran"] == 1
-    assert "this cell is not tracked" in capsys.readouterr().out
+    for i in range(2):
+        result = ip.run_cell(f"%%mlops run\nstill_ran = {i}")
+        assert result.success and ip.user_ns["still_ran"] == i
+        assert "this cell is not tracked" in capsys.readouterr().out
     with pytest.raises(UsageError, match="cannot write the project's tracking state"):
         ip.run_line_magic("mlops", "init")
+
+
+def test_unwritable_artifact_store_then_fixed_records_arrive(ip, project, capsys):
+    (project / ".mlops").mkdir()
+    (project / ".mlops" / "artifacts").write_text("a file where the artifact folder should be")
+    result = ip.run_cell("%%mlops run --metrics acc\nacc = 0.25\nprint('ran')")
+    assert result.success and ip.user_ns["acc"] == 0.25
+    tracker = ip._mlops_magics.tracker
+    from harness import wait_for
+
+    wait_for(lambda: tracker.degraded, timeout=60, what="the store problem to be reported")
+    assert "waits in" in capsys.readouterr().out  # one warning line under the cell says where
+    (project / ".mlops" / "artifacts").unlink()
+    flush(ip)
+    (run,) = all_runs(project)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"acc": 0.25}
+    assert "ran" in read_artifact(project, run.info.run_id, "cell/stdout.txt")
+
+
+def test_runs_open_in_the_stock_mlflow_ui(ip, project):
+    """The exact command the summary line prints serves the run, its params, metrics and artifacts."""
+    import json
+    import os
+    import shlex
+    import signal
+    import socket
+    import urllib.request
+
+    from harness import wait_for
+
+    ip.run_cell("%%mlops run --name ui-check --metrics acc\nlr = 0.3\nacc = 0.8\nprint('hi')")
+    flush(ip)
+    (run,) = all_runs(project)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = shlex.split(ip._mlops_magics.tracker.settings.where_to_look())
+    assert cmd[:2] == ["mlflow", "ui"]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *cmd[1:], "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as resp:
+                return resp.read()
+        except OSError:
+            return None
+    try:
+        wait_for(lambda: get("/health"), timeout=90, interval=0.5, what="mlflow ui")
+        data = json.loads(get(f"/api/2.0/mlflow/runs/get?run_id={run.info.run_id}"))["run"]["data"]
+        assert {"key": "lr", "value": "0.3"} in data["params"]
+        assert any(m["key"] == "acc" and m["value"] == 0.8 for m in data["metrics"])
+        listed = json.loads(get(f"/api/2.0/mlflow/artifacts/list?run_id={run.info.run_id}&path=cell"))
+        assert "cell/source.py" in [f["path"] for f in listed["files"]]
+        assert b"lr = 0.3" in get(f"/get-artifact?path=cell/source.py&run_uuid={run.info.run_id}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_cli_reports_an_unreachable_store_in_one_line(project):
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    env = {**os.environ, "MLOPS_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "could not be read" in out.stderr and "Traceback" not in out.stderr
+    bad = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs", "--last", "zero"], cwd=project,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--last" in bad.stderr

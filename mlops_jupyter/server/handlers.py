@@ -11,7 +11,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .. import config
-from ..errors import MlopsError
+from ..errors import MlopsError, StoreError
 from ..tracking import query
 
 NAMESPACE = "mlops"
@@ -29,6 +29,8 @@ def error_body(exc: BaseException) -> dict:
     """The one mapping from an exception to ``{code, message}``: user mistakes are 4xx, the rest 500."""
     if isinstance(exc, HTTPProblem):
         return {"code": exc.code, "message": str(exc)}
+    if isinstance(exc, StoreError):  # the store is down: not the client's mistake
+        return {"code": 503, "message": str(exc)}
     if isinstance(exc, MlopsError):  # ConfigError included
         return {"code": 400, "message": str(exc)}
     if isinstance(exc, tornado.web.HTTPError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..config import Settings
-from ..errors import MlopsError
+from ..errors import MlopsError, StoreError
 from . import tags as T
 
 
@@ -38,6 +38,22 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
+def _reading(fn):
+    """A store that cannot be read becomes one clear StoreError, not a traceback from deep in MLflow."""
+    def wrapper(settings: Settings, *args, **kwargs):
+        try:
+            return fn(settings, *args, **kwargs)
+        except MlopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy and HTTP errors alike
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise StoreError(f"the tracking store {settings.tracking_uri} could not be read ({first}); check that "
+                             "it is running and reachable, or point MLOPS_TRACKING_URI at the right one.") from None
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@_reading
 def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, last: int | None = None) -> list[dict]:
     """Tracked runs, newest first: those of ``notebook`` (an absolute path) or all tracked runs."""
     if last is not None and last < 1:
@@ -60,6 +76,7 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
             return runs
 
 
+@_reading
 def get_runs(settings: Settings, run_ids: list[str]) -> list:
     """MLflow Run objects for ``run_ids`` (full ids, or the unique prefixes the tables show);
     a clear error names any id the store lacks."""

@@ -29,6 +29,7 @@ PARAM_TAGS = {"parameters", "pipeline-parameters", "injected-parameters"}
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
 RUN_ID_WAIT_S = 30.0
+MAX_RECORDER_STARTS = 5  # per kernel: a recorder that cannot even start must not be respawned per cell
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Tracker:
         self._pending = None
         self._mutex = threading.Lock()
         self._local = threading.local()
+        self._restarts = 0
 
     # ---- set-up ----------------------------------------------------------------------------
     @property
@@ -123,6 +125,9 @@ class Tracker:
         start = Path(nb).parent if nb else Path.cwd()
         settings = config.resolve(start, {"tracking_uri": tracking_uri, "experiment": experiment})
         config.ensure_state_dir(settings)
+        if self.journal is None:  # before anything is marked configured: it is what can fail here
+            self.journal = J.JournalWriter(settings.state_dir)
+            atexit.register(self.close)
         self.settings = settings
         self.experiment = settings.experiment or (Path(nb).stem if nb else settings.project_root.name)
         # the user's own mlflow.* calls go to the same store and experiment
@@ -130,9 +135,6 @@ class Tracker:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = self.experiment
         if "mlflow" in sys.modules:
             sys.modules["mlflow"].set_tracking_uri(settings.tracking_uri)
-        if self.journal is None:
-            self.journal = J.JournalWriter(settings.state_dir)
-            atexit.register(self.close)
         J.finish_orphans(settings.state_dir)
         self._collect_param_history()
         self._send({"op": "experiment", **self._store_fields()})
@@ -149,6 +151,10 @@ class Tracker:
     def _wake(self) -> None:
         proc = self._recorder
         if proc is None or proc.poll() is not None:
+            if self._restarts >= MAX_RECORDER_STARTS:
+                self.degraded = f"the recorder keeps exiting; see {J.side_file(self.journal.path, '.log')}"
+                return  # records stay in the journal; the next %load_ext in the project finishes them
+            self._restarts += 1
             proc = self._start_recorder()
         try:
             proc.stdin.write(b"\n")
