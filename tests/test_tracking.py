@@ -262,3 +262,27 @@ def test_cli_reports_an_unreachable_store_in_one_line(project):
     bad = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs", "--last", "zero"], cwd=project,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--last" in bad.stderr
+
+
+def test_child_runs_and_late_values_recorded_through_the_journal(ip, project):
+    """The API sweeps and pipelines use: child runs under the cell's run, values known only at the end."""
+    tracker = ip._mlops_magics.tracker
+    ip.user_ns["tracker"] = tracker
+    result = ip.run_cell(
+        "%%mlops run --name parent\n"
+        "rec = tracker.current\n"
+        "for i in range(3):\n"
+        "    tracker.child(rec, f'trial-{i}', {'lr': 0.1 * i}, {'score': i / 10},\n"
+        "                  status='FAILED' if i == 2 else 'FINISHED', texts={'trial/log.txt': f'log {i}'})\n"
+        "rec.params['best_lr'] = 0.1\nrec.metrics['best_score'] = 0.1")
+    assert result.success
+    flush(ip)
+    runs = {r.info.run_name: r for r in all_runs(project)}
+    parent = runs["parent"]
+    assert parent.data.params["best_lr"] == "0.1" and parent.data.metrics["best_score"] == 0.1
+    for i in range(3):
+        child = runs[f"trial-{i}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params == {"lr": str(0.1 * i)} and child.data.metrics == {"score": i / 10}
+        assert child.info.status == ("FAILED" if i == 2 else "FINISHED")
+        assert read_artifact(project, child.info.run_id, "trial/log.txt") == f"log {i}"

@@ -225,6 +225,8 @@ class Recorder:
             self.start(op)
         elif kind == "end":
             self.end(op)
+        elif kind == "child":
+            self.child(op)
         elif kind == "experiment":
             self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
             self.emit(event="experiment", experiment=op["experiment"])
@@ -312,7 +314,8 @@ class Recorder:
             from mlflow.entities import Metric, Param
 
             existing = client.get_run(run_id).data
-            params = {k: v for k, v in info.get("params", {}).items() if k not in existing.params}
+            params = {**info.get("params", {}), **op.get("params", {})}
+            params = {k: v for k, v in params.items() if k not in existing.params}
             metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
             client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             counts["params"] = len(existing.params) + len(params)
@@ -327,6 +330,31 @@ class Recorder:
             self.emit(event="done", key=key, run_id=run_id, status=op["status"], counts=counts)
 
         self.steps(values, files, terminate)
+
+    def child(self, op: dict) -> None:
+        parent = self.state["runs"].get(op["parent"])
+        if parent is None:
+            return  # the parent's start was skipped as permanently invalid
+        key, client = op["key"], self.client(op["tracking_uri"])
+
+        def create():
+            from mlflow.entities import Metric, Param
+
+            exp_id = self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
+            tags = {**op.get("tags", {}), "mlflow.parentRunId": parent, T.RECORD: key}
+            run = client.create_run(exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
+            self.state["runs"][key] = run.info.run_id
+            client.log_batch(run.info.run_id, metrics=[Metric(k, v, op["end_t"], 0) for k, v in op["metrics"].items()],
+                             params=[Param(k, v) for k, v in op["params"].items()])
+
+        def files():
+            for path, text in op.get("texts", {}).items():
+                client.log_text(self.state["runs"][key], text, path)
+
+        def terminate():
+            client.set_terminated(self.state["runs"][key], op["status"], end_time=op["end_t"])
+
+        self.steps(create, files, terminate)
 
     def write_outputs(self, client, run_id: str, op: dict) -> int:
         with tempfile.TemporaryDirectory() as tmp:

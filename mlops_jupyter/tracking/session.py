@@ -48,6 +48,8 @@ class CellRecord:
     stdout: list = field(default_factory=list)
     stderr: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # set while the cell runs (e.g. a sweep's best score)
+    params: dict = field(default_factory=dict)  # likewise, logged when the cell ends
     run_id: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     line: object = None  # the display handle of the cell's summary line
@@ -274,7 +276,8 @@ class Tracker:
 
     # ---- a tracked cell --------------------------------------------------------------------
     def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
-              count: int | None = None) -> None:
+              count: int | None = None) -> CellRecord:
+        """Start the run of the cell now executing; ``finish`` (post_run_cell) ends it."""
         if not self.configured:
             self.configure()
         nb = self.notebook_path()
@@ -298,6 +301,21 @@ class Tracker:
         sys.stdout, sys.stderr = _Tee(sys.stdout, rec.stdout), _Tee(sys.stderr, rec.stderr)
         if "mlflow" in sys.modules or "mlflow" in source:
             self._push_pending(rec, source)
+        return rec
+
+    def child(self, parent: CellRecord, name: str, params: dict, metrics: dict, status: str = "FINISHED",
+              start_ms: int | None = None, end_ms: int | None = None, tags: dict | None = None,
+              texts: dict | None = None) -> None:
+        """Record a finished child run of ``parent`` (a sweep trial, a pipeline step) through the
+        journal: durable, written by the recorder, never on the caller's path. ``texts`` maps
+        artifact paths to text content (a traceback, a log)."""
+        now = int(time.time() * 1000)
+        self._send({
+            "op": "child", "key": uuid.uuid4().hex, "parent": parent.key, **self._store_fields(),
+            "run_name": name, "t": start_ms or now, "end_t": end_ms or now, "status": status,
+            "params": {k: str(v) for k, v in params.items()}, "metrics": {k: float(v) for k, v in metrics.items()},
+            "tags": {k: str(v) for k, v in (tags or {}).items()}, "texts": texts or {},
+        })
 
     def capture_output(self, output: dict) -> None:
         rec = self.current
@@ -328,7 +346,7 @@ class Tracker:
             status = "KILLED"
         else:
             status = "FAILED" if err is not None else "FINISHED"
-        metrics, problems = {}, []
+        metrics, problems = dict(rec.metrics), []
         ns = self.shell.user_ns
         for name in rec.opts.metrics:
             if name not in ns:
@@ -344,6 +362,7 @@ class Tracker:
             self._show(rec, first=True)  # before the record is sent, so the recorder's reply finds the line
         self._send({
             "op": "end", "key": rec.key, "t": int(time.time() * 1000), "status": status, "metrics": metrics,
+            "params": {k: str(v) for k, v in rec.params.items()},
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
         })
