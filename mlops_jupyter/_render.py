@@ -78,3 +78,80 @@ class Table:
 
     def _repr_html_(self):
         return html_table(self.header, self.rows, self.marks, self.caption)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def snapshot_rows(snaps) -> tuple[list[str], list[list[str]]]:
+    header = ["snapshot", "path", "when", "message", "size", "md5", "runs that used it"]
+    rows = [[s.id, s.path, when(s.time_ms), s.message, human_bytes(s.size), s.md5,
+             ", ".join(r["run_id"][:8] for r in s.runs)] for s in snaps]
+    return header, rows
+
+
+class ProgressLine:
+    """A one-line progress bar that updates in place (notebook) or on its own line (terminal),
+    shown only for work large enough to wait on."""
+
+    MIN_BYTES = 100 << 20
+
+    def __init__(self, label: str):
+        self.label, self.handle, self.last = label, None, 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if total < self.MIN_BYTES or (time.monotonic() - self.last < 0.5 and done < total):
+            return
+        self.last = time.monotonic()
+        width = 30
+        filled = int(width * done / total) if total else width
+        text = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {100 * done / total:3.0f}% " \
+               f"of {human_bytes(total // 2)}"
+        try:
+            from IPython.display import display
+
+            if self.handle is None:
+                self.handle = display(_Text(text), display_id=True)
+            else:
+                self.handle.update(_Text(text))
+        except Exception:  # noqa: BLE001 - progress is a courtesy; never fail the work for it
+            pass
+
+
+class _Text:
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return self.text
+
+
+def in_worker(fn, *args):
+    """Run ``fn`` off the calling (kernel main) thread and wait; an interrupt waits for it to finish
+    cleanly, so nothing is left half-written."""
+    import threading
+
+    box = {}
+
+    def work():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt:
+            print("mlops: finishing the current step so nothing is left half-written...")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

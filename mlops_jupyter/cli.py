@@ -36,6 +36,37 @@ def _compare(args) -> int:
     return 0
 
 
+def _snapshot(args) -> int:
+    from . import data
+
+    snap = data.snapshot(args.path, args.message, args.push)
+    for note in snap.notes:
+        print(f"mlops: {note}")
+    print(f"snapshot {snap.id} of {snap.path} (md5 {snap.md5})"
+          + (" unchanged" if snap.unchanged else f" committed {snap.rev[:8]}")
+          + (f", pushed to {snap.pushed_to}" if snap.pushed_to else ""))
+    return 0
+
+
+def _snapshots(args) -> int:
+    from . import data
+
+    settings = config.resolve()
+    snaps = data.list_snapshots(args.path, settings.project_root, settings)
+    header, rows = _render.snapshot_rows(snaps)
+    print(_render.text_table(header, rows) if rows else "no snapshots yet")
+    return 0
+
+
+def _restore(args) -> int:
+    from . import data
+
+    settings = config.resolve()
+    snap = data.restore(args.path, args.run, args.rev, args.force, settings.project_root, settings)
+    print(f"restored {snap.path} to snapshot {snap.id} (md5 {snap.md5})")
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -55,6 +86,21 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     cmp.add_argument("--project", metavar="DIR")
     cmp.set_defaults(func=_compare)
+    snap = sub.add_parser("snapshot", help="version a data file or folder with DVC (a git commit of its own)")
+    snap.add_argument("path", metavar="PATH")
+    snap.add_argument("-m", "--message", metavar="MSG")
+    snap.add_argument("--push", action="store_true", help="push the data to the default DVC remote")
+    snap.set_defaults(func=_snapshot)
+    snaps = sub.add_parser("snapshots", help="versions of a snapshotted path and the runs that used them")
+    snaps.add_argument("path", nargs="?", metavar="PATH")
+    snaps.set_defaults(func=_snapshots)
+    rest = sub.add_parser("restore", help="put back the data a run used (--run) or a git revision held (--rev)")
+    rest.add_argument("path", metavar="PATH")
+    which = rest.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN_ID")
+    which.add_argument("--rev", metavar="REV")
+    rest.add_argument("--force", action="store_true", help="overwrite changes that are in no snapshot")
+    rest.set_defaults(func=_restore)
     return p
 
 

@@ -121,9 +121,9 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
     return Settings(project_root=root, origin=origin, **values)
 
 
-def ensure_state_dir(settings: Settings) -> Path:
-    """Create ``.mlops/`` with a .gitignore of its own, so git never picks it up."""
-    state = settings.state_dir
+def ensure_state_dir(root: str | os.PathLike) -> Path:
+    """Create ``<root>/.mlops/`` with a .gitignore of its own, so git never picks it up."""
+    state = Path(root) / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     ignore = state / ".gitignore"
     if not ignore.exists():

@@ -12,7 +12,7 @@ from . import _render
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
-VERBS = ("init", "run", "autotrack", "runs", "compare")
+VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore")
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
@@ -71,6 +71,18 @@ def _parsers() -> dict:
     p["compare"] = _Parser(prog="%mlops compare", add_help=False)
     p["compare"].add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p["compare"].add_argument("--last", type=_positive, metavar="N", help="the N newest runs of this notebook")
+    p["snapshot"] = _Parser(prog="%mlops snapshot", add_help=False)
+    p["snapshot"].add_argument("path", metavar="PATH")
+    p["snapshot"].add_argument("-m", "--message", metavar="MSG")
+    p["snapshot"].add_argument("--push", action="store_true")
+    p["snapshots"] = _Parser(prog="%mlops snapshots", add_help=False)
+    p["snapshots"].add_argument("path", nargs="?", metavar="PATH")
+    p["restore"] = _Parser(prog="%mlops restore", add_help=False)
+    p["restore"].add_argument("path", metavar="PATH")
+    which = p["restore"].add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN_ID")
+    which.add_argument("--rev", metavar="REV")
+    p["restore"].add_argument("--force", action="store_true")
     return p
 
 
@@ -240,6 +252,45 @@ class MlopsMagics(Magics):
         header, rows, marks = _render.compare_rows(cmp)
         n = sum(marks)
         return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
+
+
+    def _settings(self):
+        if not self.tracker.configured:
+            self.tracker.configure()
+        return self.tracker.settings
+
+    def _snapshot(self, ns, _cell):
+        from . import data
+
+        settings = self._settings()
+        bar = _render.ProgressLine(f"snapshot {ns.path}")
+        snap = _render.in_worker(data.snapshot, ns.path, ns.message, ns.push, settings.project_root, bar.update)
+        for note in snap.notes:
+            print(f"mlops: {note}")
+        linked = self.tracker.attach_snapshot(snap.path, snap.md5, snap.pushed_to)
+        size = _render.human_bytes(snap.size) if snap.size is not None else "?"
+        print(f"mlops: snapshot {snap.id} of {snap.path} ({size}, md5 {snap.md5})"
+              + (" · unchanged since the last snapshot" if snap.unchanged else f" · committed {snap.rev[:8]}")
+              + (f" · pushed to {snap.pushed_to}" if snap.pushed_to else "")
+              + (" · linked to this cell's run" if linked else " · the next tracked run records it"))
+
+    def _snapshots(self, ns, _cell):
+        from . import data
+
+        settings = self._settings()
+        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        snaps = data.list_snapshots(ns.path, settings.project_root, settings)
+        header, rows = _render.snapshot_rows(snaps)
+        return _render.Table(header, rows, caption=f"{len(snaps)} snapshots"
+                             + (f" of {ns.path}" if ns.path else " in this project"))
+
+    def _restore(self, ns, _cell):
+        from . import data
+
+        settings = self._settings()
+        snap = data.restore(ns.path, ns.run, ns.rev, ns.force, settings.project_root, settings)
+        print(f"mlops: restored {snap.path} to snapshot {snap.id} (md5 {snap.md5}); its .dvc file now points "
+              "there: snapshot again to keep working from it, or restore another revision.")
 
 
 def load(shell) -> None:

@@ -51,7 +51,7 @@ def test_root_is_the_nearest_git_folder_else_the_start(tmp_path):
 
 def test_state_dir_keeps_itself_out_of_git(tmp_path):
     s = config.resolve(write_pyproject(tmp_path / "p"), env={})
-    state = config.ensure_state_dir(s)
+    state = config.ensure_state_dir(s.project_root)
     assert (state / ".gitignore").read_text().splitlines()[-1] == "*"
 
 

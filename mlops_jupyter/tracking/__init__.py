@@ -4,7 +4,7 @@ Public surface for the front doors: ``Tracker`` / ``RunOptions`` (kernel side),
 ``list_runs`` / ``compare_runs`` / ``get_runs`` (reading runs back, lazily importing mlflow).
 """
 
-from .query import compare_runs, get_runs, list_runs
+from .query import compare_runs, get_runs, list_runs, runs_with_tags
 from .session import RunOptions, Tracker
 
-__all__ = ["Tracker", "RunOptions", "list_runs", "compare_runs", "get_runs"]
+__all__ = ["Tracker", "RunOptions", "list_runs", "compare_runs", "get_runs", "runs_with_tags"]

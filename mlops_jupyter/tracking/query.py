@@ -77,6 +77,22 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
 
 
 @_reading
+def runs_with_tags(settings: Settings, keys: list[str]) -> list[dict]:
+    """Runs (any experiment) carrying any of the tag ``keys``: [{run_id, run_name, start_time, tags}]."""
+    if not keys or not store_ready(settings.tracking_uri):
+        return []
+    client = _client(settings)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = {}
+    for key in keys:
+        for run in client.search_runs(ids, filter_string=f"tags.`{key}` != ''", max_results=5000):
+            found[run.info.run_id] = {"run_id": run.info.run_id, "run_name": run.info.run_name,
+                                      "start_time": run.info.start_time,
+                                      "tags": {k: v for k, v in run.data.tags.items() if k in keys}}
+    return sorted(found.values(), key=lambda r: r["start_time"] or 0, reverse=True)
+
+
+@_reading
 def get_runs(settings: Settings, run_ids: list[str]) -> list:
     """MLflow Run objects for ``run_ids`` (full ids, or the unique prefixes the tables show);
     a clear error names any id the store lacks."""

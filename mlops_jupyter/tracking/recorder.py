@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import data
 from . import capture
 from . import tags as T
 from .journal import dumps, side_file, try_lock
@@ -227,6 +228,8 @@ class Recorder:
             self.end(op)
         elif kind == "child":
             self.child(op)
+        elif kind == "dataset":
+            self.dataset(op)
         elif kind == "experiment":
             self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
             self.emit(event="experiment", experiment=op["experiment"])
@@ -236,6 +239,9 @@ class Recorder:
         client = self.client(uri)
         root = op.get("project_root") or os.getcwd()
         git = capture.git_state(root)
+        snapshots = op.get("snapshots")  # the snapshots the project held as the cell started
+        if snapshots is None:
+            snapshots = data.in_scope(root)
         params = {}
         for src in op.get("param_sources", []):
             params.update(capture.literal_assignments(src))
@@ -273,6 +279,7 @@ class Recorder:
             if git:
                 run_tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
                                  T.GIT_DIRTY: str(git["dirty"]).lower()})
+            run_tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
             run_tags.update(op.get("tags", {}))
             run = client.create_run(exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
             self.state["runs"][key] = run.info.run_id
@@ -299,7 +306,32 @@ class Recorder:
                 self.state["env_run"] = run_id
             client.set_tag(run_id, T.ENVIRONMENT, f"runs:/{self.state['env_run']}/environment")
 
-        self.steps(create, files)
+        def inputs():
+            self.log_datasets(client, self.state["runs"][key], snapshots, root)
+
+        self.steps(create, files, inputs)
+
+    def log_datasets(self, client, run_id: str, snapshots: list[dict], root: str) -> None:
+        """Snapshots as MLflow dataset inputs: digest = the DVC md5, source = path (+ remote)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not snapshots:
+            return
+        inputs = [DatasetInput(Dataset(name=d["path"], digest=d["md5"], source_type="dvc",
+                                       source=json.dumps({"path": d["path"], "project": root,
+                                                          "remote": d.get("remote")})),
+                               tags=[InputTag("mlflow.data.context", "snapshot")]) for d in snapshots]
+        client.log_inputs(run_id, datasets=inputs)
+
+    def dataset(self, op: dict) -> None:
+        """A snapshot taken while a tracked cell runs joins that cell's run."""
+        run_id = self.state["runs"].get(op["key"])
+        if run_id is None:
+            return
+        client = self.client(op["tracking_uri"])
+        snap = {"path": op["path"], "md5": op["md5"], "remote": op.get("remote")}
+        client.set_tag(run_id, data.tag_key(op["path"]), op["md5"])
+        self.log_datasets(client, run_id, [snap], op.get("project_root", ""))
 
     def end(self, op: dict) -> None:
         key = op["key"]

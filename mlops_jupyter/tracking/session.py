@@ -115,6 +115,8 @@ class Tracker:
         self._mutex = threading.Lock()
         self._local = threading.local()
         self._restarts = 0
+        self._snapshots: dict[str, dict] = {}
+        self._rescanning = None
 
     # ---- set-up ----------------------------------------------------------------------------
     @property
@@ -126,7 +128,7 @@ class Tracker:
         nb = self.notebook_path()
         start = Path(nb).parent if nb else Path.cwd()
         settings = config.resolve(start, {"tracking_uri": tracking_uri, "experiment": experiment})
-        config.ensure_state_dir(settings)
+        config.ensure_state_dir(settings.project_root)
         if self.journal is None:  # before anything is marked configured: it is what can fail here
             self.journal = J.JournalWriter(settings.state_dir)
             atexit.register(self.close)
@@ -139,6 +141,7 @@ class Tracker:
             sys.modules["mlflow"].set_tracking_uri(settings.tracking_uri)
         J.finish_orphans(settings.state_dir)
         self._collect_param_history()
+        self.rescan_snapshots()
         self._send({"op": "experiment", **self._store_fields()})
         return settings
 
@@ -293,6 +296,7 @@ class Tracker:
             "param_sources": list(self.param_sources.values()), "params": opts.params, "tags": opts.tags,
             "metric_names": opts.metrics,
             "kernel": self.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
+            "snapshots": self._snapshots_now(),
         })
         with self._mutex:
             self.records[key] = rec
@@ -302,6 +306,52 @@ class Tracker:
         if "mlflow" in sys.modules or "mlflow" in source:
             self._push_pending(rec, source)
         return rec
+
+    def _snapshots_now(self) -> list[dict]:
+        """The snapshots the project holds as this cell starts, from a cache kept fresh off the cell's
+        path: a stat per known .dvc file here, a full rescan after each cell (for `dvc add` in a terminal)."""
+        from ..data.scope import read_dvc_file
+
+        out = []
+        for rel, entry in list(self._snapshots.items()):
+            try:
+                mtime = os.stat(entry["file"]).st_mtime_ns
+            except OSError:
+                continue
+            if mtime != entry["mtime"]:
+                with open(entry["file"]) as fh:
+                    entry.update(read_dvc_file(fh.read()) or {}, mtime=mtime)
+            out.append({"path": rel, "md5": entry["md5"], "size": entry.get("size")})
+        return out
+
+    def rescan_snapshots(self) -> None:
+        from ..data import in_scope
+
+        root = self.settings.project_root
+        found = {}
+        for snap in in_scope(root):
+            file = str(root / f"{snap['path']}.dvc")
+            try:
+                found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns}
+            except OSError:
+                continue
+        self._snapshots = found
+
+    def _rescan_later(self) -> None:
+        if self._rescanning is None or not self._rescanning.is_alive():
+            self._rescanning = threading.Thread(target=self.rescan_snapshots, daemon=True, name="mlops-snapshots")
+            self._rescanning.start()
+
+    def attach_snapshot(self, path: str, md5: str, remote: str | None = None) -> bool:
+        """Link a snapshot to the cell running now; False when none runs (the next tracked run
+        records it anyway, with every snapshot the project holds)."""
+        self.rescan_snapshots()
+        rec = self.current
+        if rec is None or not self.configured:
+            return False
+        self._send({"op": "dataset", "key": rec.key, "path": path, "md5": md5, "remote": remote,
+                    "project_root": str(self.settings.project_root), **self._store_fields()})
+        return True
 
     def child(self, parent: CellRecord, name: str, params: dict, metrics: dict, status: str = "FINISHED",
               start_ms: int | None = None, end_ms: int | None = None, tags: dict | None = None,
@@ -366,6 +416,7 @@ class Tracker:
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
         })
+        self._rescan_later()
 
     def _line(self, rec: CellRecord, counts: dict | None = None) -> _Line:
         if self.degraded and counts is None:
