@@ -96,6 +96,15 @@ def snapshot_rows(snaps) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def reproduction_rows(result) -> tuple[list[str], list[list[str]], list[bool]]:
+    header = ["metric", f"original {result.original[:8]}", f"reproduced {(result.new or '')[:8]}"]
+    rows, marks = [], []
+    for name, (old, new) in result.metrics.items():
+        rows.append([name, fmt(old), fmt(new)])
+        marks.append(new is None or abs(new - old) > 1e-9 * max(1.0, abs(old)))
+    return header, rows, marks
+
+
 class ProgressLine:
     """A one-line progress bar that updates in place (notebook) or on its own line (terminal),
     shown only for work large enough to wait on."""

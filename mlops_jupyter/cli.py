@@ -67,6 +67,18 @@ def _restore(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from .tracking.reproduce import reproduce
+
+    result = reproduce(config.resolve(args.project), args.run_id)
+    for note in result.notes:
+        print(f"mlops: {note}")
+    header, rows, marks = _render.reproduction_rows(result)
+    print(_render.text_table(header, rows, marks))
+    print(f"verdict: {result.verdict} · new run {result.new} · executed notebook: {result.notebook}")
+    return 0 if result.verdict == "match" else 1
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -101,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--rev", metavar="REV")
     rest.add_argument("--force", action="store_true", help="overwrite changes that are in no snapshot")
     rest.set_defaults(func=_restore)
+    rep = sub.add_parser("reproduce", help="re-execute a run from its recorded code, data and params; compare")
+    rep.add_argument("run_id", metavar="RUN_ID")
+    rep.add_argument("--project", metavar="DIR")
+    rep.set_defaults(func=_reproduce)
     return p
 
 

@@ -12,7 +12,7 @@ from . import _render
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
-VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore")
+VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore", "reproduce")
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
@@ -83,6 +83,8 @@ def _parsers() -> dict:
     which.add_argument("--run", metavar="RUN_ID")
     which.add_argument("--rev", metavar="REV")
     p["restore"].add_argument("--force", action="store_true")
+    p["reproduce"] = _Parser(prog="%mlops reproduce", add_help=False)
+    p["reproduce"].add_argument("run_id", metavar="RUN_ID")
     return p
 
 
@@ -291,6 +293,20 @@ class MlopsMagics(Magics):
         snap = data.restore(ns.path, ns.run, ns.rev, ns.force, settings.project_root, settings)
         print(f"mlops: restored {snap.path} to snapshot {snap.id} (md5 {snap.md5}); its .dvc file now points "
               "there: snapshot again to keep working from it, or restore another revision.")
+
+
+    def _reproduce(self, ns, _cell):
+        from .tracking.reproduce import reproduce
+
+        settings = self._settings()
+        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        print(f"mlops: reproducing run {ns.run_id}: code, data and parameters as recorded (papermill)...")
+        result = _render.in_worker(reproduce, settings, ns.run_id)
+        for note in result.notes:
+            print(f"mlops: {note}")
+        header, rows, marks = _render.reproduction_rows(result)
+        return _render.Table(header, rows, marks, caption=f"verdict: {result.verdict} · executed notebook: "
+                                                          f"{result.notebook}")
 
 
 def load(shell) -> None:

@@ -136,7 +136,9 @@ def _remote_url(repo) -> str | None:
 # ---- paths and the stat index (unchanged data is never hashed twice) -------------------------
 def _resolve(root: Path, path: str | os.PathLike) -> tuple[Path, str]:
     target = Path(path)
-    target = (target if target.is_absolute() else Path.cwd() / target).resolve()
+    if not target.is_absolute():  # relative to where the user is, when that is inside the project
+        target = (Path.cwd() if Path.cwd().resolve().is_relative_to(root) else root) / target
+    target = target.resolve()
     if not target.is_relative_to(root):
         raise MlopsError(f"{path} is outside the project {root}; snapshot paths inside it "
                          "(the project root is the nearest folder with pyproject.toml or .git).")

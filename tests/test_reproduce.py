@@ -1,0 +1,60 @@
+"""`mlops reproduce`: a seeded scikit-learn run re-executed from its recorded code, data and params."""
+
+import subprocess
+import sys
+
+import pytest
+from harness import all_runs, git, notebook, wait_for
+
+TRAIN = """%%mlops run --name fit --metrics accuracy
+import pandas as pd
+from sklearn.ensemble import RandomForestClassifier
+df = pd.read_csv('data/iris.csv')
+X, y = df.drop(columns='target'), df['target']
+model = RandomForestClassifier(n_estimators=n_estimators, random_state=seed).fit(X[::2], y[::2])
+accuracy = model.score(X[1::2], y[1::2])"""
+
+
+def mlops(root, *args):
+    return subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", *args], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_reproduce_a_seeded_run_gives_the_same_metric(project):
+    from sklearn.datasets import load_iris
+
+    (project / "data").mkdir()
+    load_iris(as_frame=True).frame.to_csv(project / "data" / "iris.csv", index=False)
+    assert mlops(project, "snapshot", "data/iris.csv").returncode == 0
+    notebook(project / "train.ipynb", ["%load_ext mlops_jupyter\n%mlops init",
+                                       ("n_estimators = 5\nseed = 0", ["parameters"]), TRAIN,
+                                       "raise RuntimeError('reproduce stops at the run\\'s cell')"])
+    git(project, "add", "train.ipynb")
+    git(project, "commit", "-q", "-m", "notebook")
+    subprocess.run([sys.executable, "-m", "papermill", "train.ipynb", "out.ipynb", "-p", "n_estimators", "7",
+                    "--log-level", "ERROR"], cwd=project, timeout=300)  # the last cell fails on purpose
+    (run,) = wait_for(lambda: [r for r in all_runs(project) if r.info.status == "FINISHED"], timeout=60,
+                      what="the tracked run")
+    assert run.data.params["n_estimators"] == "7"
+    # afterwards the data and the code both move on; reproduce must use what the run used
+    (project / "data" / "iris.csv").write_text("sepal length (cm),target\n1.0,0\n")
+    assert mlops(project, "snapshot", "data/iris.csv").returncode == 0
+    (project / "train.ipynb").write_text((project / "train.ipynb").read_text().replace("seed = 0", "seed = 99"))
+    git(project, "commit", "-q", "-am", "code moved on")
+
+    out = mlops(project, "reproduce", run.info.run_id[:8])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "verdict: match" in out.stdout and "accuracy" in out.stdout
+    runs = {r.info.run_id: r for r in all_runs(project)}
+    (new,) = [r for r in runs.values() if r.data.tags.get("mlops.reproduces") == run.info.run_id]
+    assert new.data.metrics["accuracy"] == pytest.approx(run.data.metrics["accuracy"], abs=0)
+    assert new.data.params["n_estimators"] == "7"
+    assert not git(project, "worktree", "list").strip().count("\n")  # the scratch worktree is gone
+
+
+def test_reproduce_a_run_without_a_notebook_is_a_clear_error(ip, project):
+    ip.run_cell("%%mlops run\nx = 1")
+    assert ip._mlops_magics.tracker.flush(60) == 0
+    (run,) = all_runs(project)
+    out = mlops(project, "reproduce", run.info.run_id)
+    assert out.returncode == 2 and "has no notebook path" in out.stderr
