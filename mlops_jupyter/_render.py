@@ -121,7 +121,7 @@ class ProgressLine:
         width = 30
         filled = int(width * done / total) if total else width
         text = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {100 * done / total:3.0f}% " \
-               f"of {human_bytes(total // 2)}"
+               f"of {human_bytes(total)}"
         try:
             from IPython.display import display
 

@@ -40,6 +40,7 @@ class Snapshot:
     notes: list = field(default_factory=list)  # set-up done on the way (git init, dvc init)
     pushed_to: str | None = None
     runs: list = field(default_factory=list)  # runs that used this version
+    root: str = ""  # the project (git repo) holding it
 
     @property
     def id(self) -> str:
@@ -148,6 +149,20 @@ def _resolve(root: Path, path: str | os.PathLike) -> tuple[Path, str]:
     return target, rel
 
 
+def _root_of(path: str | os.PathLike) -> Path:
+    """Data belongs to the project we work in (the nearest folder upward from here with
+    pyproject.toml or .git, else this folder), or to another existing project that holds it.
+    Never a folder nobody made a project: a snapshot there would start a git repo in it."""
+    target, here = Path(path).resolve(), find_project_root(Path.cwd())
+    if target.is_relative_to(here):
+        return here
+    root = find_project_root(target.parent)
+    if (root / "pyproject.toml").is_file() or (root / ".git").exists():
+        return root
+    raise MlopsError(f"{path} is outside the project {here}; snapshot paths inside it (the project root is "
+                     "the nearest folder with pyproject.toml or .git, else the folder you work in).")
+
+
 def _signature(target: Path) -> str:
     """Size, mtime and inode of every file: equal signatures mean unchanged data (no re-hash)."""
     stats = []
@@ -201,7 +216,7 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
 
     ``progress(done_bytes, total_bytes)``, if given, is called from a worker thread while DVC
     hashes and copies large data."""
-    root = Path(root).resolve() if root else find_project_root()
+    root = Path(root).resolve() if root else _root_of(path)
     target, rel = _resolve(root, path)
     if not target.exists():
         raise MlopsError(f"{path} does not exist; give a file or folder inside the project {root}.")
@@ -222,8 +237,10 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
             snap = Snapshot(rel, prev["md5"], prev["size"], prev["nfiles"], _last_commit(root, dvc_rel),
                             unchanged=True)
         else:
-            with _quiet(), _progress(progress, 2 * _size(target)):  # DVC reads it twice: hash, then copy
-                repo.add([str(target)])
+            if target.is_file():
+                _cache_in_one_pass(repo, target, progress)
+            with _quiet(), _progress(None if target.is_file() else progress, _size(target)):
+                repo.add([str(target)], relink=False)  # a file cached above: DVC only writes the .dvc file
             signature = _signature(target)  # DVC may have relinked the files from its cache
             info = read_dvc_file(dvcfile.read_text())
             if prev and prev["md5"] == info["md5"] and _committed(root, dvc_rel):
@@ -242,10 +259,66 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
     finally:
         repo.close()
     _remember(root, rel, signature, snap.md5)
-    snap.notes, snap.time_ms = notes, int(time.time() * 1000)
+    snap.notes, snap.time_ms, snap.root = notes, int(time.time() * 1000), str(root)
     if push:
         snap.pushed_to = push_snapshot(root, rel)
     return snap
+
+
+CHUNK = 8 << 20
+
+
+def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
+    """Hash a file and copy it into DVC's cache in one read, hashing and writing in parallel (DVC on
+    its own reads the file twice: once to hash, once to copy). Then DVC's state learns the hash, so
+    its own ``add`` finds the object cached and the file already hashed."""
+    import queue
+    import threading
+    import uuid
+
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    cache = Path(repo.cache.local.path)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".mlops-{uuid.uuid4().hex}.tmp"
+    total, done, md5 = target.stat().st_size, 0, hashlib.md5()
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+    failed = []
+
+    def write():
+        with open(tmp, "wb") as out:
+            while (chunk := chunks.get()) is not None:
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    failed.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        with open(target, "rb") as src:
+            while chunk := src.read(CHUNK):
+                chunks.put(chunk)
+                md5.update(chunk)  # releases the GIL: runs beside the writer's write()
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    finally:
+        chunks.put(None)
+        writer.join()
+    if failed:
+        tmp.unlink(missing_ok=True)
+        raise failed[0]
+    oid = md5.hexdigest()
+    dest = Path(repo.cache.local.oid_to_path(oid))
+    if dest.exists():
+        tmp.unlink()
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)  # DVC keeps cache objects read-only
+        os.replace(tmp, dest)
+    repo.state.save(str(target), repo.fs, HashInfo("md5", oid), repo.fs.info(str(target)))
+    return oid
 
 
 def _raise_clearly(exc: BaseException, what: str, state: str):
@@ -270,7 +343,8 @@ def _put_back(root: Path, before: dict, rels: list[str]) -> None:
 
 @contextlib.contextmanager
 def _progress(callback, total: int):
-    """Report DVC's progress from the bytes this process reads (it gives no callback of its own)."""
+    """Report DVC's progress from the bytes this process reads (it gives no callback of its own;
+    it reads the data twice: to hash it, then to copy it into its cache)."""
     if callback is None or not os.path.exists("/proc/self/io"):
         yield
         return
@@ -284,7 +358,7 @@ def _progress(callback, total: int):
 
     def watch():
         while not stop.wait(0.25):
-            callback(min(total, read_bytes() - start), total)
+            callback(min(total, (read_bytes() - start) // 2), total)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -317,7 +391,7 @@ def list_snapshots(path: str | os.PathLike | None = None, root: str | os.PathLik
                    settings=None) -> list[Snapshot]:
     """Every committed version of ``path`` (or of every snapshotted path), newest first, with the
     runs that used each (when ``settings`` names a tracking store)."""
-    root = Path(root).resolve() if root else find_project_root()
+    root = Path(root).resolve() if root else _root_of(path or ".")
     if path is None:
         rels = [s["path"] for s in in_scope(root)]
     else:
@@ -349,7 +423,7 @@ def restore(path: str | os.PathLike, run_id: str | None = None, rev: str | None 
     if (run_id is None) == (rev is None):
         raise MlopsError("restore needs exactly one of --run RUN_ID (the data a run used) or --rev REV "
                          "(the data a git revision recorded).")
-    root = Path(root).resolve() if root else find_project_root()
+    root = Path(root).resolve() if root else _root_of(path)
     target, rel = _resolve(root, path)
     dvc_rel = f"{rel}.dvc"
     if run_id is not None:

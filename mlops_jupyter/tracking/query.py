@@ -11,7 +11,11 @@ from . import tags as T
 
 
 def _client(settings: Settings):
-    from mlflow.tracking import MlflowClient
+    import warnings
+
+    with warnings.catch_warnings():  # mlflow's import of tqdm.auto warns in kernels without ipywidgets
+        warnings.simplefilter("ignore")
+        from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=settings.tracking_uri)
 
@@ -98,14 +102,17 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
     a clear error names any id the store lacks."""
     from mlflow.exceptions import MlflowException
 
+    if not store_ready(settings.tracking_uri):  # never create (or race the creation of) a store to read it
+        raise MlopsError(f"no run {run_ids[0]!r}: the tracking store {settings.tracking_uri} holds no runs yet.")
     client, runs, known = _client(settings), [], None
     for rid in run_ids:
-        if len(rid) < 32:
-            known = known if known is not None else [r["run_id"] for r in list_runs(settings)]
-            matches = [k for k in known if k.startswith(rid.lower())]
+        if len(rid) < 32:  # a prefix of a run id, or a run's name
+            known = known if known is not None else list_runs(settings)
+            matches = [k["run_id"] for k in known if k["run_id"].startswith(rid.lower())] \
+                or [k["run_id"] for k in known if k["run_name"] == rid][:1]  # a name: its newest run
             if len(matches) > 1:
-                raise MlopsError(f"run id prefix {rid!r} matches {len(matches)} runs; give more characters "
-                                 f"(e.g. {matches[0][:12]}).")
+                raise MlopsError(f"{rid!r} names {len(matches)} runs ({', '.join(m[:8] for m in matches[:5])}); "
+                                 "give a longer run id prefix.")
             rid = matches[0] if matches else rid
         try:
             runs.append(client.get_run(rid))

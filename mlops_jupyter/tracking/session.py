@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,8 @@ class Tracker:
         self._local = threading.local()
         self._restarts = 0
         self._snapshots: dict[str, dict] = {}
+        self._snapshot_roots: set[Path] = set()
+        self._experiment_ready = threading.Event()
         self._rescanning = None
 
     # ---- set-up ----------------------------------------------------------------------------
@@ -325,16 +328,17 @@ class Tracker:
         return out
 
     def rescan_snapshots(self) -> None:
+        """Snapshots of the notebook's project, and of any other project this kernel snapshotted in."""
         from ..data import in_scope
 
-        root = self.settings.project_root
         found = {}
-        for snap in in_scope(root):
-            file = str(root / f"{snap['path']}.dvc")
-            try:
-                found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns}
-            except OSError:
-                continue
+        for root in [self.settings.project_root, *self._snapshot_roots]:
+            for snap in in_scope(root):
+                file = str(root / f"{snap['path']}.dvc")
+                try:
+                    found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns}
+                except OSError:
+                    continue
         self._snapshots = found
 
     def _rescan_later(self) -> None:
@@ -342,9 +346,11 @@ class Tracker:
             self._rescanning = threading.Thread(target=self.rescan_snapshots, daemon=True, name="mlops-snapshots")
             self._rescanning.start()
 
-    def attach_snapshot(self, path: str, md5: str, remote: str | None = None) -> bool:
+    def attach_snapshot(self, path: str, md5: str, remote: str | None = None, root: str | None = None) -> bool:
         """Link a snapshot to the cell running now; False when none runs (the next tracked run
         records it anyway, with every snapshot the project holds)."""
+        if root and Path(root) != self.settings.project_root:
+            self._snapshot_roots.add(Path(root))
         self.rescan_snapshots()
         rec = self.current
         if rec is None or not self.configured:
@@ -379,6 +385,15 @@ class Tracker:
         if sum(len(str(v)) for v in data.values()) > MAX_OUTPUT_CHARS:
             data = {"text/plain": f"<output of {sum(len(str(v)) for v in data.values())} chars not kept>"}
         rec.outputs.append({**output, "data": data})
+
+    @contextmanager
+    def unrecorded(self):
+        """Outputs shown inside are not kept in the cell's run (e.g. a live table updated many times)."""
+        self._local.showing = True
+        try:
+            yield
+        finally:
+            self._local.showing = False
 
     def finish(self, result, interrupted: bool = False) -> None:
         rec, self.current = self.current, None
@@ -448,6 +463,7 @@ class Tracker:
         """Wait until the recorder has written every finished cell; returns how many still wait
         (non-zero when the store is down: they stay in the journal)."""
         deadline = time.monotonic() + timeout
+        self._experiment_ready.wait(timeout)  # the store exists (and is migrated) once this is set
         while True:
             with self._mutex:
                 waiting = sum(1 for r in self.records.values() if r is not self.current)
@@ -484,6 +500,8 @@ class Tracker:
                     self._show(pending)
             elif kind == "recovered":
                 self.degraded = None
+            elif kind == "experiment":
+                self._experiment_ready.set()
 
     def wait_run_id(self, rec: CellRecord) -> str:
         if not rec.ready.wait(RUN_ID_WAIT_S):
