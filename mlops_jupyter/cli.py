@@ -52,7 +52,7 @@ def _snapshots(args) -> int:
     from . import data
 
     settings = config.resolve()
-    snaps = data.list_snapshots(args.path, settings.project_root, settings)
+    snaps = data.list_snapshots(args.path, None, settings)
     header, rows = _render.snapshot_rows(snaps)
     print(_render.text_table(header, rows) if rows else "no snapshots yet")
     return 0
@@ -62,7 +62,7 @@ def _restore(args) -> int:
     from . import data
 
     settings = config.resolve()
-    snap = data.restore(args.path, args.run, args.rev, args.force, settings.project_root, settings)
+    snap = data.restore(args.path, args.run, args.rev, args.force, None, settings)
     print(f"restored {snap.path} to snapshot {snap.id} (md5 {snap.md5})")
     return 0
 
@@ -83,6 +83,21 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _serve_generate(args) -> int:
+    from .serving import generate_package
+
+    out = generate_package(args.model_uri, args.out, name=args.name, settings=config.resolve(args.project))
+    print(f"serving package for {args.model_uri} in {out} · start it: mlops serve run {out}")
+    return 0
+
+
+def _serve_run(args) -> int:
+    from .serving import serve
+
+    serve(args.dir, host=args.host, port=args.port, workers=args.workers)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,6 +132,21 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id", metavar="RUN_ID")
     rep.add_argument("--project", metavar="DIR")
     rep.set_defaults(func=_reproduce)
+    serve = sub.add_parser("serve", help="an MLflow model as a FastAPI serving package").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    gen = serve.add_parser("generate", help="write a self-contained serving package for a model")
+    gen.add_argument("model_uri", metavar="MODEL_URI", help="runs:/RUN_ID/PATH, models:/NAME/VERSION, "
+                     "models:/NAME@ALIAS or a local model folder")
+    gen.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    gen.add_argument("--name", metavar="NAME", help="package name (default: the registered model's name)")
+    gen.add_argument("--project", metavar="DIR", help="project folder whose store resolves MODEL_URI")
+    gen.set_defaults(func=_serve_generate)
+    srv = serve.add_parser("run", help="serve a generated package with uvicorn")
+    srv.add_argument("dir", metavar="DIR")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--workers", type=_positive, default=1, metavar="N")
+    srv.set_defaults(func=_serve_run)
     return p
 
 

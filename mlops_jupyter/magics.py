@@ -12,7 +12,10 @@ from . import _render
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
-VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore", "reproduce")
+VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "sweep",
+         "serve")
+CELL_VERBS = {"run": "[--name N] [--metrics acc,loss]",
+              "sweep": '--space "lr=loguniform(1e-4,1e-1)" --metric acc --mode max [--samples N]'}
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
@@ -43,14 +46,27 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+def _number(cast, ok, what: str):
+    """An argparse type: ``cast`` the text and check it with ``ok``, else say what was expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+_positive = _number(int, lambda v: v >= 1, "a positive whole number")
+_amount = _number(float, lambda v: v >= 0, "a number >= 0 (fractions such as 0.5 are allowed)")
+
+
+def _identifier(text: str) -> str:
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a variable name")
+    return text
 
 
 def _parsers() -> dict:
@@ -85,6 +101,25 @@ def _parsers() -> dict:
     p["restore"].add_argument("--force", action="store_true")
     p["reproduce"] = _Parser(prog="%mlops reproduce", add_help=False)
     p["reproduce"].add_argument("run_id", metavar="RUN_ID")
+    p["sweep"] = _Parser(prog="%%mlops sweep", add_help=False)
+    space = p["sweep"].add_mutually_exclusive_group(required=True)
+    space.add_argument("--space", metavar='"lr=loguniform(1e-4,1e-1); depth=choice(3,5,8)"')
+    space.add_argument("--space-from", type=_identifier, metavar="VAR")
+    p["sweep"].add_argument("--metric", type=_identifier, required=True, metavar="NAME")
+    p["sweep"].add_argument("--mode", choices=["max", "min"], required=True)
+    p["sweep"].add_argument("--samples", type=_positive, metavar="N")
+    p["sweep"].add_argument("--cpus-per-trial", type=_amount, default=1.0, metavar="C")
+    p["sweep"].add_argument("--gpus-per-trial", type=_amount, default=0.0, metavar="G")
+    p["sweep"].add_argument("--concurrency", type=_positive, metavar="K")
+    p["sweep"].add_argument("--scheduler", choices=["asha"])
+    p["sweep"].add_argument("--address", metavar="ray://host:10001")
+    p["sweep"].add_argument("--retries", type=int, choices=range(0, 11), default=0, metavar="N")
+    p["sweep"].add_argument("--name", metavar="N")
+    p["serve"] = _Parser(prog="%mlops serve", add_help=False)  # only generate: `serve run` would block the kernel
+    p["serve"].add_argument("action", choices=["generate"])
+    p["serve"].add_argument("model_uri", metavar="MODEL_URI")
+    p["serve"].add_argument("--out", required=True, metavar="DIR")
+    p["serve"].add_argument("--name", metavar="NAME")
     return p
 
 
@@ -188,9 +223,9 @@ class MlopsMagics(Magics):
             got = f"unknown verb {words[0]!r}" if words else "a verb is missing"
             raise UsageError(f"%mlops: {got}; use one of: {', '.join(VERBS)} (e.g. `%mlops runs --last 5`).")
         verb, args = words[0], words[1:]
-        if (verb == "run") != (cell is not None):
-            raise UsageError("%mlops run is a cell magic: put `%%mlops run [--name N] [--metrics acc,loss]` "
-                             "on the first line of the cell." if verb == "run" else
+        if (verb in CELL_VERBS) != (cell is not None):
+            raise UsageError(f"%mlops {verb} is a cell magic: put `%%mlops {verb} {CELL_VERBS[verb]}` "
+                             "on the first line of the cell." if verb in CELL_VERBS else
                              f"%%mlops {verb} is a line magic: write `%mlops {verb} ...` on a line of its own.")
         ns = PARSERS[verb].parse_args(args)
         try:
@@ -216,6 +251,54 @@ class MlopsMagics(Magics):
         finally:
             self._nested = False
         self.tracker.finish(result)
+
+    def _sweep(self, ns, cell):
+        from IPython.display import Image, display
+
+        from . import sweep
+        from .sweep import view
+
+        space = (sweep.from_mapping(self.shell.user_ns.get(ns.space_from), ns.space_from, ns.metric)
+                 if ns.space_from else sweep.parse(ns.space, ns.metric))
+        spec = sweep.SweepSpec(cell, space, ns.metric, ns.mode, ns.samples, ns.cpus_per_trial, ns.gpus_per_trial,
+                               ns.concurrency, ns.scheduler, ns.address, ns.retries)
+        plan = sweep.prepare(spec, self.shell.user_ns, self.shell.user_ns_hidden)  # bad input: no run recorded
+        params = {f"space.{k}": t.describe() for k, t in space.items()}
+        params.update(samples=spec.num_samples, metric=ns.metric, mode=ns.mode, cpus_per_trial=ns.cpus_per_trial,
+                      gpus_per_trial=ns.gpus_per_trial, concurrency=ns.concurrency or "auto",
+                      scheduler=ns.scheduler or "fifo", retries=ns.retries)
+        rec = self.tracker.begin(cell, RunOptions(name=ns.name or "sweep", params=params,
+                                                  tags={"mlops.kind": "sweep", "mlops.ray.nodes": len(plan.nodes)}))
+        progress = view.Progress(total=plan.total)
+        with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
+            handle = display(progress, display_id=True)
+
+        def update(result):
+            progress.result = result
+            with self.tracker.unrecorded():
+                handle.update(progress)
+
+        def ended(t):
+            texts = {"trial/traceback.txt": t.error, "trial/output.txt": t.output}
+            self.tracker.child(rec, f"trial-{t.number}", t.params, t.metrics, status=t.status,
+                               start_ms=int(t.start * 1000), end_ms=int((t.end or t.start) * 1000),
+                               tags={"mlops.node": t.node, "mlops.gpu_ids": t.gpu_ids, "mlops.attempts": t.attempts,
+                                     "mlops.restarts": t.restarts, "mlops.stopped_early": t.stopped_early},
+                               texts={k: v for k, v in texts.items() if v})
+
+        result = sweep.execute(plan, on_update=update, on_trial_end=ended)
+        update(result)
+        best, df = result.best, view.frame(result)
+        self.shell.user_ns.update(best_params=dict(best.params) if best else {}, sweep=df)
+        if best:
+            rec.params.update({f"best.{k}": v for k, v in best.params.items()})
+            rec.metrics[f"best_{ns.metric}"] = best.metrics[ns.metric]
+        png = view.parallel_plot(df, list(space), ns.metric)
+        if png:
+            display(Image(png))
+        print(view.summary(result))
+        if result.interrupted:
+            raise KeyboardInterrupt  # the cell (and its run) ends interrupted, as any interrupted cell
 
     def _autotrack(self, ns, _cell):
         if not self.tracker.configured:
@@ -264,12 +347,12 @@ class MlopsMagics(Magics):
     def _snapshot(self, ns, _cell):
         from . import data
 
-        settings = self._settings()
+        self._settings()
         bar = _render.ProgressLine(f"snapshot {ns.path}")
-        snap = _render.in_worker(data.snapshot, ns.path, ns.message, ns.push, settings.project_root, bar.update)
+        snap = _render.in_worker(data.snapshot, ns.path, ns.message, ns.push, None, bar.update)
         for note in snap.notes:
             print(f"mlops: {note}")
-        linked = self.tracker.attach_snapshot(snap.path, snap.md5, snap.pushed_to)
+        linked = self.tracker.attach_snapshot(snap.path, snap.md5, snap.pushed_to, snap.root)
         size = _render.human_bytes(snap.size) if snap.size is not None else "?"
         print(f"mlops: snapshot {snap.id} of {snap.path} ({size}, md5 {snap.md5})"
               + (" · unchanged since the last snapshot" if snap.unchanged else f" · committed {snap.rev[:8]}")
@@ -281,7 +364,7 @@ class MlopsMagics(Magics):
 
         settings = self._settings()
         self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
-        snaps = data.list_snapshots(ns.path, settings.project_root, settings)
+        snaps = data.list_snapshots(ns.path, None, settings)
         header, rows = _render.snapshot_rows(snaps)
         return _render.Table(header, rows, caption=f"{len(snaps)} snapshots"
                              + (f" of {ns.path}" if ns.path else " in this project"))
@@ -290,7 +373,7 @@ class MlopsMagics(Magics):
         from . import data
 
         settings = self._settings()
-        snap = data.restore(ns.path, ns.run, ns.rev, ns.force, settings.project_root, settings)
+        snap = data.restore(ns.path, ns.run, ns.rev, ns.force, None, settings)
         print(f"mlops: restored {snap.path} to snapshot {snap.id} (md5 {snap.md5}); its .dvc file now points "
               "there: snapshot again to keep working from it, or restore another revision.")
 
@@ -307,6 +390,12 @@ class MlopsMagics(Magics):
         header, rows, marks = _render.reproduction_rows(result)
         return _render.Table(header, rows, marks, caption=f"verdict: {result.verdict} · executed notebook: "
                                                           f"{result.notebook}")
+
+    def _serve(self, ns, _cell):
+        from .serving import generate_package
+
+        out = generate_package(ns.model_uri, ns.out, name=ns.name, settings=self._settings())
+        print(f"mlops: serving package for {ns.model_uri} in {out} · start it from a terminal: mlops serve run {out}")
 
 
 def load(shell) -> None:

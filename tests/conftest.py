@@ -6,6 +6,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ui: drives a real JupyterLab in headless Chromium (tests/test_lab_ui.py)")
 
 
+import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -34,10 +35,12 @@ def ip(project):
     from IPython.testing.globalipapp import get_ipython, start_ipython
 
     shell = start_ipython() or get_ipython()  # the first call makes the singleton, later calls return None
+    shell.reset(new_session=False)  # no variables from an earlier test
     shell.run_line_magic("load_ext", "mlops_jupyter")
     yield shell
     shell.run_line_magic("unload_ext", "mlops_jupyter")
+    # %mlops init points this process's MLflow at the test's store, as it should in a kernel; undo it
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].tracking._tracking_service.utils._tracking_uri = None
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
-        import os
-
         os.environ.pop(var, None)

@@ -32,8 +32,10 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
         reply, msgs = k.run("%%mlops run --metrics acc\nimport matplotlib.pyplot as plt\n"
                             "plt.plot([1, 2, 3])\nacc = 0.91\nprint('fit')", cell_id="cell-fit")
         assert reply["status"] == "ok"
-        later = k.drain_iopub(3.0)
-    (run,) = finished_runs(project, 1)
+        (run,) = finished_runs(project, 1)
+        later = []  # the line is completed in place when the recorder has written the run
+        wait_for(lambda: later.extend(k.drain_iopub(0.5)) or run.info.run_id in text_of(msgs + later),
+                 timeout=60, what="the summary line to show the run id")
     assert run.data.tags["mlops.notebook"] == str(nb)
     assert run.data.tags["mlops.cell_id"] == "cell-fit"
     assert run.data.tags["mlops.execution_count"] == str(reply["execution_count"])  # the cell's In[n]

@@ -1,0 +1,341 @@
+"""Driver side of a sweep: reach Ray, check resources, run Ray Tune, stream trials back to the cell."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ship
+from .space import SweepError, Term
+
+NODE_RETRIES = 3  # a lost worker or node: Tune runs the trial again elsewhere (--retries is for the body's errors)
+STOP_WAIT_S = 30.0  # after an interrupt, how long the running trials get to be stopped by Tune
+_QUIET = ("ray", "ray.tune", "ray.train", "ray.air")
+
+
+@dataclass
+class SweepSpec:
+    body: str
+    space: dict  # name -> Term
+    metric: str
+    mode: str = "max"
+    samples: int | None = None  # None: 1 for a grid, else 10
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    scheduler: str | None = None
+    address: str | None = None
+    retries: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        if self.samples is not None:
+            return self.samples
+        return 1 if any(t.is_grid for t in self.space.values()) else 10
+
+
+@dataclass
+class TrialState:
+    number: int
+    trial_id: str
+    params: dict
+    status: str = "RUNNING"
+    metrics: dict = field(default_factory=dict)
+    start: float = 0.0
+    end: float | None = None
+    node: str = ""
+    gpu_ids: str = ""
+    error: str = ""
+    output: str = ""
+    attempts: int = 1
+    restarts: int = 0  # Tune's retries after a lost worker or node
+    reported: int = 0  # results received (report() calls plus the final one)
+    final: str = ""  # FINISHED / FAILED from the body's last result; empty while it runs
+    stopped_early: bool = False  # ended by the scheduler (ASHA) before the body finished
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    shipment: ship.Shipment
+    nodes: list
+    remote: bool  # Ray Client: the Tuner runs on the cluster
+
+    @property
+    def total(self) -> int:
+        """Trials Tune will run: every grid combination, --samples times."""
+        n = self.spec.num_samples
+        for t in self.spec.space.values():
+            if t.is_grid:
+                n *= len(t.args[0]["grid_search"]) if t.fn == "tune" else len(t.args)
+        return n
+
+
+@dataclass
+class SweepResult:
+    spec: SweepSpec
+    trials: list
+    nodes: list
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def counts(self) -> dict:
+        out = {"FINISHED": 0, "FAILED": 0, "KILLED": 0, "RUNNING": 0}
+        for t in self.trials:
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+    @property
+    def best(self) -> TrialState | None:
+        ok = [t for t in self.trials if t.status == "FINISHED" and _finite(t.metrics.get(self.spec.metric))]
+        if not ok:
+            return None
+        pick = max if self.spec.mode == "max" else min
+        return pick(ok, key=lambda t: t.metrics[self.spec.metric])
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---- Ray --------------------------------------------------------------------------------------
+_connected: str | None = None  # the address this kernel connected to (None: Ray started here)
+
+
+def connect(address: str | None) -> None:
+    """Reuse this kernel's Ray; else start a local one, or connect to ``address`` / RAY_ADDRESS."""
+    global _connected
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        if address is None or address == _connected or (
+                not address.startswith("ray://") and ray.get_runtime_context().gcs_address == address):
+            return
+        ray.shutdown()
+    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, **kwargs)
+        elif address.startswith("ray://"):
+            import mlops_jupyter  # the cluster's workers get this package with the job
+
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(mlops_jupyter.__file__).parent)]}, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to start or reach Ray is the user's to fix
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SweepError(f"could not reach {where}: {first}. Check --address / RAY_ADDRESS "
+                         "(e.g. ray://head:10001 for Ray Client, or host:6379 for a cluster this machine "
+                         "belongs to); leave both unset to run on this machine.") from None
+    _connected = address
+
+
+def cluster_nodes() -> list[dict]:
+    import ray
+
+    return [{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "cpu": n["Resources"].get("CPU", 0.0),
+             "gpu": n["Resources"].get("GPU", 0.0)} for n in ray.nodes() if n.get("Alive")]
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    return "; ".join(f"node {n['ip']} ({n['id'][:8]}): {n['cpu']:g} CPU, {n['gpu']:g} GPU" for n in nodes)
+
+
+def check_resources(spec: SweepSpec, nodes: list[dict]) -> None:
+    """A trial must fit on one node; otherwise Tune would wait forever, so fail now and say why."""
+    c, g = spec.cpus_per_trial, spec.gpus_per_trial
+    if g > 1 and g != int(g):
+        raise SweepError(f"--gpus-per-trial {g:g}: above 1, GPUs per trial must be a whole number "
+                         "(fractions such as 0.5 share one GPU between trials).")
+    if not any(n["cpu"] >= c and n["gpu"] >= g for n in nodes):
+        raise SweepError(f"each trial asks for {c:g} CPU and {g:g} GPU (--cpus-per-trial/--gpus-per-trial), "
+                         f"but no node of the Ray cluster has that much. The cluster has: {describe_nodes(nodes)}. "
+                         "Ask for less, or connect to a cluster that has them with --address ray://head:10001 "
+                         "or RAY_ADDRESS.")
+
+
+# ---- a sweep ----------------------------------------------------------------------------------
+def prepare(spec: SweepSpec, user_ns: dict, hidden: dict) -> Plan:
+    """Everything that can be wrong before a trial runs: the body, the metric, the globals, Ray, the
+    resources. Raises SweepError; nothing is recorded yet."""
+    tree = ship.parse_body(spec.body)
+    if not ship.assigns(tree, spec.metric) and "report" not in spec.body and spec.metric not in user_ns:
+        raise SweepError(f"--metric {spec.metric}: the cell never assigns `{spec.metric}`, so no trial would have "
+                         f"a result. End the cell with e.g. `{spec.metric} = model.score(X_test, y_test)`, or "
+                         f"call mlops_jupyter.report({spec.metric}=...).")
+    shipment = ship.collect(tree, user_ns, hidden, exclude=set(spec.space))
+    connect(spec.address)
+    nodes = cluster_nodes()
+    check_resources(spec, nodes)
+    from ray.util.client import ray as client
+
+    return Plan(spec, shipment, nodes, remote=client.is_connected())
+
+
+def _trainable(plan: Plan):
+    from ray import tune
+
+    from . import trial
+
+    spec, shipped = plan.spec, plan.shipment
+    job = {"body": spec.body, "metric": spec.metric, "mode": spec.mode, "retries": spec.retries,
+           "modules": shipped.modules, "submodules": shipped.submodules, "skipped": shipped.skipped,
+           "values": shipped.values}
+    try:
+        fn = tune.with_parameters(trial.run, job=job)  # one ray.put for the whole sweep
+    except Exception:  # noqa: BLE001 - some global cannot be pickled: leave it (and say so if a trial needs it)
+        problems = ship.pickle_problems(shipped.values)
+        if not problems:
+            raise
+        shipped.skipped.update(problems)
+        job["values"] = {k: v for k, v in shipped.values.items() if k not in problems}
+        fn = tune.with_parameters(trial.run, job=job)
+    return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
+def _tuner(plan: Plan, channel, storage: str):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ._tune import Events, Stop
+
+    spec = plan.spec
+    scheduler = ASHAScheduler(max_t=10**9) if spec.scheduler == "asha" else None  # no cap on report() calls
+    return tune.Tuner(
+        _trainable(plan),
+        param_space={name: term.to_tune() for name, term in spec.space.items()},
+        tune_config=tune.TuneConfig(num_samples=spec.num_samples, metric=spec.metric, mode=spec.mode,
+                                    scheduler=scheduler, max_concurrent_trials=spec.concurrency,
+                                    reuse_actors=True),  # one worker process per slot, not per trial
+        run_config=tune.RunConfig(name="mlops-sweep", storage_path=storage, verbose=0, stop=Stop(channel),
+                                  callbacks=[Events(channel)],
+                                  failure_config=tune.FailureConfig(max_failures=NODE_RETRIES)))
+
+
+class _Tracker:
+    """Folds Tune's events into TrialStates; ``on_end`` hears each trial once, when it ends."""
+
+    def __init__(self, spec: SweepSpec, on_end):
+        self.spec, self.on_end = spec, on_end
+        self.trials: dict[str, TrialState] = {}
+        self.stopping = False
+
+    def apply(self, events: list) -> bool:
+        for kind, trial_id, data, at in events:
+            t = self.trials.get(trial_id)
+            if kind == "start":
+                if t is None:
+                    params = {k: v for k, v in data.items() if k in self.spec.space}
+                    self.trials[trial_id] = TrialState(len(self.trials) + 1, trial_id, params, start=at)
+                continue
+            if t is None or t.status != "RUNNING":
+                continue
+            if kind == "result":
+                t.reported += 1
+                t.node, t.gpu_ids = data.pop("mlops_node", t.node), data.pop("mlops_gpu_ids", t.gpu_ids)
+                status = data.pop("mlops_status", None)
+                t.error, t.output = data.pop("mlops_error", t.error), data.pop("mlops_output", t.output)
+                t.attempts = int(data.pop("mlops_attempts", t.attempts))
+                t.metrics.update({k: v for k, v in data.items() if _finite(v) and not isinstance(v, bool)})
+                if status == "FAILED":
+                    t.metrics.pop(self.spec.metric, None)  # the stand-in worst value is not a result
+                t.final = status or t.final
+            elif kind == "recover":
+                t.restarts += 1
+            elif kind == "complete":
+                t.stopped_early = not t.final and not self.stopping
+                self._end(t, t.final or ("KILLED" if self.stopping else "FINISHED"), at)
+            elif kind == "error":
+                t.error = data or t.error
+                self._end(t, "FAILED", at)
+        return bool(events)
+
+    def _end(self, t: TrialState, status: str, at: float) -> None:
+        t.status, t.end = status, at
+        if self.on_end:
+            self.on_end(t)
+
+    def kill_running(self) -> None:
+        now = time.time()
+        for t in self.trials.values():
+            if t.status == "RUNNING":
+                self._end(t, "KILLED", now)
+
+
+def _quiet_logs() -> dict:
+    levels = {name: logging.getLogger(name).level for name in _QUIET}
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return levels
+
+
+def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5) -> SweepResult:
+    """Run the sweep; ``on_update(result)`` about every ``update_s`` while it runs, ``on_trial_end(trial)``
+    once per trial. On KeyboardInterrupt: Tune stops the running trials (KILLED) and the result says
+    ``interrupted``; the caller decides what to raise."""
+    from ._tune import LocalChannel, RemoteChannel
+
+    # Tune's own file loggers: the trials go to MLflow instead
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner in the cell
+    channel = RemoteChannel() if plan.remote else LocalChannel()
+    storage = tempfile.mkdtemp(prefix="mlops-sweep-")
+    levels = _quiet_logs()
+    folded = _Tracker(plan.spec, on_trial_end)
+    result = SweepResult(plan.spec, [], plan.nodes)
+    box: dict = {}
+    started = time.monotonic()
+
+    def fit():
+        try:
+            box["grid"] = _tuner(plan, channel, storage).fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the cell's thread
+            box["error"] = exc
+
+    def pump() -> None:
+        folded.apply(channel.drain())
+        result.trials = sorted(folded.trials.values(), key=lambda t: t.number)
+        result.seconds = time.monotonic() - started
+
+    worker = threading.Thread(target=fit, name="mlops-sweep", daemon=True)
+    try:
+        worker.start()
+        last = 0.0
+        try:
+            while worker.is_alive():
+                worker.join(0.1)
+                pump()
+                if on_update and time.monotonic() - last >= update_s:
+                    last = time.monotonic()
+                    on_update(result)
+        except KeyboardInterrupt:
+            result.interrupted = folded.stopping = True
+            channel.request_stop()
+            deadline = time.monotonic() + STOP_WAIT_S
+            try:
+                while worker.is_alive() and time.monotonic() < deadline:
+                    worker.join(0.1)
+            except KeyboardInterrupt:
+                pass  # a second interrupt: stop waiting for Tune's clean-up
+        pump()
+        if result.interrupted:
+            folded.kill_running()
+        elif "error" in box:
+            exc = box["error"]
+            raise SweepError(f"Ray Tune stopped the sweep: {type(exc).__name__}: {exc}") from exc
+        result.trials = sorted(folded.trials.values(), key=lambda t: t.number)
+        return result
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        channel.close()
+        shutil.rmtree(storage, ignore_errors=True)

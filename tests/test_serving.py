@@ -1,0 +1,404 @@
+"""`mlops serve`: real models logged to a real SQLite store, generated packages served by real uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import CLEAN_VARS, make_git_project, wait_for
+
+from mlops_jupyter import cli
+
+PY = sys.executable
+IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+# one row of each class, and the 4-row request the bench sends
+SAMPLES = [[5.1, 3.5, 1.4, 0.2], [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
+
+# Logs three models the way a notebook would (in its own process, so no MLflow state leaks into
+# pytest): "iris" (signature + input example; registered as iris v1, alias champion), "nosig" (no
+# signature) and "fragile" (its signature calls petal width a string, so text that is no number
+# reaches the model, which fails on it: a real model error).
+LOG_MODELS = r"""
+import json, sys
+import mlflow, mlflow.sklearn
+from mlflow import MlflowClient
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from mlops_jupyter import config
+
+s = config.resolve()
+config.ensure_state_dir(s.project_root)
+mlflow.set_tracking_uri(s.tracking_uri)
+mlflow.set_experiment(experiment_id=mlflow.create_experiment("serving", artifact_location=s.artifact_location))
+X, y = load_iris(return_X_y=True, as_frame=True)
+model = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)
+common = dict(pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+with mlflow.start_run() as run:
+    mlflow.sklearn.log_model(model, name="model", signature=infer_signature(X, model.predict(X)),
+                             input_example=X.head(3), registered_model_name="iris", **common)
+    mlflow.sklearn.log_model(model, name="nosig", **common)
+    fragile = Schema([ColSpec("double", c) for c in X.columns[:3]] + [ColSpec("string", X.columns[3])])
+    mlflow.sklearn.log_model(model, name="fragile", signature=ModelSignature(fragile), **common)
+MlflowClient(s.tracking_uri).set_registered_model_alias("iris", "champion", "1")
+samples = json.loads(sys.argv[1])
+import pandas as pd
+expected = model.predict(pd.DataFrame(samples, columns=X.columns)).tolist()
+print(json.dumps({"run_id": run.info.run_id, "expected": expected}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN_VARS}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**base, **(env or {})},
+                            start_new_session=True, cwd=log.parent)
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=60, interval=0.2, what="the serving package to answer /ready")
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def generate(root: Path, *args: str) -> int:
+    # --project, not the working directory: a test elsewhere in the session may have moved it
+    return cli.main(["serve", "generate", *args, "--project", str(root)])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A git project (like the `project` fixture, once per module) whose .mlops/ store holds the models."""
+    mp = pytest.MonkeyPatch()
+    for var in CLEAN_VARS:
+        mp.delenv(var, raising=False)
+    root = make_git_project(tmp_path_factory.mktemp("serving") / "proj")
+    mp.chdir(root)
+    out = subprocess.run([PY, "-c", LOG_MODELS, json.dumps(SAMPLES)], cwd=root, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k not in CLEAN_VARS})
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    yield root, info
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def package(store):
+    root, info = store
+    assert generate(root, f"runs:/{info['run_id']}/model", "--out", str(root / "served"), "--name", "iris") == 0
+    return root / "served"
+
+
+@pytest.fixture(scope="module")
+def server(package):
+    """The package served through `mlops serve run` (uvicorn) from a folder outside the project."""
+    port = free_port()
+    log = package.parent.parent / "served.log"
+    proc = start_server([PY, "-m", "mlops_jupyter.cli", "serve", "run", str(package), "--port", str(port)], port,
+                        log, env={"SERVE_MAX_WAIT_MS": "10", "SERVE_MAX_BODY_BYTES": "65536"})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
+
+
+def split(rows):
+    return {"columns": IRIS_COLUMNS, "data": rows}
+
+
+def records(rows):
+    return [dict(zip(IRIS_COLUMNS, r)) for r in rows]
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    line = re.search(rf"^{re.escape(name)}{re.escape('{' + want + '}') if want else ''} (\S+)$", text, re.M)
+    return float(line.group(1)) if line else 0.0
+
+
+# ---- generation ---------------------------------------------------------------------------------
+def test_generated_package_is_self_contained(store, package):
+    assert not (store[0] / "mlflow.db").exists()  # resolved in the project's store, no stray default one
+    pyproject = (package / "pyproject.toml").read_text()
+    assert re.search(r'"scikit-learn==\d', pyproject) and '"skops==' in pyproject and '"fastapi==' in pyproject
+    assert "mlflow" not in pyproject.split("dependencies")[1].split("]")[0]  # the native loader needs no mlflow
+    assert f"FROM python:{sys.version_info.major}.{sys.version_info.minor}-slim" in (package / "Dockerfile").read_text()
+    assert (package / "iris_serving" / "mlflow_model" / "MLmodel").is_file()
+    assert (package / "iris_serving" / "mlflow_model" / "model.skops").is_file()
+    readme = (package / "README.md").read_text()
+    assert "curl -s localhost:8080/predict" in readme and "sepal length (cm)" in readme
+    schema = (package / "iris_serving" / "schema.py").read_text()
+    assert "sepal_length_cm: float = Field(alias='sepal length (cm)'" in schema
+
+
+def test_registered_version_alias_and_folder_give_the_same_model(store, package, tmp_path):
+    root, info = store
+    spec = json.loads((package / "iris_serving" / "serving.json").read_text())
+    for uri in ("models:/iris/1", "models:/iris@champion", str(package / "iris_serving" / "mlflow_model")):
+        out = tmp_path / re.sub(r"\W", "_", uri)[-20:]
+        assert generate(root, uri, "--out", str(out)) == 0
+        got = json.loads(next(out.glob("*_serving/serving.json")).read_text())
+        assert got["model_id"] == spec["model_id"] and got["run_id"] == info["run_id"]
+    assert (tmp_path / re.sub(r"\W", "_", "models:/iris/1")[-20:] / "iris_serving").is_dir()
+
+
+def test_model_without_signature_is_refused_with_the_fix(store, tmp_path, capsys):
+    root, info = store
+    assert generate(root, f"runs:/{info['run_id']}/nosig", "--out", str(tmp_path / "p")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlops serve: ") and err.count("\n") == 1
+    assert "without a signature" in err and "input_example" in err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("runs:/0123456789abcdef0123456789abcdef/model", "cannot fetch"),
+    ("models:/no-such-model/1", "cannot fetch"),
+    ("s3://bucket/model", "cannot read the model URI"),
+    ("no/such/folder", "not an MLflow model"),
+])
+def test_bad_model_uri_is_one_clear_line(store, tmp_path, capsys, uri, words):
+    assert generate(store[0], uri, "--out", str(tmp_path / "p")) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_out_folder_is_never_overwritten(store, package, capsys):
+    assert generate(store[0], str(package / "iris_serving" / "mlflow_model"), "--out", str(package)) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_serve_run_refuses_what_is_not_a_package(tmp_path, capsys):
+    assert cli.main(["serve", "run", str(tmp_path)]) == 2
+    assert "not a generated serving package" in capsys.readouterr().err
+
+
+def test_the_generated_tests_pass(package):
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_VARS}
+    out = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+# ---- the HTTP contract ----------------------------------------------------------------------------
+def test_predict_and_every_mlflow_format_agree_with_the_model(server, store):
+    expected = store[1]["expected"]
+    r = httpx.post(f"{server}/predict", json={"rows": records(SAMPLES)})
+    assert r.status_code == 200 and r.json() == {"predictions": expected}
+    csv = ",".join(IRIS_COLUMNS) + "\n" + "\n".join(",".join(map(str, row)) for row in SAMPLES) + "\n"
+    columnar = {c: [row[i] for row in SAMPLES] for i, c in enumerate(IRIS_COLUMNS)}
+    for body in ({"dataframe_split": split(SAMPLES)}, {"dataframe_records": records(SAMPLES)},
+                 {"instances": records(SAMPLES)}, {"inputs": records(SAMPLES)}, {"inputs": columnar}):
+        r = httpx.post(f"{server}/invocations", json=body)
+        assert (r.status_code, r.json()) == (200, {"predictions": expected}), body
+    r = httpx.post(f"{server}/invocations", content=csv, headers={"Content-Type": "text/csv"})
+    assert r.json() == {"predictions": expected}
+
+
+def test_health_ready_version(server, store):
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/ready").json()["status"] == "ready"
+    v = httpx.get(f"{server}/version").json()
+    assert v["run_id"] == store[1]["run_id"] and v["loader"] == "skops"
+    assert v["packages"]["scikit-learn"] and v["packages"]["fastapi"]
+
+
+def test_docs_show_the_real_columns_and_the_input_example(server):
+    spec = httpx.get(f"{server}/openapi.json").json()
+    row = spec["components"]["schemas"]["Row"]
+    assert list(row["properties"]) == IRIS_COLUMNS and row["required"] == IRIS_COLUMNS
+    assert row["properties"]["sepal length (cm)"]["type"] == "number"
+    assert row["examples"][0]["sepal length (cm)"] == 5.1  # the model's input example (iris row 0)
+    assert httpx.get(f"{server}/docs").status_code == 200
+
+
+ROW = dict(zip(IRIS_COLUMNS, SAMPLES[0]))
+
+
+@pytest.mark.parametrize("path, body, status, field, problem", [
+    ("/predict", {"rows": [{**ROW, "sepal width (cm)": "wide"}]}, 422, "rows[0].sepal width (cm)", "valid number"),
+    ("/predict", {"rows": [{k: v for k, v in ROW.items() if k != "petal length (cm)"}]}, 422,
+     "rows[0].petal length (cm)", "required column is missing"),
+    ("/predict", {"rows": [{**ROW, "colour": 1}]}, 422, "rows[0].colour", "unknown column"),
+    ("/predict", {"rows": []}, 422, "rows", "empty batch"),
+    ("/predict", '{"rows": [{"sepal length (cm)": 5.1, "sepal width (cm)": 1e400, "petal length (cm)": 1.4, '
+     '"petal width (cm)": 0.2}]}', 422, "rows[0].sepal width (cm)", "finite"),  # JSON's 1e400 reads as inf
+    ("/predict", {"rows": [{**ROW, "sepal width (cm)": 1e300}]}, 422, "rows[0].sepal width (cm)", "less than"),
+    ("/predict", {}, 422, "rows", "required field is missing"),
+    ("/invocations", {"dataframe_split": split([[5.1, "x", 1.4, 0.2]])}, 400,
+     "dataframe_split[0].sepal width (cm)", "valid number"),
+    ("/invocations", {"dataframe_records": [{k: v for k, v in ROW.items() if k != "petal width (cm)"}]}, 400,
+     "dataframe_records[0].petal width (cm)", "required column is missing"),
+    ("/invocations", {"instances": [{**ROW, "colour": 1}]}, 400, "instances[0].colour", "unknown column"),
+    ("/invocations", {"inputs": []}, 400, "inputs", "empty batch"),
+    ("/invocations", {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[1, 2]]}}, 400,
+     "dataframe_split.data[0]", "wrong length"),
+])
+def test_bad_input_names_the_field_and_the_problem(server, path, body, status, field, problem):
+    r = httpx.post(server + path, **({"content": body, "headers": {"Content-Type": "application/json"}}
+                                     if isinstance(body, str) else {"json": body}))
+    assert r.status_code == status, r.text
+    errors = r.json()["errors"]
+    assert any(e["field"] == field and problem in e["problem"] for e in errors), errors
+    assert field in r.json()["message"]
+
+
+def test_bad_bodies_get_4xx_not_5xx(server):
+    big = json.dumps({"rows": [ROW] * 2000}).encode()  # > SERVE_MAX_BODY_BYTES (64 KiB) of this server
+    cases = [
+        ("/predict", {"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+        ("/predict", {"content": b"a,b\n1,2", "headers": {"Content-Type": "text/csv"}}, 415),
+        ("/predict", {"content": b"{}"}, 415),  # no content type at all
+        ("/invocations", {"content": b"<x/>", "headers": {"Content-Type": "application/xml"}}, 415),
+        ("/predict", {"content": big, "headers": {"Content-Type": "application/json"}}, 413),
+        # chunked: no Content-Length to check up front, the guard counts the bytes
+        ("/predict", {"content": iter([big[:40000], big[40000:]]), "headers": {"Content-Type": "application/json"}}, 413),
+        ("/invocations", {"json": {"rows": [ROW]}}, 400),  # not one of MLflow's formats
+        ("/invocations", {"json": [1, 2]}, 400),
+        ("/invocations", {"content": b"\xff\xfe", "headers": {"Content-Type": "text/csv"}}, 400),
+    ]
+    for path, kwargs, status in cases:
+        r = httpx.post(server + path, **kwargs)
+        assert r.status_code == status, (path, status, r.text)
+        assert r.json()["message"] and r.json()["error_code"]
+
+
+def test_concurrent_requests_share_predict_calls(server, store):
+    before = httpx.get(f"{server}/metrics").text
+    expected = store[1]["expected"]
+    barrier, answers = threading.Barrier(8), [None] * 8
+
+    def ask(i):
+        rows = [SAMPLES[(i + k) % 4] for k in range(1 + i % 3)]  # different requests, different sizes
+        barrier.wait()
+        r = httpx.post(f"{server}/predict", json={"rows": records(rows)}, timeout=30)
+        answers[i] = (r.json()["predictions"], [expected[(i + k) % 4] for k in range(1 + i % 3)])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got == want for got, want in answers)  # each request got its own rows' predictions back
+    after = httpx.get(f"{server}/metrics").text
+    calls = metric(after, "serving_batch_requests_count") - metric(before, "serving_batch_requests_count")
+    merged = metric(after, "serving_batch_requests_sum") - metric(before, "serving_batch_requests_sum")
+    assert merged == 8 and calls < 8  # 8 requests in fewer predict calls
+
+
+def test_metrics_count_requests_latency_batches_and_errors(server):
+    before = httpx.get(f"{server}/metrics").text
+    httpx.post(f"{server}/predict", json={"rows": records(SAMPLES)})
+    httpx.post(f"{server}/predict", json={"rows": []})
+    after = httpx.get(f"{server}/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    for name, labels, delta in [
+        ("serving_requests_total", {"endpoint": "/predict", "status": "200"}, 1),
+        ("serving_requests_total", {"endpoint": "/predict", "status": "422"}, 1),
+        ("serving_errors_total", {"endpoint": "/predict", "status": "422"}, 1),
+        ("serving_request_duration_seconds_count", {"endpoint": "/predict"}, 2),
+        ("serving_batch_rows_sum", {}, 4),
+    ]:
+        assert metric(after.text, name, **labels) - metric(before, name, **labels) == delta, name
+    assert "serving_batch_rows_bucket" in after.text and "serving_predict_duration_seconds" in after.text
+
+
+def test_no_input_from_the_openapi_spec_yields_a_5xx(server):
+    """Property-based: schemathesis draws valid and invalid requests for every operation of /openapi.json."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    seen = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        # a GET without parameters has no invalid request to draw
+        modes = (GenerationMode.POSITIVE,) + ((GenerationMode.NEGATIVE,) if operation.method.upper() == "POST" else ())
+        for mode in modes:
+            @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def check(case):
+                response = case.call(base_url=server, timeout=30)
+                seen.append(response.status_code)
+                assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+
+            check()
+    assert len(seen) > 100 and any(400 <= s < 500 for s in seen) and 200 in seen
+
+
+def test_a_model_error_is_a_500_with_an_error_id_in_the_log(store, tmp_path):
+    root, info = store
+    pkg = tmp_path / "fragile"
+    assert generate(root, f"runs:/{info['run_id']}/fragile", "--out", str(pkg)) == 0
+    port, log = free_port(), tmp_path / "fragile.log"
+    proc = start_server([PY, "-m", "uvicorn", "fragile_serving.app:app", "--app-dir", str(pkg), "--port", str(port)],
+                        port, log, env={"SERVE_MAX_WAIT_MS": "50"})
+    try:
+        url, results = f"http://127.0.0.1:{port}/predict", {}
+        good, bad = {**ROW, "petal width (cm)": "0.2"}, {**ROW, "petal width (cm)": "wide"}
+
+        def ask(name, row):  # concurrently, so both land in one batch
+            results[name] = httpx.post(url, json={"rows": [row]}, timeout=30)
+
+        threads = [threading.Thread(target=ask, args=a) for a in (("good", good), ("bad", bad))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["good"].status_code == 200  # retried alone after the merged call failed
+        body = results["bad"].json()
+        assert results["bad"].status_code == 500 and body["error_code"] == "INTERNAL_ERROR"
+        assert "Traceback" not in results["bad"].text and "could not convert" not in results["bad"].text
+        wait_for(lambda: body["error_id"] in log.read_text(), timeout=10, what="the error id in the log")
+        assert "could not convert string to float" in log.read_text()  # the cause stays in the log
+    finally:
+        stop_server(proc)
+
+
+def test_magic_generates_from_a_notebook(package, ip, project, capsys):
+    ip.run_line_magic("mlops", f"serve generate {package / 'iris_serving' / 'mlflow_model'} --out pkg --name iris")
+    assert "serving package for" in capsys.readouterr().out
+    assert (project / "pkg" / "iris_serving" / "app.py").is_file()
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="not an empty folder"):
+        ip.run_line_magic("mlops", f"serve generate {package / 'iris_serving' / 'mlflow_model'} --out pkg")

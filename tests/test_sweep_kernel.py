@@ -1,0 +1,34 @@
+"""Interrupting a sweep in a real kernel: trials KILLED, the kernel (and its Ray) usable after, nothing left."""
+
+from harness import all_runs, kernel, text_of, wait_for
+from test_sweep import ray_processes
+
+
+def test_interrupt_stops_the_sweep_cleanly_and_the_kernel_goes_on(project):
+    marker = project / "trial-started"
+    with kernel(project) as k:
+        reply, _ = k.run("%load_ext mlops_jupyter\nimport ray\n"
+                         "ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20)\n"
+                         "session = ray._private.worker._global_node.get_session_dir_path()")
+        assert reply["status"] == "ok"
+        msg_id = k.run(f'%%mlops sweep --space "i=grid(1, 2, 3, 4)" --metric acc --mode max\n'
+                       f"import time\nopen({str(marker)!r}, 'w').close()\ntime.sleep(60)\nacc = i", wait=False)
+        wait_for(marker.exists, timeout=120, what="a trial to start")
+        k.km.interrupt_kernel()
+        reply, msgs = k.collect(msg_id, timeout=90)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert "interrupted" in text_of(msgs)
+        # the same kernel and its Ray run the next sweep with no restart
+        reply, msgs = k.run('%%mlops sweep --space "i=grid(1, 2)" --metric acc --mode max\nacc = i\n'
+                            "_ = None", timeout=120)
+        assert reply["status"] == "ok", text_of(msgs)
+        reply, msgs = k.run("print(best_params, session)")
+        assert "{'i': 2}" in text_of(msgs)
+        session = text_of(msgs).split()[-1]
+        k.run("import mlops_jupyter\nget_ipython()._mlops_magics.tracker.flush(60)", timeout=90)
+    wait_for(lambda: not ray_processes(session), timeout=60, what="the kernel's Ray processes to exit")
+    runs = all_runs(project)
+    first, second = [r for r in runs if r.data.tags.get("mlops.kind") == "sweep"]
+    assert first.info.status == "KILLED" and second.info.status == "FINISHED"
+    killed = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
+    assert killed and {r.info.status for r in killed} == {"KILLED"}
