@@ -42,6 +42,9 @@ demo: $(STAMP)
 	  echo "== $$nb"; \
 	  $(BIN)/papermill --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
 	done
+	@echo "== pipeline: example_notebooks/04_pipeline.ipynb -> $(DEMO_OUT)/pipeline"
+	$(BIN)/mlops export example_notebooks/04_pipeline.ipynb --out $(DEMO_OUT)/pipeline
+	$(BIN)/mlops pipeline run $(DEMO_OUT)/pipeline
 	$(BIN)/mlops runs --last 10
 	@echo "executed notebooks: $(DEMO_OUT)/ · open the runs with the command above, or in JupyterLab: $(BIN)/jupyter lab"
 

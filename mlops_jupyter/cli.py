@@ -100,6 +100,33 @@ def _serve_run(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from . import pipeline
+
+    pipe = pipeline.export(args.notebook, args.out)
+    print(f"pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) in "
+          f"{pipe.folder} · run it: mlops pipeline run {args.out}")
+    return 0
+
+
+def _pipeline_run(args) -> int:
+    from . import pipeline
+
+    result = pipeline.run(args.dir, params=args.param, from_step=args.from_step, force=args.force)
+    for note in result.notes:
+        print(f"mlops: {note}", file=sys.stderr)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _pipeline_status(args) -> int:
+    from . import pipeline
+
+    rows = pipeline.status(args.dir)
+    print(_render.text_table(["step", "state", "why"], [list(r) for r in rows]))
+    return 0 if all(r[1] == "fresh" for r in rows) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlops", description="Jupyter-native MLOps from the terminal.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -147,6 +174,22 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--workers", type=_positive, default=1, metavar="N")
     srv.set_defaults(func=_serve_run)
+    exp = sub.add_parser("export", help="a tagged notebook -> a parameterized, incremental pipeline folder")
+    exp.add_argument("notebook", metavar="NOTEBOOK")
+    exp.add_argument("--out", required=True, metavar="DIR")
+    exp.set_defaults(func=_export)
+    pipe = sub.add_parser("pipeline", help="run an exported pipeline, or show which steps are fresh").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    prun = pipe.add_parser("run", help="run the steps that changed (and what depends on them) with papermill")
+    prun.add_argument("dir", metavar="DIR")
+    prun.add_argument("-p", "--param", action="append", default=[], metavar="key=value",
+                      help="override a parameter of params.yaml for this run")
+    prun.add_argument("--from", dest="from_step", metavar="STEP", help="re-run STEP and every step after it")
+    prun.add_argument("--force", action="store_true", help="re-run every step")
+    prun.set_defaults(func=_pipeline_run)
+    pst = pipe.add_parser("status", help="each step: fresh, stale (and why) or failed")
+    pst.add_argument("dir", metavar="DIR")
+    pst.set_defaults(func=_pipeline_status)
     return p
 
 

@@ -13,7 +13,7 @@ from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
 VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "sweep",
-         "serve")
+         "serve", "export")
 CELL_VERBS = {"run": "[--name N] [--metrics acc,loss]",
               "sweep": '--space "lr=loguniform(1e-4,1e-1)" --metric acc --mode max [--samples N]'}
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
@@ -120,6 +120,9 @@ def _parsers() -> dict:
     p["serve"].add_argument("model_uri", metavar="MODEL_URI")
     p["serve"].add_argument("--out", required=True, metavar="DIR")
     p["serve"].add_argument("--name", metavar="NAME")
+    p["export"] = _Parser(prog="%mlops export", add_help=False)
+    p["export"].add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="default: this notebook")
+    p["export"].add_argument("--out", required=True, metavar="DIR")
     return p
 
 
@@ -390,6 +393,17 @@ class MlopsMagics(Magics):
         header, rows, marks = _render.reproduction_rows(result)
         return _render.Table(header, rows, marks, caption=f"verdict: {result.verdict} · executed notebook: "
                                                           f"{result.notebook}")
+
+    def _export(self, ns, _cell):
+        from . import pipeline
+
+        nb = ns.notebook or self.tracker.notebook_path()
+        if not nb:
+            raise UsageError("%mlops export: this kernel does not know its notebook's path; name it: "
+                             "%mlops export path/to/notebook.ipynb --out DIR (save the notebook first).")
+        pipe = pipeline.export(nb, ns.out)
+        print(f"mlops: pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) "
+              f"in {pipe.folder} · run it from a terminal: mlops pipeline run {ns.out}")
 
     def _serve(self, ns, _cell):
         from .serving import generate_package

@@ -1,0 +1,427 @@
+"""Run an exported pipeline: steps in dependency order, independent ones in parallel (threads,
+each driving papermill), a step skipped when its fingerprint equals its last success.
+
+Speed: the kernel for a step is started while the steps it waits on still run (papermill passes
+``km`` through to nbclient), and MLflow is written by a background thread. A run where nothing
+changed starts no kernel and imports neither papermill nor mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import state as S
+from .emit import Pipeline, load_pipeline
+from .tags import PipelineError
+from .track import Tracking
+
+FINAL = ("ran", "skipped", "failed", "blocked")
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str                 # ran | skipped | failed | blocked
+    seconds: float = 0.0
+    why: list = field(default_factory=list)
+    notebook: str | None = None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    pipeline: str
+    steps: list                 # StepResult, in pipeline order
+    seconds: float
+    runs_dir: str | None
+    mlflow_run: str | None = None
+    notes: list = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return not any(s.status in ("failed", "blocked") for s in self.steps)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(k)} {k if k != 'blocked' else 'not run'}" for k in FINAL if self.count(k)]
+        line = f"pipeline {self.pipeline}: {', '.join(parts) or 'no steps'} in {self.seconds:.1f}s"
+        if self.mlflow_run:
+            line += f" · mlflow run {self.mlflow_run}"
+        if self.runs_dir:
+            line += f" · executed notebooks in {self.runs_dir}"
+        return line
+
+
+def likely_to_run(pipe: Pipeline, params: dict, forced: set, state) -> set:
+    """Steps that will probably execute (stale or forced, or downstream of one): they get kernels early."""
+    likely = set()
+    for spec in pipe.steps:
+        name = spec["name"]
+        try:
+            stale = bool(S.reasons(pipe, spec, S.fingerprint(pipe, spec, params, state), state))
+        except PipelineError:
+            stale = True
+        if name in forced or stale or likely & set(spec["deps"]):
+            likely.add(name)
+    return likely
+
+
+def descendants(pipe: Pipeline, name: str) -> set:
+    out, grew = {name}, True
+    while grew:
+        grew = False
+        for s in pipe.steps:
+            if s["name"] not in out and out & set(s["deps"]):
+                out.add(s["name"])
+                grew = True
+    return out
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+
+
+class _Runner:
+    def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int):
+        self.pipe, self.params, self.forced, self.echo_fn = pipe, params, forced, echo
+        self.state = S.State(pipe.folder)
+        self.status = {s["name"]: "pending" for s in pipe.steps}
+        self.results: dict[str, StepResult] = {}
+        self.cond = threading.Condition()
+        self.exec_slots = threading.BoundedSemaphore(workers)
+        self.ahead_slots = threading.BoundedSemaphore(workers)
+        self.live: set = set()  # kernel managers with a running kernel
+        self.likely = likely_to_run(pipe, params, forced, self.state)
+        self.root = (pipe.folder / pipe.root).resolve()
+        self.runs_dir: Path | None = None
+        self.tracking: Tracking | None = None
+        self._echo_lock = threading.Lock()
+        self.width = max(len(s["name"]) for s in pipe.steps)
+
+    def echo(self, mark: str, name: str, text: str) -> None:
+        with self._echo_lock:
+            self.echo_fn(f"  {mark} {name.ljust(self.width)}  {text}")
+
+    def set(self, name: str, status: str, result: StepResult | None = None) -> None:
+        with self.cond:
+            self.status[name] = status
+            if result is not None:
+                self.results[name] = result
+            self.cond.notify_all()
+
+    # -- the scheduler ------------------------------------------------------------------------
+    def run(self) -> None:
+        threads = []
+        with self.cond:
+            while not all(v in FINAL for v in self.status.values()):
+                for spec in self.pipe.steps:
+                    name = spec["name"]
+                    # launched once its upstream executes or has its kernel ready: a step likely to run starts
+                    # its kernel meanwhile, so start-ups happen one after another beside the running step
+                    if self.status[name] == "pending" and all(
+                            self.status[d] in FINAL + ("executing", "ready") for d in spec["deps"]):
+                        self.status[name] = "launched"
+                        t = threading.Thread(target=self._step, args=(spec,), name=f"step-{name}", daemon=True)
+                        t.start()
+                        threads.append(t)
+                self.cond.wait(1.0)
+        for t in threads:
+            t.join()
+
+    def _prepare_runs_dir(self) -> Path:
+        with self.cond:
+            if self.runs_dir is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                path, i = self.pipe.folder / "runs" / stamp, 1
+                while path.exists():
+                    i += 1
+                    path = self.pipe.folder / "runs" / f"{stamp}-{i}"
+                path.mkdir(parents=True)
+                self.runs_dir = path
+                # papermill's import overlaps the first kernel's start-up; MLflow gets a process of its own
+                threading.Thread(target=_import_papermill, daemon=True).start()
+                self.tracking = Tracking({"pipeline": self.pipe.name, "folder": str(self.pipe.folder),
+                                          "root": str(self.root), "params": self.params,
+                                          "start_ms": int(time.time() * 1000)})
+            return self.runs_dir
+
+    # -- one step -------------------------------------------------------------------------------
+    def _step(self, spec: dict) -> None:
+        name, km, ahead = spec["name"], None, False
+
+        def deps_done():
+            return all(self.status[d] in FINAL for d in spec["deps"])
+
+        try:
+            # a step likely to run starts its kernel (and its imports) while the steps it waits on run;
+            # ``ahead_slots`` bounds how many kernels wait like that
+            while name in self.likely:
+                with self.cond:
+                    if deps_done():
+                        break
+                if self.ahead_slots.acquire(timeout=0.1):
+                    ahead = True
+                    try:
+                        km = self._start_kernel()
+                    except Exception:  # noqa: BLE001 - started again (and reported) when the step runs
+                        km = None
+                    else:
+                        self._warm(km, spec)
+                        with self.cond:
+                            if not deps_done():
+                                self.status[name] = "ready"
+                                self.cond.notify_all()
+                    break
+            with self.cond:
+                self.cond.wait_for(deps_done)
+                bad = [d for d in spec["deps"] if self.status[d] in ("failed", "blocked")]
+            if bad:
+                self.echo("-", name, f"not run: {', '.join(bad)} did not finish")
+                self.set(name, "blocked", StepResult(name, "blocked", error=f"{', '.join(bad)} did not finish"))
+                return
+            fp = S.fingerprint(self.pipe, spec, self.params, self.state)
+            why = S.reasons(self.pipe, spec, fp, self.state)
+            if name in self.forced:
+                why = why or ["forced"]
+            if not why:
+                self.echo("·", name, "unchanged, skipped")
+                self.set(name, "skipped", StepResult(name, "skipped"))
+                return
+            self.exec_slots.acquire()
+            try:
+                if ahead:
+                    ahead = False
+                    self.ahead_slots.release()
+                self.set(name, "executing")
+                runs = self._prepare_runs_dir()
+                self.echo("▶", name, f"running ({'; '.join(why)})")
+                if km is None:
+                    km = self._start_kernel()
+                result = self._execute(spec, fp, why, km, runs)
+            finally:
+                self.exec_slots.release()
+            self.set(name, result.status, result)
+        except Exception as exc:  # noqa: BLE001 - a step's own failure never takes the others down
+            err = f"{type(exc).__name__}: {exc}"
+            self.echo("✗", name, f"failed: {err}")
+            self._record_failure(name, err, None)
+            self.set(name, "failed", StepResult(name, "failed", error=err))
+        finally:
+            if ahead:
+                self.ahead_slots.release()
+            if km is not None:
+                self._stop_kernel(km)
+
+    def stop_all(self) -> None:
+        with self.cond:
+            live = list(self.live)
+        for km in live:
+            self._stop_kernel(km)
+
+    def _start_kernel(self):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        km = AsyncKernelManager(kernel_name=self.pipe.kernel)
+        try:
+            # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
+            run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
+            with self.cond:
+                self.live.add(km)
+        except Exception as exc:  # noqa: BLE001 - e.g. no such kernel
+            raise PipelineError(f"kernel {self.pipe.kernel!r} could not start ({_first_line(str(exc))}); register "
+                                f"it with `python -m ipykernel install --sys-prefix --name {self.pipe.kernel}`.") \
+                from None
+        return km
+
+    def _warm(self, km, spec: dict) -> None:
+        """Run the step notebook's setup and ``imports`` cells (and import what its inputs' formats need)
+        silently in a kernel started ahead: papermill runs them again, and finds the modules loaded."""
+        try:
+            nb = json.loads((self.pipe.folder / spec["notebook"]).read_text())
+            code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]
+                    if c.get("cell_type") == "code" and str(c.get("id", "")).startswith(
+                        (f"{spec['name']}-setup", f"{spec['name']}-imports-"))]
+            libs = {"parquet": "pandas, pyarrow.parquet", "joblib": "joblib", "npy": "numpy", "pickle": "cloudpickle"}
+            for src in set(spec["inputs"].values()):
+                manifest = S._outputs_of(self.pipe.folder / "artifacts" / src) or {}
+                for file in manifest.values():
+                    kind = file.rsplit(".", 1)[-1]
+                    if kind in libs:
+                        code.append(f"try:\n    import {libs[kind]}\nexcept Exception:\n    pass")
+            from jupyter_client import BlockingKernelClient
+
+            kc = BlockingKernelClient()
+            kc.load_connection_info(km.get_connection_info())
+            kc.start_channels()
+            try:
+                kc.wait_for_ready(timeout=120)
+                for src in code:
+                    msg_id = kc.execute(src, silent=True, store_history=False)
+                    while kc.get_shell_msg(timeout=300)["parent_header"].get("msg_id") != msg_id:
+                        pass
+            finally:
+                kc.stop_channels()
+        except Exception:  # noqa: BLE001 - only a head start: the step itself reports real errors
+            pass
+
+    def _stop_kernel(self, km) -> None:
+        from jupyter_core.utils import run_sync
+
+        with self.cond:
+            self.live.discard(km)
+        try:
+            run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def _execute(self, spec: dict, fp: dict, why: list, km, runs: Path) -> StepResult:
+        import papermill as pm
+        from papermill.exceptions import PapermillExecutionError
+
+        name = spec["name"]
+        out = runs / f"{name}.ipynb"
+        start = time.time()
+        try:
+            pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
+                                kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
+                                request_save_on_cell_execute=False,  # one write at the end: less GIL time
+                                start_timeout=120)
+        except PapermillExecutionError as exc:
+            where = self._cell(out, exc.cell_index, exc.source)
+            err = f"{exc.ename}: {_first_line(exc.evalue) or exc.evalue}"
+            res = StepResult(name, "failed", time.time() - start, why, str(out), error=f"{where}: {err}")
+            self.echo("✗", name, f"failed in {where}\n{' ' * (self.width + 6)}{err}\n"
+                                 f"{' ' * (self.width + 6)}executed notebook: {out}")
+            self._record_failure(name, res.error, str(out))
+            self._track(res, start)
+            return res
+        except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors, ...
+            err = f"{type(exc).__name__}: {_first_line(str(exc))}"
+            res = StepResult(name, "failed", time.time() - start, why, str(out) if out.exists() else None, error=err)
+            self.echo("✗", name, f"failed: {err}" + (f"\n{' ' * (self.width + 6)}executed notebook: {out}"
+                                                     if out.exists() else ""))
+            self._record_failure(name, err, res.notebook)
+            self._track(res, start)
+            return res
+        metrics = {}
+        if spec["metrics"]:
+            try:
+                metrics = json.loads((self.pipe.folder / "metrics" / f"{name}.json").read_text())
+            except (OSError, ValueError):
+                metrics = {}
+        res = StepResult(name, "ran", time.time() - start, why, str(out), metrics)
+        with self.state.lock:
+            entry = self.state.steps.setdefault(name, {})
+            entry.pop("failed", None)
+        outputs = S.output_hashes(self.pipe, name, self.state)
+        with self.state.lock:
+            entry["success"] = {"fingerprint": fp, "digest": S.digest(fp), "outputs": outputs,
+                                "notebook": str(out), "time": time.time()}
+        self.state.save()
+        shown = " · ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4])
+        self.echo("✓", name, f"ran in {res.seconds:.1f}s" + (f" · {shown}" if shown else ""))
+        self._track(res, start)
+        return res
+
+    def _cell(self, out: Path, index: int, source: str) -> str:
+        """'cell M of the original notebook `first line`' for an error (else the step notebook's cell)."""
+        origin = None
+        try:  # papermill inserts error-marker cells: find the failed cell by its source
+            cells = json.loads(out.read_text())["cells"]
+            for c in cells:
+                text = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                if c.get("cell_type") == "code" and text == source:
+                    origin = c.get("metadata", {}).get("mlops", {}).get("source_cell")
+                    break
+        except (OSError, ValueError, KeyError):
+            pass
+        if origin is not None:
+            text = f"cell {origin} of {Path(self.pipe.source).name or 'the original notebook'}"
+        else:
+            text = f"cell {index} of the step notebook"
+        return f"{text} `{_first_line(source)[:60]}`"
+
+    def _record_failure(self, name: str, error: str, notebook: str | None) -> None:
+        with self.state.lock:
+            self.state.steps.setdefault(name, {})["failed"] = {"error": error, "notebook": notebook,
+                                                                "time": time.time()}
+        self.state.save()
+
+    def _track(self, res: StepResult, start: float) -> None:
+        if self.tracking is not None:
+            spec = self.pipe.step(res.name)
+            self.tracking.send({"step": res.name, "status": res.status, "start_ms": int(start * 1000),
+                                "end_ms": int(time.time() * 1000), "metrics": res.metrics, "why": res.why,
+                                "error": res.error, "notebook": res.notebook,
+                                "params": {k: self.params.get(k) for k in spec["params"]}})
+
+
+def _import_papermill() -> None:
+    try:
+        import papermill  # noqa: F401
+    except Exception:  # noqa: BLE001 - the step's own import reports it
+        pass
+
+
+def _lock(folder: Path):
+    """One run at a time per pipeline folder (an OS lock: a crashed run never leaves it held)."""
+    path = folder / S.STATE_DIR / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a")
+    try:
+        import fcntl
+
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # not POSIX: no lock
+        pass
+    except OSError:
+        fh.close()
+        raise PipelineError(f"another `mlops pipeline run` is running on {folder}; wait for it to finish.") from None
+    return fh
+
+
+def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None) -> RunResult:
+    """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run."""
+    t0 = time.time()
+    pipe = load_pipeline(folder)
+    values = S.override(S.load_params(pipe), params)
+    forced = set()
+    if force:
+        forced = {s["name"] for s in pipe.steps}
+    elif from_step:
+        pipe.step(from_step)  # a clear error for an unknown step
+        forced = descendants(pipe, from_step)
+    workers = workers or max(1, os.cpu_count() or 1)
+    lock = _lock(pipe.folder)
+    try:
+        echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
+        runner = _Runner(pipe, values, forced, echo, workers)
+        try:
+            runner.run()
+        except KeyboardInterrupt:
+            runner.stop_all()  # no kernel outlives an interrupted run; finished steps stay recorded
+            raise
+    finally:
+        lock.close()
+    notes, run_id = [], None
+    if runner.tracking is not None:
+        skipped = [n for n, st in runner.status.items() if st == "skipped"]
+        failed = any(st in ("failed", "blocked") for st in runner.status.values())
+        runner.tracking.finish({"end": "FAILED" if failed else "FINISHED", "skipped": skipped})
+        run_id = runner.tracking.run_id
+        if runner.tracking.error:
+            notes.append(f"the pipeline's MLflow run could not be written ({runner.tracking.error}); the steps' "
+                         "results and executed notebooks are kept in the pipeline folder.")
+    steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]
+    return RunResult(pipe.name, steps, time.time() - t0, str(runner.runs_dir) if runner.runs_dir else None,
+                     run_id, notes)

@@ -1,0 +1,264 @@
+"""Tagged notebook -> pipeline: export, incremental runs with real kernels (papermill), MLflow, DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import all_runs, notebook
+
+from mlops_jupyter import pipeline
+from mlops_jupyter.pipeline import analysis, tags
+from mlops_jupyter.pipeline.tags import PipelineError
+
+IMPORTS = ("import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklearn.linear_model import "
+           "LogisticRegression\nfrom sklearn.tree import DecisionTreeClassifier", ["imports"])
+
+
+def fan_notebook(root: Path, max_iter: int = 500) -> Path:
+    (root / "helpers.py").write_text("def tree_depth(depth):\n    return depth\n")
+    return notebook(root / "fan.ipynb", [
+        IMPORTS,
+        ("C = 1.0\ndepth = 2\nname = 'iris'", ["parameters"]),
+        ("df = load_iris(as_frame=True).frame", ["step:load"]),
+        "df = df.sample(frac=1.0, random_state=0)\nX, y = df.drop(columns=['target']), df['target']",
+        (f"lr = LogisticRegression(C=C, max_iter={max_iter})\nlr.fit(X, y)", ["step:model_a", "after:load"]),
+        ("import helpers\ntree = DecisionTreeClassifier(max_depth=helpers.tree_depth(depth), random_state=0)\n"
+         "tree.fit(X, y)", ["step:model_b", "after:load"]),
+        ("acc_lr = lr.score(X, y)\nacc_tree = tree.score(X, y)\nprint(name, acc_lr, acc_tree)",
+         ["step:compare", "after:model_a", "after:model_b"]),
+        ("acc_lr, acc_tree", ["metrics"]),
+    ])
+
+
+def ran(result) -> set:
+    return {s.name for s in result.steps if s.status == "ran"}
+
+
+def metrics(folder: Path, step: str) -> dict:
+    return json.loads((folder / "metrics" / f"{step}.json").read_text())
+
+
+def test_fan_out_fan_in_runs_incrementally(project):
+    nb = fan_notebook(project)
+    pipe = pipeline.export(nb, "pipe")
+    folder = project / "pipe"
+    spec = {s["name"]: s for s in pipe.steps}
+    assert spec["model_a"]["inputs"] == {"X": "load", "y": "load"}
+    assert spec["compare"]["inputs"] == {"lr": "model_a", "X": "load", "y": "load", "tree": "model_b"}
+    assert spec["model_b"]["modules"] == ["helpers.py"] and spec["model_a"]["modules"] == []
+    assert yaml.safe_load((folder / "params.yaml").read_text()) == {"C": 1.0, "depth": 2, "name": "iris"}
+    dvc = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]
+    assert "../helpers.py" in dvc["model_b"]["deps"] and dvc["model_b"]["params"] == ["depth"]
+    assert (folder / ".github" / "workflows" / "pipeline-fan.yml").is_file() and (folder / "README.md").is_file()
+
+    lines = []
+    first = pipeline.run(folder, echo=lines.append)
+    assert first.ok and ran(first) == {"load", "model_a", "model_b", "compare"}, "\n".join(lines)
+    base = metrics(folder, "compare")
+    assert set(base) == {"acc_lr", "acc_tree"}
+    assert (folder / "artifacts" / "load" / "X.parquet").is_file()
+    assert (folder / "artifacts" / "model_a" / "lr.joblib").is_file()
+    for step in spec:
+        assert (Path(first.runs_dir) / f"{step}.ipynb").is_file()
+    runs = all_runs(project)
+    parent = [r for r in runs if r.info.run_id == first.mlflow_run][0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {c.info.run_name for c in children} == set(spec)
+    cmp_run = [c for c in children if c.info.run_name == "compare"][0]
+    assert cmp_run.data.metrics["acc_lr"] == pytest.approx(base["acc_lr"])
+    assert [r for r in runs if r.info.run_name == "model_a"][0].data.params == {"C": "1.0"}
+
+    # unchanged: nothing runs, no kernel, neither papermill nor mlflow imported (a fresh process)
+    code = ("import sys, time; from mlops_jupyter import pipeline; t = time.time(); r = pipeline.run('pipe', "
+            "echo=lambda s: None); assert r.ok and r.count('skipped') == 4, r; "
+            "assert 'papermill' not in sys.modules and 'mlflow' not in sys.modules and "
+            "'jupyter_client' not in sys.modules; print(time.time() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert all(st == "fresh" for _, st, _ in pipeline.status(folder))
+
+    # a parameter override re-runs the steps reading it, and changes the result
+    over = pipeline.run(folder, params=["C=0.01"], echo=lines.append)
+    assert ran(over) == {"model_a", "compare"}
+    assert metrics(folder, "compare")["acc_lr"] < base["acc_lr"]
+    assert metrics(folder, "compare")["acc_tree"] == base["acc_tree"]
+    status = dict((n, (st, why)) for n, st, why in pipeline.status(folder))
+    assert status["model_a"][0] == "stale" and "param C changed" in status["model_a"][1]
+    assert status["load"][0] == "fresh" and status["model_b"][0] == "fresh"
+
+    # a local module changed: the steps importing it (and what depends on them) are stale
+    (project / "helpers.py").write_text("def tree_depth(depth):\n    return depth + 1\n")
+    status = dict((n, (st, why)) for n, st, why in pipeline.status(folder))
+    assert status["model_b"] == ("stale", "module helpers.py changed")
+    mod = pipeline.run(folder, echo=lines.append)
+    assert ran(mod) == {"model_a", "model_b", "compare"}  # model_a: back to C=1.0 from params.yaml
+    assert metrics(folder, "compare")["acc_tree"] > base["acc_tree"]
+
+    # editing one step of the notebook re-runs only it and its descendants
+    fan_notebook(project, max_iter=400)
+    (project / "helpers.py").write_text("def tree_depth(depth):\n    return depth + 1\n")
+    pipeline.export(nb, "pipe")
+    edit = pipeline.run(folder, echo=lines.append)
+    assert ran(edit) == {"model_a", "compare"}
+    assert {s.name for s in edit.steps if s.status == "skipped"} == {"load", "model_b"}
+
+
+def test_failure_stops_descendants_and_resume_reruns_only_the_rest(project):
+    cells = [("n = 3", ["parameters"]),
+             ("a = list(range(n))", ["step:first"]),
+             ("b = [x * 2 for x in a]\nraise ValueError('broken step')", ["step:second"]),
+             ("total = sum(b)", ["step:third"]),
+             ("total", ["metrics"])]
+    nb = notebook(project / "lin.ipynb", cells)
+    pipeline.export(nb, "pipe")
+    cli = [sys.executable, "-m", "mlops_jupyter.cli"]
+    out = subprocess.run(cli + ["pipeline", "run", "pipe"], capture_output=True, text=True, cwd=project)
+    assert out.returncode == 1
+    assert "second" in out.stdout and "ValueError: broken step" in out.stdout
+    assert "cell 2 of lin.ipynb `b = [x * 2 for x in a]`" in out.stdout
+    executed = project / "pipe" / "runs"
+    assert any(str(p) in out.stdout for p in executed.rglob("second.ipynb"))
+    assert "third" in out.stdout and "not run: second did not finish" in out.stdout
+    assert "1 ran, 1 failed, 1 not run" in out.stdout
+    status = subprocess.run(cli + ["pipeline", "status", "pipe"], capture_output=True, text=True, cwd=project)
+    assert status.returncode == 1 and "failed" in status.stdout and "broken step" in status.stdout
+
+    cells[2] = ("b = [x * 2 for x in a]", ["step:second"])
+    notebook(nb, cells)
+    pipeline.export(nb, "pipe")
+    lines = []
+    again = pipeline.run(project / "pipe", echo=lines.append)
+    assert again.ok and ran(again) == {"second", "third"}
+    assert [s.name for s in again.steps if s.status == "skipped"] == ["first"]
+    assert metrics(project / "pipe", "third") == {"total": 6}
+
+
+def test_an_unpicklable_variable_is_a_clear_error(project):
+    nb = notebook(project / "gen.ipynb", [
+        ("import threading\nguard = threading.Lock()\nitems = [1, 2]", ["step:make"]),
+        ("with guard:\n    n = len(items)", ["step:use"]),
+    ])
+    pipeline.export(nb, "pipe")
+    lines = []
+    result = pipeline.run(project / "pipe", echo=lines.append)
+    failed = result.steps[0]
+    assert failed.status == "failed" and result.steps[1].status == "blocked"
+    assert "HandoffError" in failed.error and "'guard'" in failed.error and "step 'make'" in failed.error
+    assert "_thread.lock" in failed.error
+
+
+def test_a_notebook_without_tags_is_one_step(project):
+    nb = notebook(project / "plain.ipynb", ["x = 21", "y = x * 2\nprint(y)"])
+    pipe = pipeline.export(nb, "pipe")
+    assert [s["name"] for s in pipe.steps] == ["main"]
+    result = pipeline.run(project / "pipe", echo=lambda s: None)
+    assert result.ok and ran(result) == {"main"}
+    assert "42" in (Path(result.runs_dir) / "main.ipynb").read_text()
+
+
+def test_kale_aliases_export_like_our_tags(project):
+    ours = notebook(project / "ours.ipynb", [
+        ("import math", ["imports"]), ("def f(v):\n    return v + 1", ["functions"]),
+        ("k = 2\nrate = 0.5\nlabel = 'a'\nflag = True\nsizes = [1, 2]\ncfg = {'a': 1}", ["parameters"]),
+        ("a = f(k)", ["step:one"]), ("scratch = 1", ["skip"]), ("b = a * rate", ["step:two", "after:one"]),
+        ("b", ["metrics"])])
+    kale = notebook(project / "kale.ipynb", [
+        ("import math", ["imports"]), ("def f(v):\n    return v + 1", ["functions"]),
+        ("k = 2\nrate = 0.5\nlabel = 'a'\nflag = True\nsizes = [1, 2]\ncfg = {'a': 1}", ["pipeline-parameters"]),
+        ("a = f(k)", ["block:one"]), ("scratch = 1", ["skip"]), ("b = a * rate", ["block:two", "prev:one"]),
+        ("b", ["pipeline-metrics"])])
+    p1, p2 = pipeline.export(ours, "p1"), pipeline.export(kale, "p2")
+    assert p1.steps == p2.steps
+    assert p1.steps[1]["inputs"] == {"a": "one"} and p1.steps[1]["metrics"] == ["b"]
+    assert p1.steps[1]["params"] == ["rate"] and p1.steps[0]["params"] == ["k"]
+    params = yaml.safe_load((project / "p2" / "params.yaml").read_text())
+    assert params == {"k": 2, "rate": 0.5, "label": "a", "flag": True, "sizes": [1, 2], "cfg": {"a": 1}}
+    assert "scratch" not in (project / "p2" / "steps" / "one.ipynb").read_text()
+    with pytest.raises(PipelineError, match="rate holds a number"):
+        pipeline.run(project / "p2", params=["rate=fast"])
+    with pytest.raises(PipelineError, match="no parameter 'nope'"):
+        pipeline.run(project / "p2", params=["nope=1"])
+
+
+@pytest.mark.parametrize("cells, message", [
+    ([("a = 1", ["step:one"]), ("b = 2", ["step:two", "after:ghost"])], r"cell 1 \('b = 2'\) says after:ghost"),
+    ([("a = 1", ["step:one", "after:two"]), ("b = 2", ["step:two", "after:one"])], r"cycle"),
+    ([("a = 1", ["parameters"]), ("a = 2", ["parameters"])], r"parameter 'a' is defined twice.*cell 1"),
+    ([("a = f()", ["parameters"])], r"not a literal"),
+])
+def test_export_errors_name_the_cell(project, cells, message):
+    nb = notebook(project / "bad.ipynb", cells)
+    with pytest.raises(PipelineError, match=message):
+        pipeline.export(nb, "pipe")
+    out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "export", "bad.ipynb", "--out", "pipe"],
+                         capture_output=True, text=True, cwd=project)
+    assert out.returncode == 2 and "mlops export:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_mutating_step_hands_its_version_on_and_data_adds_order(project):
+    nb = notebook(project / "m.ipynb", [
+        ("df = {'a': 1}\nrows = []", ["step:load"]),
+        ("df['b'] = 2\nrows.append(1)\nmodel = object()", ["step:clean"]),
+        ("print(df)", ["step:report", "after:load"]),
+        ("n = len(rows)\nmodel", ["step:use", "after:load"]),
+    ])
+    parsed = tags.parse(__import__("nbformat").read(nb, as_version=4))
+    fl = analysis.flow(parsed, project)
+    assert fl.inputs["clean"] == {"df": "load", "rows": "load"}
+    assert fl.inputs["report"] == {"df": "load"}           # its ancestor's version: clean is not upstream
+    assert fl.inputs["use"] == {"rows": "clean", "model": "clean"} and "clean" in fl.deps["use"]
+
+
+def test_magic_exports_a_notebook(ip, project, monkeypatch):
+    from IPython.core.error import UsageError
+
+    notebook(project / "nb.ipynb", [("a = 1", ["step:one"]), ("b = a", ["step:two"])])
+    ip.run_line_magic("mlops", "export nb.ipynb --out pipe")
+    assert (project / "pipe" / "steps" / "two.ipynb").is_file()
+    monkeypatch.setenv("MLOPS_NOTEBOOK", str(project / "nb.ipynb"))  # what JupyterLab's session name tells
+    ip.run_line_magic("mlops", "export --out current")
+    assert json.loads((project / "current" / "pipeline.json").read_text())["notebook"] == "../nb.ipynb"
+    notebook(project / "bad.ipynb", [("a = 1", ["step:one", "after:zzz"])])
+    with pytest.raises(UsageError, match="after:zzz"):
+        ip.run_line_magic("mlops", "export bad.ipynb --out pipe2")
+
+
+def test_dvc_repro_runs_the_exported_pipeline(project):
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    nb = notebook(project / "d.ipynb", [
+        ("import numpy as np", ["imports"]), ("count = 4", ["parameters"]),
+        ("arr = np.arange(count)", ["step:make"]), ("total = int(arr.sum())", ["step:sum"]),
+        ("total", ["metrics"])])
+    pipeline.export(nb, "pipe")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project / "pipe", capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert metrics(project / "pipe", "sum") == {"total": 6}
+    assert (project / "pipe" / "artifacts" / "make" / "arr.npy").is_file()
+    (project / "pipe" / "params.yaml").write_text("count: 5\n")
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project / "pipe", capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0 and metrics(project / "pipe", "sum") == {"total": 10}
+
+
+def test_a_new_default_only_touches_the_steps_reading_it(project):
+    from mlops_jupyter.pipeline import state
+    from mlops_jupyter.pipeline.emit import load_pipeline
+
+    cells = [("k = 1\nrate = 0.5", ["parameters"]), ("a = k", ["step:one"]), ("b = a * rate", ["step:two"])]
+    nb = notebook(project / "p.ipynb", cells)
+    pipeline.export(nb, "pipe")
+    pipe = load_pipeline(project / "pipe")
+    before = {s["name"]: state.code_hash(pipe, s) for s in pipe.steps}
+    cells[0] = ("k = 1\nrate = 0.75", ["parameters"])
+    pipeline.export(notebook(nb, cells), "pipe")
+    after = {s["name"]: state.code_hash(pipe, s) for s in pipe.steps}
+    assert before == after  # only params.yaml changed: step two is stale through its param, step one stays fresh
+    assert yaml.safe_load((project / "pipe" / "params.yaml").read_text())["rate"] == 0.75
