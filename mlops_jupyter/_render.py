@@ -23,8 +23,18 @@ def fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def short(value) -> str:
+    """A param (always text in MLflow) that is a long float reads better rounded, in a table."""
+    if isinstance(value, str):
+        try:
+            return fmt(float(value)) if "." in value and len(value) > 8 else value
+        except ValueError:
+            return value
+    return fmt(value)
+
+
 def pairs(d: dict, limit: int = 6) -> str:
-    items = [f"{k}={fmt(v)}" for k, v in sorted(d.items())]
+    items = [f"{k}={short(v)}" for k, v in sorted(d.items())]
     return ", ".join(items[:limit]) + (f", +{len(items) - limit}" if len(items) > limit else "")
 
 

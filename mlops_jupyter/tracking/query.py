@@ -71,13 +71,14 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
     flt = f"tags.`{T.NOTEBOOK}` = '{_quote(os.fspath(notebook))}'" if notebook else f"tags.`{T.RECORD}` != ''"
     runs, token = [], None
     while True:
-        want = min(1000, (last - len(runs)) if last else 1000)
         page = client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time DESC"],
-                                  max_results=want, page_token=token)
-        runs.extend(_summary(r) for r in page)
+                                  max_results=1000 if notebook is None else min(1000, last or 1000),
+                                  page_token=token)
+        # sweep trials and pipeline steps show under their parent run, not beside it
+        runs.extend(_summary(r) for r in page if "mlflow.parentRunId" not in r.data.tags)
         token = page.token
         if not token or (last and len(runs) >= last):
-            return runs
+            return runs[:last] if last else runs
 
 
 @_reading
