@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,13 +48,20 @@ def main() -> None:
         subprocess.run(["cat", str(ours / "big.bin"), str(plain / "big.bin")], stdout=subprocess.DEVNULL)  # warm
         md5sum = min(timed(lambda: subprocess.run(["md5sum", str(ours / "big.bin")], capture_output=True,
                                                   check=True)) for _ in range(2))
-        snap = timed(lambda: data.snapshot("big.bin", root=ours))
+        snaps = []
+        for i in range(3):  # three real snapshots (the data changes each time): the median
+            with (ours / "big.bin").open("r+b") as fh:
+                fh.seek(-8, os.SEEK_END)
+                fh.write(f"{i:08d}".encode())
+            snaps.append(timed(lambda: data.snapshot("big.bin", root=ours)))
+        snap = statistics.median(snaps)
         again = timed(lambda: data.snapshot("big.bin", root=ours))
         add = timed(lambda: subprocess.run([*dvc, "add", "-q", "big.bin"], cwd=plain, check=True))
         re_add = timed(lambda: subprocess.run([*dvc, "add", "-q", "big.bin"], cwd=plain, check=True))
-        assert git(ours, "log", "-1", "--format=%s").strip() == "mlops: snapshot big.bin"
+        assert git(ours, "log", "-3", "--format=%s").split().count("big.bin") == 3
     print(f"{MB} MiB file: md5sum {md5sum:.2f} s (anchor)")
-    print(f"snapshot {snap:.2f} s = {snap / md5sum:.2f}x md5sum (goal <= 1.3x): {'PASS' if snap <= 1.3 * md5sum else 'MISS'}")
+    print(f"snapshot {snap:.2f} s (median of {', '.join(f'{t:.2f}' for t in snaps)}) = {snap / md5sum:.2f}x md5sum "
+          f"(goal <= 1.3x): {'PASS' if snap <= 1.3 * md5sum else 'MISS'}")
     print(f"plain `dvc add` {add:.2f} s = {add / md5sum:.2f}x md5sum")
     print(f"re-snapshot of unchanged data {again:.3f} s (goal <= 0.3 s): {'PASS' if again <= 0.3 else 'MISS'}; "
           f"plain `dvc add` of unchanged data {re_add:.2f} s (ratio {again / re_add:.3f})")

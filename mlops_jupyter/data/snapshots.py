@@ -269,10 +269,10 @@ CHUNK = 8 << 20
 
 
 def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
-    """Hash a file and copy it into DVC's cache in one read, hashing and writing in parallel (DVC on
-    its own reads the file twice: once to hash, once to copy). Then DVC's state learns the hash, so
-    its own ``add`` finds the object cached and the file already hashed."""
-    import queue
+    """Hash a file and copy it into DVC's cache at the same time: the copy is the kernel's own
+    (shutil.copyfile -> sendfile / fcopyfile), so it runs beside the hashing instead of after it
+    (DVC on its own hashes, then copies). DVC's state then learns the hash, so its own ``add``
+    finds the object cached and the file already hashed."""
     import threading
     import uuid
 
@@ -281,34 +281,33 @@ def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
     cache = Path(repo.cache.local.path)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".mlops-{uuid.uuid4().hex}.tmp"
-    total, done, md5 = target.stat().st_size, 0, hashlib.md5()
-    chunks: queue.Queue = queue.Queue(maxsize=4)
-    failed = []
+    before = target.stat()
+    total, done, md5, failed = before.st_size, 0, hashlib.md5(), []
 
-    def write():
-        with open(tmp, "wb") as out:
-            while (chunk := chunks.get()) is not None:
-                try:
-                    out.write(chunk)
-                except OSError as exc:
-                    failed.append(exc)
+    def copy():
+        try:
+            shutil.copyfile(target, tmp)
+        except OSError as exc:
+            failed.append(exc)
 
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
+    copier = threading.Thread(target=copy, daemon=True)
+    copier.start()
     try:
         with open(target, "rb") as src:
             while chunk := src.read(CHUNK):
-                chunks.put(chunk)
-                md5.update(chunk)  # releases the GIL: runs beside the writer's write()
+                md5.update(chunk)  # releases the GIL
                 done += len(chunk)
                 if progress:
                     progress(done, total)
     finally:
-        chunks.put(None)
-        writer.join()
-    if failed:
+        copier.join()
+    after = target.stat()
+    if failed or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         tmp.unlink(missing_ok=True)
-        raise failed[0]
+        if failed:
+            raise failed[0]
+        raise MlopsError(f"{target.name} changed while it was being snapshotted; snapshot it again when "
+                         "whatever writes it has finished.")
     oid = md5.hexdigest()
     dest = Path(repo.cache.local.oid_to_path(oid))
     if dest.exists():
