@@ -1,0 +1,55 @@
+"""%%mlops sweep through Ray Client (`--address ray://host:port`) on a head started with `ray start`."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+import psutil
+from harness import all_runs, wait_for
+from test_sweep import flush
+
+
+def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypatch):
+    """`--address ray://host:port`: a head started with `ray start`, reached through Ray Client."""
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # Ray's socket paths must stay short
+    gcs, client = free_port(), free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60's CLI clusters use token auth; clients must too
+    subprocess.run([ray, "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
+                    "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
+                    f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        ip.run_cell("base = 10")
+        result = ip.run_cell(f'%%mlops sweep --space "x=grid(1, 2, 3)" --address ray://127.0.0.1:{client} '
+                             "--metric score --mode max\nscore = base + x")
+        assert result.success, result.error_in_exec
+        assert ip.user_ns["best_params"] == {"x": 3}
+        flush(ip)
+        (parent,) = [r for r in all_runs(project) if "mlflow.parentRunId" not in r.data.tags]
+        kids = [r for r in all_runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.metrics["score"] for r in kids) == [11, 12, 13]
+    finally:
+        import ray as ray_mod
+
+        ray_mod.shutdown()  # the client connection
+        # stop exactly the processes of this head (never `ray stop`: it would stop every Ray on the machine)
+        mine = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a or f"={gcs}" in a
+                                                                  for a in p.info["cmdline"] or [])]
+        for p in mine:
+            p.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(mine, timeout=15)
+        for p in alive:
+            p.kill()
+        wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                              if any(temp in a for a in p.info["cmdline"] or [])], timeout=30,
+                 what="the head's Ray processes to exit")
