@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -20,6 +19,9 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness import stop_group  # noqa: E402
 
 CONNECTIONS, ROWS, WORKERS = 8, 4, 1
 WARMUP_S, MEASURE_S, MAX_REQUESTS = 1.5, 8.0, 40_000  # each load phase is bounded in time and count
@@ -64,19 +66,8 @@ def start(cmd: list[str], port: int, env: dict, cwd: Path, log: Path) -> subproc
                 return proc
         except OSError:
             time.sleep(0.2)
-    stop(proc)
+    stop_group(proc)
     raise SystemExit(f"{cmd[:4]} did not answer /health in 90 s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _exchange(sock: socket.socket, request: bytes, buf: bytearray) -> int:
@@ -170,7 +161,7 @@ def main() -> int:
         try:
             results["mlflow models serve /invocations"] = load(port, "/invocations", json.dumps(split).encode())
         finally:
-            stop(proc)
+            stop_group(proc)
 
         waits = ["0", "1", "2", "5", "10"] if args.sweep else [None]
         for wait in waits:
@@ -185,7 +176,7 @@ def main() -> int:
                 if not args.sweep:
                     results[f"generated /invocations{tag}"] = load(port, "/invocations", json.dumps(split).encode())
             finally:
-                stop(proc)
+                stop_group(proc)
 
     print(f"50-tree RandomForest on iris · {ROWS}-row requests · {CONNECTIONS} connections · {WORKERS} worker · "
           f"{MEASURE_S:.0f} s each after {WARMUP_S} s warm-up")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -13,6 +14,18 @@ import nbformat
 
 CLEAN_VARS = ("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_EXPERIMENT", "MLOPS_ARTIFACT_LOCATION",
               "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "JPY_SESSION_NAME", "MLOPS_NOTEBOOK")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own process group: politely, then for sure."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def git(root: Path, *args: str) -> str:

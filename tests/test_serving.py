@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import CLEAN_VARS, make_git_project, wait_for
+from harness import CLEAN_VARS, make_git_project, stop_group, wait_for
 
 from mlops_jupyter import cli
 
@@ -81,20 +80,9 @@ def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None) 
     try:
         wait_for(ready, timeout=60, interval=0.2, what="the serving package to answer /ready")
     except BaseException:
-        stop_server(proc)
+        stop_group(proc)
         raise
     return proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def generate(root: Path, *args: str) -> int:
@@ -135,7 +123,7 @@ def server(package):
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_server(proc)
+        stop_group(proc)
 
 
 def split(rows):
@@ -391,7 +379,7 @@ def test_a_model_error_is_a_500_with_an_error_id_in_the_log(store, tmp_path):
         wait_for(lambda: body["error_id"] in log.read_text(), timeout=10, what="the error id in the log")
         assert "could not convert string to float" in log.read_text()  # the cause stays in the log
     finally:
-        stop_server(proc)
+        stop_group(proc)
 
 
 def test_magic_generates_from_a_notebook(package, ip, project, capsys):
