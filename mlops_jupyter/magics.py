@@ -304,8 +304,7 @@ class MlopsMagics(Magics):
             raise KeyboardInterrupt  # the cell (and its run) ends interrupted, as any interrupted cell
 
     def _autotrack(self, ns, _cell):
-        if not self.tracker.configured:
-            self.tracker.configure()
+        self._settings()
         self.tracker.autotrack = ns.state == "on"
         print(f"mlops: autotrack {ns.state}" + (": every code cell you run becomes a run in experiment "
                                                 f"'{self.tracker.experiment}'" if ns.state == "on" else ""))
@@ -313,9 +312,7 @@ class MlopsMagics(Magics):
     def _runs(self, ns, _cell):
         from .tracking import query
 
-        if not self.tracker.configured:
-            self.tracker.configure()
-        waiting = self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        waiting = self._flushed()
         nb = None if ns.all else self.tracker.notebook_path()
         runs = query.list_runs(self.tracker.settings, notebook=nb, last=ns.last)
         header, rows = _render.runs_rows(runs)
@@ -327,9 +324,7 @@ class MlopsMagics(Magics):
     def _compare(self, ns, _cell):
         from .tracking import query
 
-        if not self.tracker.configured:
-            self.tracker.configure()
-        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        self._flushed()
         ids = ns.run_ids
         if ns.last:
             if ids:
@@ -341,11 +336,16 @@ class MlopsMagics(Magics):
         n = sum(marks)
         return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
 
-
     def _settings(self):
         if not self.tracker.configured:
             self.tracker.configure()
         return self.tracker.settings
+
+    def _flushed(self) -> int:
+        """Configured, and every finished cell's run written (briefly only, when the store is down):
+        reading runs right after a cell must see it. Returns how many still wait."""
+        self._settings()
+        return self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
 
     def _snapshot(self, ns, _cell):
         from . import data
@@ -366,7 +366,7 @@ class MlopsMagics(Magics):
         from . import data
 
         settings = self._settings()
-        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        self._flushed()
         snaps = data.list_snapshots(ns.path, None, settings)
         header, rows = _render.snapshot_rows(snaps)
         return _render.Table(header, rows, caption=f"{len(snaps)} snapshots"
@@ -385,7 +385,7 @@ class MlopsMagics(Magics):
         from .tracking.reproduce import reproduce
 
         settings = self._settings()
-        self.tracker.flush(timeout=2 if self.tracker.degraded else 15)
+        self._flushed()
         print(f"mlops: reproducing run {ns.run_id}: code, data and parameters as recorded (papermill)...")
         result = _render.in_worker(reproduce, settings, ns.run_id)
         for note in result.notes:
