@@ -43,6 +43,7 @@ def timed(cmd: list, cwd: Path, env: dict) -> tuple[float, str]:
 
 
 def main() -> None:
+    load = os.getloadavg()[0]  # other work on the machine skews the ratio: say how much there was
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -71,6 +72,9 @@ def main() -> None:
             again.append(took)
         no_kernel = len(list((root / "pipe" / "runs").iterdir())) == runs_before and "4 skipped" in out
         a, f, u = statistics.median(anchor), statistics.median(first), statistics.median(again)
+        print(f"machine load (1-minute average) at the start / end: {load:.2f} / {os.getloadavg()[0]:.2f} "
+              f"on {os.cpu_count()} cores; each run: anchor {' '.join(f'{t:.2f}' for t in anchor)} · "
+              f"pipeline {' '.join(f'{t:.2f}' for t in first)}")
         print(f"papermill of the original notebook (anchor): {a:.2f}s (median of {REPEAT})")
         print(f"4-step linear pipeline, first run (--force): {f:.2f}s = {f / a:.2f}x the anchor "
               f"(goal <= 1.5x: {'ok' if f / a <= 1.5 else 'MISSED'})")

@@ -105,7 +105,7 @@ def _export(args) -> int:
 
     pipe = pipeline.export(args.notebook, args.out)
     print(f"pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) in "
-          f"{pipe.folder} · run it: mlops pipeline run {args.out}")
+          f"{pipe.folder} · run it: mlops pipeline run {args.out}{pipe.serving_note()}")
     return 0
 
 

@@ -19,6 +19,7 @@ ENV_VARS = {
     "tracking_uri": ("MLOPS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
     "experiment": ("MLOPS_EXPERIMENT",),
     "artifact_location": ("MLOPS_ARTIFACT_LOCATION",),
+    "ui_url": ("MLOPS_UI_URL",),  # where the MLflow UI is served, when it is not the tracking server itself
 }
 KNOWN_KEYS = tuple(ENV_VARS)
 
@@ -29,6 +30,7 @@ class Settings:
     tracking_uri: str
     experiment: str | None = None
     artifact_location: str | None = None
+    ui_url: str | None = None
     origin: dict = field(default_factory=dict, compare=False)  # key -> where the value came from
 
     @property
@@ -47,6 +49,20 @@ class Settings:
         if self.artifact_location:
             cmd += f" --default-artifact-root {self.artifact_location}"
         return cmd
+
+    def ui_base(self) -> str | None:
+        """Base URL of an MLflow UI serving these runs: ``ui_url`` if set, else an http(s) tracking
+        server (which serves its own UI); None for a local store, which no UI serves until started."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri.rstrip("/")
+        return None
+
+    def run_url(self, experiment_id: str, run_id: str) -> str | None:
+        """Link to one run in the MLflow UI, or None when no UI URL is known."""
+        base = self.ui_base()
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
 
 
 def find_project_root(start: str | os.PathLike | None = None) -> Path:
@@ -118,6 +134,10 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
             f"tracking URI {uri!r} (from {origin['tracking_uri']}) is not a URI; use a database URI such as "
             f"sqlite:///{(root / STATE_DIR / 'mlflow.db').as_posix()} or a server URL such as "
             "http://127.0.0.1:5000.")
+    ui = values.get("ui_url")
+    if ui and not ui.startswith(("http://", "https://")):
+        raise ConfigError(f"ui-url {ui!r} (from {origin['ui_url']}) is not a web address; give the URL the MLflow "
+                          "UI answers on, e.g. http://127.0.0.1:5000.")
     return Settings(project_root=root, origin=origin, **values)
 
 

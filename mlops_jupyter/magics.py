@@ -259,7 +259,7 @@ class MlopsMagics(Magics):
         from IPython.display import Image, display
 
         from . import sweep
-        from .sweep import view
+        from .sweep import live, view
 
         space = (sweep.from_mapping(self.shell.user_ns.get(ns.space_from), ns.space_from, ns.metric)
                  if ns.space_from else sweep.parse(ns.space, ns.metric))
@@ -267,17 +267,21 @@ class MlopsMagics(Magics):
                                ns.concurrency, ns.scheduler, ns.address, ns.retries)
         plan = sweep.prepare(spec, self.shell.user_ns, self.shell.user_ns_hidden)  # bad input: no run recorded
         params = {f"space.{k}": t.describe() for k, t in space.items()}
-        params.update(samples=spec.num_samples, metric=ns.metric, mode=ns.mode, cpus_per_trial=ns.cpus_per_trial,
-                      gpus_per_trial=ns.gpus_per_trial, concurrency=ns.concurrency or "auto",
-                      scheduler=ns.scheduler or "fifo", retries=ns.retries)
+        params.update(samples=spec.num_samples, trials=plan.total, metric=ns.metric, mode=ns.mode,
+                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial,
+                      concurrency=ns.concurrency or "auto", scheduler=ns.scheduler or "fifo", retries=ns.retries)
         rec = self.tracker.begin(cell, RunOptions(name=ns.name or "sweep", params=params,
                                                   tags={"mlops.kind": "sweep", "mlops.ray.nodes": len(plan.nodes)}))
         progress = view.Progress(total=plan.total)
         with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
             handle = display(progress, display_id=True)
+        # the sidebar's live trial table (MLflow only hears of a trial when it ends)
+        table = live.ProgressFile(self.tracker.settings.state_dir, rec.key, self.tracker.notebook_path(),
+                                  ns.name or "sweep", ns.metric, ns.mode, plan.total)
 
         def update(result):
             progress.result = result
+            table.update(result, rec.run_id)
             with self.tracker.unrecorded():
                 handle.update(progress)
 
@@ -289,8 +293,13 @@ class MlopsMagics(Magics):
                                      "mlops.restarts": t.restarts, "mlops.stopped_early": t.stopped_early},
                                texts={k: v for k, v in texts.items() if v})
 
-        result = sweep.execute(plan, on_update=update, on_trial_end=ended)
+        try:
+            result = sweep.execute(plan, on_update=update, on_trial_end=ended)
+        except BaseException:
+            table.finish(status="FAILED")
+            raise
         update(result)
+        table.finish(result, rec.run_id, status="KILLED" if result.interrupted else "FINISHED")
         best, df = result.best, view.frame(result)
         self.shell.user_ns.update(best_params=dict(best.params) if best else {}, sweep=df)
         if best:
@@ -403,7 +412,7 @@ class MlopsMagics(Magics):
                              "%mlops export path/to/notebook.ipynb --out DIR (save the notebook first).")
         pipe = pipeline.export(nb, ns.out)
         print(f"mlops: pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) "
-              f"in {pipe.folder} · run it from a terminal: mlops pipeline run {ns.out}")
+              f"in {pipe.folder} · run it from a terminal: mlops pipeline run {ns.out}{pipe.serving_note()}")
 
     def _serve(self, ns, _cell):
         from .serving import generate_package

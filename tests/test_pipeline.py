@@ -13,7 +13,7 @@ import yaml
 from harness import all_runs, notebook
 
 from mlops_jupyter import pipeline
-from mlops_jupyter.pipeline import analysis, tags
+from mlops_jupyter.pipeline import analysis, serializers, tags
 from mlops_jupyter.pipeline.tags import PipelineError
 
 IMPORTS = ("import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklearn.linear_model import "
@@ -262,3 +262,47 @@ def test_a_new_default_only_touches_the_steps_reading_it(project):
     after = {s["name"]: state.code_hash(pipe, s) for s in pipe.steps}
     assert before == after  # only params.yaml changed: step two is stale through its param, step one stays fresh
     assert yaml.safe_load((project / "pipe" / "params.yaml").read_text())["rate"] == 0.75
+
+
+def test_step_kernels_are_fresh_processes_that_share_nothing(project, monkeypatch):
+    """Kernels forked from the template (or started plainly with MLOPS_PIPELINE_FORK=0) start empty: no
+    variable, module attribute or random state of another step; plots still show inline."""
+    import psutil
+
+    nb = notebook(project / "iso.ipynb", [
+        ("import json\nimport os\nimport numpy as np\nimport matplotlib.pyplot as plt", ["imports"]),
+        ("runner = 0", ["parameters"]),
+        ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()\nplt.plot([1, 2])",
+         ["step:one"]),
+        ("leaked = int(hasattr(json, 'leak') or 'secret' in globals())\nsame_rng = int(r1 == float(np.random.rand()))\n"
+         "same_pid = int(os.getpid() == pid1)\nforked = int(os.getppid() != runner)", ["step:two"]),
+        ("leaked, same_rng, same_pid, forked", ["metrics"]),
+    ])
+    pipeline.export(nb, "pipe")
+    folder = project / "pipe"
+    for fork, force in (("1", False), ("0", True)):
+        monkeypatch.setenv("MLOPS_PIPELINE_FORK", fork)
+        result = pipeline.run(folder, params=[f"runner={os.getpid()}"], force=force, echo=lambda s: None)
+        assert result.ok and ran(result) == {"one", "two"}
+        assert metrics(folder, "two") == {"leaked": 0, "same_rng": 0, "same_pid": 0, "forked": int(fork)}
+        assert "image/png" in (Path(result.runs_dir) / "one.ipynb").read_text()  # pyplot's inline hooks work
+        # no kernel, fork server or MLflow process outlives the run
+        assert not psutil.pid_exists(serializers.load(str(folder / "artifacts" / "one"), "pid1", "two", "one"))
+        mine = psutil.Process().children(recursive=True)
+        assert not [p for p in mine if "mlops_jupyter.pipeline" in " ".join(p.cmdline())], mine
+
+
+def test_the_fork_server_refuses_to_fork_a_threaded_template(project):
+    """A preload that starts a thread makes the template unsafe to fork: the server says so (the runner then
+    starts kernels the usual way) and exits once told to."""
+    from mlops_jupyter.pipeline import kernels
+
+    spec, python, _ = kernels._fork_spec("python3")
+    starts_thread = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()"
+    server = kernels.ForkServer(spec, python, project, [starts_thread], [])
+    try:
+        with pytest.raises(RuntimeError, match="cannot fork: a preloaded module started a thread"):
+            server.fork(["-f", str(project / "kernel.json")], dict(os.environ), str(project))
+    finally:
+        server.close()
+    assert server.proc.returncode == 0

@@ -3,8 +3,10 @@
 export const PLUGIN_ID = 'mlops-jupyter:plugin';
 export const SIDEBAR_ID = 'mlops-jupyter:sidebar';
 
-/** How often the open sidebar re-reads the store: a cell finishing should show up without a click. */
+/** How often the sidebar re-reads the store: a cell finishing should show up without a click. */
 export const REFRESH_MS = 3000;
+/** Faster while something runs (a busy kernel, a RUNNING run, a live sweep, a pipeline run). */
+export const LIVE_REFRESH_MS = 1000;
 
 export type RunStatus = 'RUNNING' | 'SCHEDULED' | 'FINISHED' | 'FAILED' | 'KILLED';
 
@@ -21,11 +23,126 @@ export interface IRun {
   execution_count: number | null;
   params: Record<string, string>;
   metrics: Record<string, number>;
+  kind?: null | 'sweep' | 'pipeline';
+  ui_url?: string | null;
 }
 
 export interface IRunList {
   notebook: string;
   tracking_uri: string;
   ui: string;
+  ui_url?: string | null;
   runs: IRun[];
+}
+
+export type Capability = 'tracking' | 'data' | 'sweep' | 'pipeline' | 'serving';
+
+export interface IStatus {
+  project: string;
+  tracking_uri: string;
+  ui: string;
+  ui_url: string | null;
+  capabilities: Record<Capability, boolean>;
+}
+
+/** The pip extra that brings each capability's engine (pyproject's optional-dependencies). */
+export const EXTRAS: Record<Capability, string> = {
+  tracking: 'mlops-jupyter',
+  data: 'mlops-jupyter[data]',
+  sweep: 'mlops-jupyter[sweep]',
+  pipeline: 'mlops-jupyter[pipeline]',
+  serving: 'mlops-jupyter[serving]'
+};
+
+export interface ICompare {
+  runs: IRun[];
+  params: Record<string, (string | null)[]>;
+  metrics: Record<string, (number | null)[]>;
+  differs: { params: string[]; metrics: string[] };
+  history: Record<string, Record<string, [number, number][]>>;
+}
+
+export interface ISnapshotVersion {
+  rev: string;
+  md5: string;
+  size: number;
+  nfiles: number | null;
+  message: string;
+  time: number;
+  current: boolean;
+  runs: { run_id: string; run_name: string | null }[];
+}
+
+export interface ISnapshots {
+  project: string;
+  paths: { path: string; versions: ISnapshotVersion[] }[];
+}
+
+export interface IRestored {
+  target: string;
+  rev: string;
+  md5: string;
+  message: string;
+}
+
+export interface ITrial {
+  number: number;
+  status: string;
+  params: Record<string, unknown>;
+  metrics: Record<string, number>;
+  node: string | null;
+}
+
+export interface ISweep {
+  /** null while a live sweep's parent run is not in MLflow yet */
+  run_id: string | null;
+  run_name: string | null;
+  status: string;
+  start_time: number | null;
+  metric: string | null;
+  mode: 'max' | 'min';
+  samples: number | null;
+  live: boolean;
+  best: { trial: number; params: Record<string, unknown>; metrics: Record<string, number> } | null;
+  trials: ITrial[];
+}
+
+export type StepState = 'fresh' | 'stale' | 'failed' | 'never';
+
+export interface IPipelineRun {
+  running: boolean;
+  started: number;
+  ended: number | null;
+  ok: boolean | null;
+  log: string[];
+  summary: string | null;
+}
+
+export interface IPipeline {
+  folder: string;
+  exported: boolean;
+  outdated: boolean;
+  steps: { name: string; state: StepState; reason: string }[];
+  models: { name: string; step: string }[];
+  run: IPipelineRun | null;
+}
+
+export interface IValidateCell {
+  id: string;
+  index: number;
+  tags: string[];
+  /** Sent for `parameters` cells only: the server checks their values are literals. */
+  source?: string;
+}
+
+export interface IValidation {
+  ok: boolean;
+  steps: string[];
+  errors: { cell_id: string | null; index: number | null; message: string }[];
+}
+
+export interface IGenerated {
+  folder: string;
+  model_uri: string;
+  name: string;
 }

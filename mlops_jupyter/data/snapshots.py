@@ -41,6 +41,7 @@ class Snapshot:
     pushed_to: str | None = None
     runs: list = field(default_factory=list)  # runs that used this version
     root: str = ""  # the project (git repo) holding it
+    current: bool = False  # the version the workspace's .dvc file records now (set by list_snapshots)
 
     @property
     def id(self) -> str:
@@ -406,6 +407,11 @@ def list_snapshots(path: str | os.PathLike | None = None, root: str | os.PathLik
             info = read_dvc_file(_git(root, "show", f"{rev}:{rel}.dvc", check=False))
             if info:
                 snaps.append(Snapshot(rel, info["md5"], info["size"], info["nfiles"], rev, subject, int(ts) * 1000))
+    now = {s["path"]: s["md5"] for s in in_scope(root)}
+    for rel in rels:  # the newest commit of what the workspace records (an older one may record it too)
+        first = next((s for s in snaps if s.path == rel and s.md5 == now.get(rel)), None)
+        if first is not None:
+            first.current = True
     if settings is not None and snaps:
         from ..tracking import runs_with_tags
 

@@ -1,13 +1,17 @@
 """Tagged notebook -> parameterized, incremental pipeline, run with papermill.
 
 Stages, one module each: ``tags`` (cells -> steps), ``analysis`` (variable hand-off between
-steps), ``emit`` (step notebooks, params.yaml, dvc.yaml, README, CI workflow), ``execute``
-(incremental, parallel execution), ``state`` (hashes behind skip / status), ``serializers``
-(the runtime save/load the step notebooks call). Importing this package is cheap: papermill
-and mlflow are imported only when a step actually executes.
+steps), ``models`` (model:NAME -> MLflow model + serving package), ``emit`` (step notebooks,
+params.yaml, dvc.yaml, README, CI workflow), ``execute`` (incremental, parallel execution),
+``kernels`` / ``forkserver`` (step kernels forked from a template that has the imports loaded),
+``track`` (the MLflow process), ``state`` (hashes behind skip / status), ``serializers`` (the
+runtime save/load the step notebooks call). Importing this package is cheap: papermill and
+mlflow are imported only when a step actually executes.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def export(notebook, out):
@@ -31,4 +35,27 @@ def status(folder):
     return pipeline_status(folder)
 
 
-__all__ = ["export", "run", "status"]
+def load(folder):
+    """The Pipeline definition exported into ``folder``; PipelineError when it holds none."""
+    from .emit import load_pipeline
+
+    return load_pipeline(folder)
+
+
+def running(folder) -> bool:
+    """Whether an ``mlops pipeline run`` holds ``folder``'s run lock right now (from any process)."""
+    from .execute import _lock
+    from .state import STATE_DIR
+    from .tags import PipelineError
+
+    folder = Path(folder).resolve()
+    if not (folder / STATE_DIR).is_dir():
+        return False  # never run: and no lock file is made just to ask
+    try:
+        _lock(folder).close()
+    except PipelineError:
+        return True
+    return False
+
+
+__all__ = ["export", "run", "status", "load", "running"]

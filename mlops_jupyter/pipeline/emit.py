@@ -1,7 +1,8 @@
 """Export: a tagged notebook -> a pipeline folder.
 
 ``steps/<step>.ipynb`` (each runs alone with papermill), ``params.yaml``, ``dvc.yaml``,
-``pipeline.json`` (what ``mlops pipeline run`` reads), a README and a GitHub Actions workflow.
+``pipeline.json`` (what ``mlops pipeline run`` reads), a README and a GitHub Actions workflow; a run adds
+``serving/NAME`` for each cell tagged ``model:NAME`` (see ``models``).
 Step notebooks run with the original notebook's folder as working directory, so relative paths
 and local modules in the user's code work unchanged.
 """
@@ -14,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import analysis, tags
+from . import analysis, models, tags
 from .tags import PipelineError
 
 DEFINITION = "pipeline.json"
@@ -30,6 +31,15 @@ class Pipeline:
     root: str          # the notebook's folder, relative to ``folder``
     kernel: str
     source: str = ""   # the original notebook, relative to ``folder``
+
+    def serving_note(self) -> str:
+        """What a run of this pipeline serves, for the export message ('' when no cell is tagged model:NAME)."""
+        tagged = [(m, s["name"]) for s in self.steps for m in s.get("models", [])]
+        if not tagged:
+            return ""
+        logged = ", ".join(f"model {m} (step {st})" for m, st in tagged)
+        where = ", ".join(str(self.folder / models.SERVING_DIR / m) for m, _ in tagged)
+        return f" · each run also logs {logged} to MLflow and writes its serving package: {where}"
 
     def step(self, name: str) -> dict:
         for s in self.steps:
@@ -88,8 +98,10 @@ def _step_notebook(nb, parsed, step, spec: dict, rel_dir: str):
         cells.append(_code("\n".join(lines), f"{name}-load"))
     for i, c in enumerate(step.cells):
         cells.append(_code(c.source, f"{name}-cell-{i}", origin=c.index))
-    save = [f"_mlops_io.save(_mlops_dir + {'/artifacts/' + name!r}, "
-            f"{{_n: globals()[_n] for _n in {spec['outputs']!r} if _n in globals()}}, {name!r})"]
+    values = f"{{_n: globals()[_n] for _n in {spec['outputs']!r} if _n in globals()}}"
+    if spec["model_examples"]:  # each tagged model and the first rows of its training data, for MLflow
+        values = f"{{**{values}, **_mlops_io.model_values(globals(), {spec['model_examples']!r}, {name!r})}}"
+    save = [f"_mlops_io.save(_mlops_dir + {'/artifacts/' + name!r}, {values}, {name!r})"]
     if spec["metrics"]:
         save.append(f"_mlops_io.save_metrics(_mlops_dir + {'/metrics/' + name + '.json'!r}, "
                     f"{spec['metrics']!r}, globals())")
@@ -103,12 +115,16 @@ def _dvc_yaml(pipe: Pipeline) -> dict:
     for s in pipe.steps:
         cmd = (f"papermill {s['notebook']} runs/dvc-{s['name']}.ipynb -f params.yaml "
                f"--cwd {shlex.quote(pipe.root)} --log-level WARNING")
+        if s["models"]:  # its models go to MLflow and become serving packages, as `mlops pipeline run` does
+            cmd += f" && python -m mlops_jupyter.pipeline.models . {s['name']}"
         deps = [s["notebook"]] + [f"{pipe.root}/{m}" if pipe.root != "." else m for m in s["modules"]]
         deps += sorted({f"artifacts/{src}" for src in s["inputs"].values()})
         stage = {"cmd": cmd, "deps": deps}
         if s["params"]:
             stage["params"] = list(s["params"])
-        stage["outs"] = [f"artifacts/{s['name']}"]
+        # a serving package is regenerated from the logged model, so DVC need not cache it
+        served = [{f"{models.SERVING_DIR}/{m}": {"cache": False}} for m in s["models"]]
+        stage["outs"] = [f"artifacts/{s['name']}"] + served
         if s["metrics"]:
             stage["metrics"] = [{f"metrics/{s['name']}.json": {"cache": False}}]
         stages[s["name"]] = stage
@@ -116,6 +132,13 @@ def _dvc_yaml(pipe: Pipeline) -> dict:
 
 
 def _readme(pipe: Pipeline, source: str) -> str:
+    served = "".join(f"- `{models.SERVING_DIR}/{m}/`: FastAPI serving package for model `{m}` (step "
+                     f"`{s['name']}`); start it with `mlops serve run {models.SERVING_DIR}/{m}`\n"
+                     for s in pipe.steps for m in s["models"])
+    if served:
+        served = ("\n## Serving packages\n\nEach run of a step tagged `model:NAME` logs the model to MLflow (its "
+                  "step's child run, with an input example and signature from the first rows of the data it was fit "
+                  "on) and writes:\n\n" + served)
     rows = "\n".join(f"| `{s['name']}` | {', '.join(s['deps']) or '-'} | "
                      f"{', '.join(f'{v} ({p})' for v, p in s['inputs'].items()) or '-'} | "
                      f"{', '.join(s['outputs']) or '-'} | {', '.join(s['params']) or '-'} |" for s in pipe.steps)
@@ -148,10 +171,11 @@ each run is one MLflow run with a child run per step.
 ## Parameters (params.yaml)
 
 {params}
-"""
+{served}"""
 
 
 def _workflow(pipe: Pipeline, workdir: str) -> str:
+    extras = "pipeline,serving" if any(s.get("models") for s in pipe.steps) else "pipeline"
     return f"""# Generated by mlops export: runs pipeline `{pipe.name}`. GitHub reads workflows from the
 # repository's own .github/workflows/: move this file there if this folder is not the repository root.
 name: pipeline-{pipe.name}
@@ -169,7 +193,7 @@ jobs:
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
-      - run: pip install mlops-jupyter papermill ipykernel && python -m ipykernel install --user --name {pipe.kernel}
+      - run: pip install "mlops-jupyter[{extras}]" ipykernel && python -m ipykernel install --user --name {pipe.kernel}
       - run: mlops pipeline run .
       - uses: actions/upload-artifact@v4
         if: always()
@@ -199,6 +223,7 @@ def export_notebook(notebook, out) -> Pipeline:
         raise PipelineError(f"--out {out} is the notebook's own folder; export into a folder of its own, "
                             "e.g. --out pipeline.")
     flow = analysis.flow(parsed, src.parent)
+    fits = models.examples(parsed)
     root = os.path.relpath(src.parent, folder)
     rel_dir = os.path.relpath(folder, src.parent)
     steps = []
@@ -206,7 +231,7 @@ def export_notebook(notebook, out) -> Pipeline:
         n = step.name
         steps.append({"name": n, "deps": flow.deps[n], "inputs": flow.inputs[n], "outputs": flow.outputs[n],
                       "params": flow.params[n], "modules": flow.modules[n], "metrics": flow.metrics[n],
-                      "models": step.models, "notebook": f"steps/{n}.ipynb"})
+                      "models": step.models, "model_examples": fits[n], "notebook": f"steps/{n}.ipynb"})
     pipe = Pipeline(folder, src.stem, steps, _plain(parsed.params), root, parsed.kernel)
     (folder / "steps").mkdir(parents=True, exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)

@@ -1,9 +1,12 @@
 """Run an exported pipeline: steps in dependency order, independent ones in parallel (threads,
 each driving papermill), a step skipped when its fingerprint equals its last success.
 
-Speed: the kernel for a step is started while the steps it waits on still run (papermill passes
-``km`` through to nbclient), and MLflow is written by a background thread. A run where nothing
-changed starts no kernel and imports neither papermill nor mlflow.
+Speed: each step gets a kernel process of its own, forked from a template that has imported ipykernel
+and the notebook's ``imports`` cell (``kernels``, ``forkserver``), so no step pays for those imports
+again; a step's kernel is started and connected while the steps it waits on still run (papermill passes
+``km`` through to nbclient, and finds the client ready); MLflow is written by a process of its own
+(``track``), and kernels are shut down off the critical path. A run where nothing changed starts no
+kernel and imports neither papermill nor mlflow.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import kernels as K
 from . import state as S
 from .emit import Pipeline, load_pipeline
 from .tags import PipelineError
@@ -106,6 +110,8 @@ class _Runner:
         self.tracking: Tracking | None = None
         self._echo_lock = threading.Lock()
         self.width = max(len(s["name"]) for s in pipe.steps)
+        self.kernels = K.Kernels(pipe.kernel, self.root)
+        self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
 
     def echo(self, mark: str, name: str, text: str) -> None:
         with self._echo_lock:
@@ -121,14 +127,17 @@ class _Runner:
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:
         threads = []
+        first = next((s for s in self.pipe.steps if s["name"] in self.likely), None)
+        if first is not None:  # the kernels' template process imports while the scheduler gets going
+            self.kernels.start_fork_server(self.pipe.folder / first["notebook"], first["name"], self._format_libs())
         with self.cond:
             while not all(v in FINAL for v in self.status.values()):
                 for spec in self.pipe.steps:
                     name = spec["name"]
-                    # launched once its upstream executes or has its kernel ready: a step likely to run starts
-                    # its kernel meanwhile, so start-ups happen one after another beside the running step
+                    # launched once its upstream executes or has (or is starting) its kernel: a step likely to
+                    # run starts its kernel meanwhile, up to ``workers`` kernels ahead of the running steps
                     if self.status[name] == "pending" and all(
-                            self.status[d] in FINAL + ("executing", "ready") for d in spec["deps"]):
+                            self.status[d] in FINAL + ("executing", "ready", "warming") for d in spec["deps"]):
                         self.status[name] = "launched"
                         t = threading.Thread(target=self._step, args=(spec,), name=f"step-{name}", daemon=True)
                         t.start()
@@ -151,6 +160,8 @@ class _Runner:
                 threading.Thread(target=_import_papermill, daemon=True).start()
                 self.tracking = Tracking({"pipeline": self.pipe.name, "folder": str(self.pipe.folder),
                                           "root": str(self.root), "params": self.params,
+                                          "models": any(s.get("models") for s in self.pipe.steps
+                                                        if s["name"] in self.likely),
                                           "start_ms": int(time.time() * 1000)})
             return self.runs_dir
 
@@ -170,6 +181,10 @@ class _Runner:
                         break
                 if self.ahead_slots.acquire(timeout=0.1):
                     ahead = True
+                    with self.cond:
+                        if not deps_done():  # the steps after it may start their kernels too
+                            self.status[name] = "warming"
+                            self.cond.notify_all()
                     try:
                         km = self._start_kernel()
                     except Exception:  # noqa: BLE001 - started again (and reported) when the step runs
@@ -219,22 +234,54 @@ class _Runner:
             if ahead:
                 self.ahead_slots.release()
             if km is not None:
-                self._stop_kernel(km)
+                stopper = threading.Thread(target=self._stop_kernel, args=(km,), name=f"stop-{name}", daemon=True)
+                stopper.start()
+                with self.cond:
+                    self.stoppers.append(stopper)
 
     def stop_all(self) -> None:
         with self.cond:
             live = list(self.live)
         for km in live:
             self._stop_kernel(km)
+        self.wait_for_kernels()
+
+    def wait_for_kernels(self) -> None:
+        """Every kernel stopped and the fork server gone."""
+        self.kernels.close(wait=False)  # it exits once the kernels it forked are gone (or kills them)
+        with self.cond:
+            stoppers = list(self.stoppers)
+        for t in stoppers:
+            t.join()
+        self.kernels.close()
+
+    def _format_libs(self, names=None) -> list:
+        """Import statements for the hand-off formats the inputs of steps ``names`` (default: all) were saved in
+        by their last run."""
+        out = []
+        for spec in self.pipe.steps:
+            if names is None or spec["name"] in names:
+                for src in set(spec["inputs"].values()):
+                    for file in (S._outputs_of(self.pipe.folder / "artifacts" / src) or {}).values():
+                        lib = K.FORMAT_LIBS.get(file.rsplit(".", 1)[-1])
+                        if lib and lib not in out:
+                            out.append(lib)
+        return out
 
     def _start_kernel(self):
-        from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
-        km = AsyncKernelManager(kernel_name=self.pipe.kernel)
+        km = self.kernels.manager()
         try:
             # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
-            run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
+            try:
+                run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
+            except Exception:  # noqa: BLE001
+                if not self.kernels.is_forked(km):
+                    raise
+                self.kernels.close()  # the fork server failed: this and later steps start kernels the usual way
+                km = self.kernels.manager()
+                run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
             with self.cond:
                 self.live.add(km)
         except Exception as exc:  # noqa: BLE001 - e.g. no such kernel
@@ -244,33 +291,27 @@ class _Runner:
         return km
 
     def _warm(self, km, spec: dict) -> None:
-        """Run the step notebook's setup and ``imports`` cells (and import what its inputs' formats need)
-        silently in a kernel started ahead: papermill runs them again, and finds the modules loaded."""
-        try:
-            nb = json.loads((self.pipe.folder / spec["notebook"]).read_text())
-            code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]
-                    if c.get("cell_type") == "code" and str(c.get("id", "")).startswith(
-                        (f"{spec['name']}-setup", f"{spec['name']}-imports-"))]
-            libs = {"parquet": "pandas, pyarrow.parquet", "joblib": "joblib", "npy": "numpy", "pickle": "cloudpickle"}
-            for src in set(spec["inputs"].values()):
-                manifest = S._outputs_of(self.pipe.folder / "artifacts" / src) or {}
-                for file in manifest.values():
-                    kind = file.rsplit(".", 1)[-1]
-                    if kind in libs:
-                        code.append(f"try:\n    import {libs[kind]}\nexcept Exception:\n    pass")
-            from jupyter_client import BlockingKernelClient
+        """In a kernel started ahead: connect the client papermill will use and wait until the kernel answers,
+        then import (silently, binding no name in the user's namespace) what the step's ``imports`` cell and
+        its inputs' formats need and the fork server could not preload, e.g. pyplot, whose hooks need the
+        kernel's shell. The user's namespace stays as empty as a new kernel's."""
+        from jupyter_core.utils import run_sync
 
-            kc = BlockingKernelClient()
-            kc.load_connection_info(km.get_connection_info())
-            kc.start_channels()
-            try:
-                kc.wait_for_ready(timeout=120)
-                for src in code:
-                    msg_id = kc.execute(src, silent=True, store_history=False)
-                    while kc.get_shell_msg(timeout=300)["parent_header"].get("msg_id") != msg_id:
+        try:
+            sources = K.cell_sources(self.pipe.folder / spec["notebook"], (f"{spec['name']}-imports-",))
+            statements = K.import_statements(sources, self.root) + self._format_libs({spec["name"]})
+            code = "\n".join(f"try:\n    exec({src!r}, {{}})\nexcept Exception:\n    pass" for src in statements)
+
+            async def warm():
+                kc = km.client()
+                kc.start_channels()
+                await kc.wait_for_ready(timeout=120)
+                if code:
+                    msg_id = kc.execute(code, silent=True, store_history=False)
+                    while (await kc.get_shell_msg(timeout=300))["parent_header"].get("msg_id") != msg_id:
                         pass
-            finally:
-                kc.stop_channels()
+
+            run_sync(warm)()
         except Exception:  # noqa: BLE001 - only a head start: the step itself reports real errors
             pass
 
@@ -280,6 +321,7 @@ class _Runner:
         with self.cond:
             self.live.discard(km)
         try:
+            km.stop_client()
             run_sync(km.shutdown_kernel)(now=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
@@ -299,37 +341,48 @@ class _Runner:
         except PapermillExecutionError as exc:
             where = self._cell(out, exc.cell_index, exc.source)
             err = f"{exc.ename}: {_first_line(exc.evalue) or exc.evalue}"
-            res = StepResult(name, "failed", time.time() - start, why, str(out), error=f"{where}: {err}")
-            self.echo("✗", name, f"failed in {where}\n{' ' * (self.width + 6)}{err}\n"
-                                 f"{' ' * (self.width + 6)}executed notebook: {out}")
-            self._record_failure(name, res.error, str(out))
-            self._track(res, start)
-            return res
+            return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), error=f"{where}: {err}"),
+                                start, f"failed in {where}", err)
         except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors, ...
             err = f"{type(exc).__name__}: {_first_line(str(exc))}"
-            res = StepResult(name, "failed", time.time() - start, why, str(out) if out.exists() else None, error=err)
-            self.echo("✗", name, f"failed: {err}" + (f"\n{' ' * (self.width + 6)}executed notebook: {out}"
-                                                     if out.exists() else ""))
-            self._record_failure(name, err, res.notebook)
-            self._track(res, start)
-            return res
+            return self._failed(StepResult(name, "failed", time.time() - start, why, str(out) if out.exists() else None,
+                                           error=err), start, f"failed: {err}")
         metrics = {}
         if spec["metrics"]:
             try:
                 metrics = json.loads((self.pipe.folder / "metrics" / f"{name}.json").read_text())
             except (OSError, ValueError):
                 metrics = {}
+        served = []
+        if spec.get("models"):  # the step is done once its models are in MLflow and their packages written
+            reply = self.tracking.request({"models": {"step": name, "names": spec["models"],
+                                                      "start_ms": int(start * 1000)}})
+            if "error" in reply:
+                return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), metrics,
+                                               error=reply["error"]), start, "failed", reply["error"])
+            served = [f"serving package {Path(v['package']).relative_to(self.pipe.folder)}"
+                      for v in reply["models"].values()]
         res = StepResult(name, "ran", time.time() - start, why, str(out), metrics)
         with self.state.lock:
             entry = self.state.steps.setdefault(name, {})
             entry.pop("failed", None)
         outputs = S.output_hashes(self.pipe, name, self.state)
+        packages = {m: S.package_hash(self.pipe, m, self.state) for m in spec.get("models", [])}
         with self.state.lock:
-            entry["success"] = {"fingerprint": fp, "digest": S.digest(fp), "outputs": outputs,
+            entry["success"] = {"fingerprint": fp, "digest": S.digest(fp), "outputs": outputs, "packages": packages,
                                 "notebook": str(out), "time": time.time()}
         self.state.save()
-        shown = " · ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4])
+        shown = " · ".join([f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]] + served)
         self.echo("✓", name, f"ran in {res.seconds:.1f}s" + (f" · {shown}" if shown else ""))
+        self._track(res, start)
+        return res
+
+    def _failed(self, res: StepResult, start: float, headline: str, detail: str = "") -> StepResult:
+        """Report, record and track a failed step: what failed, why, and where its executed notebook is."""
+        pad = "\n" + " " * (self.width + 6)
+        self.echo("✗", res.name, headline + (pad + detail if detail else "") +
+                  (pad + f"executed notebook: {res.notebook}" if res.notebook else ""))
+        self._record_failure(res.name, res.error, res.notebook)
         self._track(res, start)
         return res
 
@@ -408,20 +461,26 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
         runner = _Runner(pipe, values, forced, echo, workers)
         try:
             runner.run()
-        except KeyboardInterrupt:
+        except BaseException:
             runner.stop_all()  # no kernel outlives an interrupted run; finished steps stay recorded
+            if runner.tracking is not None:
+                runner.tracking.send({"end": "KILLED"})  # it ends the MLflow run so, on its own
             raise
+        notes, run_id = [], None
+        try:
+            runner.kernels.close(wait=False)
+            if runner.tracking is not None:  # the kernels stop while MLflow catches up
+                skipped = [n for n, st in runner.status.items() if st == "skipped"]
+                failed = any(st in ("failed", "blocked") for st in runner.status.values())
+                runner.tracking.finish({"end": "FAILED" if failed else "FINISHED", "skipped": skipped})
+                run_id = runner.tracking.run_id
+                if runner.tracking.error:
+                    notes.append(f"the pipeline's MLflow run could not be written ({runner.tracking.error}); the "
+                                 "steps' results and executed notebooks are kept in the pipeline folder.")
+        finally:
+            runner.wait_for_kernels()
     finally:
         lock.close()
-    notes, run_id = [], None
-    if runner.tracking is not None:
-        skipped = [n for n, st in runner.status.items() if st == "skipped"]
-        failed = any(st in ("failed", "blocked") for st in runner.status.values())
-        runner.tracking.finish({"end": "FAILED" if failed else "FINISHED", "skipped": skipped})
-        run_id = runner.tracking.run_id
-        if runner.tracking.error:
-            notes.append(f"the pipeline's MLflow run could not be written ({runner.tracking.error}); the steps' "
-                         "results and executed notebooks are kept in the pipeline folder.")
     steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]
     return RunResult(pipe.name, steps, time.time() - t0, str(runner.runs_dir) if runner.runs_dir else None,
                      run_id, notes)

@@ -11,6 +11,7 @@ import os
 import sys
 
 MANIFEST = "_manifest.json"
+EXAMPLE_ROWS = 5  # rows of a tagged model's training data kept as its input example
 
 
 class HandoffError(Exception):
@@ -125,6 +126,54 @@ def load(folder: str, name: str, step: str, producer: str):
 
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+def example_key(name: str) -> str:
+    """The hand-off name of model ``name``'s input example (with a dot: never a Python variable's name)."""
+    return f"{name}.example"
+
+
+def model_values(namespace: dict, models: dict, step: str) -> dict:
+    """For each model:NAME of ``step`` ({NAME: source of the data it is fit on}): {NAME: the model,
+    "NAME.example": the first EXAMPLE_ROWS rows of that data as a DataFrame}, for ``save``."""
+    out = {}
+    for name, data_src in models.items():
+        if name not in namespace:
+            raise HandoffError(f"step {step!r} tags model:{name}, but {name} is not defined when the step ends; "
+                               f"assign the fitted model to {name}.")
+        model = namespace[name]
+        if not callable(getattr(model, "predict", None)):
+            t = type(model)
+            raise HandoffError(f"model:{name} of step {step!r} is a {t.__module__}.{t.__qualname__} with no predict "
+                               "method; model:NAME tags a fitted model, e.g. a scikit-learn estimator.")
+        try:
+            data = eval(data_src, namespace)  # noqa: S307 - the step's own expression, found by export's AST
+        except Exception as exc:  # noqa: BLE001
+            raise HandoffError(f"model:{name} of step {step!r}: the data it is fit on, `{data_src}`, cannot be read "
+                               f"when the step ends ({type(exc).__name__}: {exc}); its first rows become the model's "
+                               "input example.") from None
+        out[name] = model
+        out[example_key(name)] = _example(data, model, name, step)
+    return out
+
+
+def _example(data, model, name: str, step: str):
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        frame = data.iloc[:EXAMPLE_ROWS].reset_index(drop=True)
+    else:
+        import numpy as np
+
+        rows = data[:EXAMPLE_ROWS]
+        rows = np.asarray(rows.toarray() if hasattr(rows, "toarray") else rows)  # scipy sparse -> dense
+        if rows.ndim != 2:
+            raise HandoffError(f"model:{name} of step {step!r} is fit on data of shape {np.shape(rows)}; a served "
+                               "model takes rows of columns (a 2-D array or a DataFrame).")
+        names = list(getattr(model, "feature_names_in_", [])) or [f"x{i}" for i in range(rows.shape[1])]
+        frame = pd.DataFrame(rows, columns=names)
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
 
 
 def _scalar(value):

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from .emit import Pipeline, load_pipeline
+from .models import SERVING_DIR
 from .tags import PipelineError
 
 STATE_DIR = ".mlops-pipeline"
@@ -164,6 +165,12 @@ def output_hashes(pipe: Pipeline, name: str, state: State) -> dict | None:
     return {var: state.file_hash(folder / file) for var, file in manifest.items()}
 
 
+def package_hash(pipe: Pipeline, model: str, state: State) -> str | None:
+    """Hash of the serving package of ``model`` (its serving.json, which names the logged model), None if absent."""
+    found = sorted((pipe.folder / SERVING_DIR / model).glob("*/serving.json"))
+    return state.file_hash(found[0]) if found else None
+
+
 def reasons(pipe: Pipeline, spec: dict, fp: dict, state: State) -> list:
     """Why a step is not fresh (empty list: fresh)."""
     last = state.steps.get(spec["name"], {})
@@ -186,6 +193,9 @@ def reasons(pipe: Pipeline, spec: dict, fp: dict, state: State) -> list:
         why.append("step code changed")
     if not why and output_hashes(pipe, spec["name"], state) != good.get("outputs"):
         why.append("its outputs in artifacts/ are missing or changed")
+    for model in spec.get("models", []) if not why else []:
+        if package_hash(pipe, model, state) != good.get("packages", {}).get(model):
+            why.append(f"its serving package {SERVING_DIR}/{model} is missing or changed")
     if last.get("failed") and not why:
         why.append("last run failed")
     return why

@@ -10,6 +10,7 @@ the step before it.
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class Step:
     after: list = field(default_factory=list)      # explicit after:/prev: names
     after_cells: dict = field(default_factory=dict)  # after-name -> Cell that named it
     models: list = field(default_factory=list)     # model:NAME tags seen on its cells
+    model_cells: dict = field(default_factory=dict)  # model name -> Cell that tagged it
     first: Cell | None = None
 
 
@@ -81,6 +83,8 @@ def parse(nb) -> Parsed:
     imports, functions, parameters = [], [], []
     current: Step | None = None
     orphans: list[Cell] = []  # untagged code before the first step tag
+    model_cells: dict[str, Cell] = {}
+    models: list = []  # (step or None for code above the first step tag, model name)
     for index, nbcell in enumerate(nb.cells):
         if nbcell.get("cell_type") != "code":
             continue
@@ -90,11 +94,19 @@ def parse(nb) -> Parsed:
         if "skip" in kinds:
             continue
         for tag, arg in tags:
+            if tag == "model" and (not (arg or "").isidentifier() or keyword.iskeyword(arg)):
+                raise PipelineError(f"{cell.where} has the tag model:{arg!r}; model:NAME names the variable that "
+                                    "holds the fitted model when its step ends, e.g. model:clf for `clf = "
+                                    "LogisticRegression().fit(X, y)`.")
             if tag in NAMED and not _NAME.match(arg or ""):
                 raise PipelineError(f"{cell.where} has the tag {tag}:{arg!r}; a step name is letters, digits, "
                                     f"'_' or '-', e.g. {tag}:train.")
         shared = next((k for k in ("parameters", "imports", "functions") if k in kinds), None)
         if shared:  # cells every step notebook gets, not part of any step
+            model = next((arg for tag, arg in tags if tag == "model"), None)
+            if model:
+                raise PipelineError(f"{cell.where} is tagged {shared} and model:{model}; a {shared} cell runs in every "
+                                    f"step, so tag model:{model} on the cell of the step that fits {model}.")
             cell.kind = shared
             {"parameters": parameters, "imports": imports, "functions": functions}[shared].append(cell)
             continue
@@ -115,13 +127,22 @@ def parse(nb) -> Parsed:
                 if tag == "after" and arg not in target.after:
                     target.after.append(arg)
                     target.after_cells[arg] = cell
-                elif tag == "model":
-                    target.models.append(arg)
+        for tag, arg in tags:
+            if tag == "model":
+                if arg in model_cells:
+                    raise PipelineError(f"{cell.where} has the tag model:{arg}, and so has {model_cells[arg].where}; "
+                                        f"each model gets one serving package (serving/{arg}): tag one cell.")
+                model_cells[arg] = cell
+                models.append((target, arg))
     if not steps:
         main = Step("main", cells=orphans, first=orphans[0] if orphans else None)
         steps, order, orphans = {"main": main}, ["main"], []
     elif orphans:  # code above the first step tag belongs to the first step
         steps[order[0]].cells[:0] = orphans
+    for target, name in models:
+        target = target or steps[order[0]]
+        target.models.append(name)
+        target.model_cells[name] = model_cells[name]
     deps: dict[str, list] = {}
     for i, name in enumerate(order):
         step = steps[name]

@@ -1,7 +1,8 @@
 """jupyter_server extension: the REST routes the MLOps sidebar calls.
 
-A thin front door onto the core (``mlops_jupyter.config``, ``mlops_jupyter.tracking``); importing it
-imports no mlflow, so a server with the extension enabled starts as fast as one without.
+A thin front door onto the core (config, tracking, data, sweep, pipeline, serving); importing it
+imports no engine (mlflow, dvc, ray, papermill), so a server with the extension enabled starts as fast as
+one without, and each route imports what it calls only when it is called.
 """
 
 from .handlers import setup_handlers

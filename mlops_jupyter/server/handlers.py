@@ -1,9 +1,19 @@
-"""HTTP handlers for ``{base_url}mlops/...`` (described in openapi.yaml next to this file)."""
+"""HTTP handlers for ``{base_url}mlops/...`` (described in openapi.yaml next to this file).
+
+Thin by design: each handler checks its input, resolves paths inside the server root, and calls
+one core function off the event loop (``asyncio.to_thread``); a pipeline run is a subprocess.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.util
 import json
+import os
+import re
+import tomllib
+from contextlib import contextmanager
 from pathlib import Path
 
 import tornado.web
@@ -13,8 +23,11 @@ from jupyter_server.utils import url_path_join
 from .. import config
 from ..errors import MlopsError, StoreError
 from ..tracking import query
+from .runs import PipelineRuns
 
 NAMESPACE = "mlops"
+# capability -> the module whose presence means its engine is installed (looked up, never imported)
+ENGINES = {"tracking": "mlflow", "data": "dvc", "sweep": "ray", "pipeline": "papermill", "serving": "fastapi"}
 
 
 class HTTPProblem(Exception):
@@ -31,7 +44,7 @@ def error_body(exc: BaseException) -> dict:
         return {"code": exc.code, "message": str(exc)}
     if isinstance(exc, StoreError):  # the store is down: not the client's mistake
         return {"code": 503, "message": str(exc)}
-    if isinstance(exc, MlopsError):  # ConfigError included
+    if isinstance(exc, MlopsError):  # ConfigError, PipelineError, SweepError included
         return {"code": 400, "message": str(exc)}
     if isinstance(exc, tornado.web.HTTPError):
         return {"code": exc.status_code, "message": exc.log_message or exc.reason or "HTTP error"}
@@ -39,12 +52,13 @@ def error_body(exc: BaseException) -> dict:
 
 
 class MlopsHandler(APIHandler):
-    """Base class: JSON replies, errors as ``{code, message}`` (never an HTML traceback page)."""
+    """Base class: JSON replies, errors as ``{code, message}`` (never an HTML traceback page),
+    request paths confined to the server root."""
 
     def reply(self, body: dict, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
+        self.finish(json.dumps(body, default=str))
 
     def write_error(self, status_code: int, **kwargs) -> None:
         # refusals raised by tornado itself (no login: 403, unknown method: 405) get the same body shape
@@ -59,17 +73,29 @@ class MlopsHandler(APIHandler):
             self.log.error("mlops_jupyter: %s %s failed", self.request.method, self.request.path, exc_info=exc)
         self.reply(body, body["code"])
 
-    def notebook_path(self) -> Path:
-        """The ``path`` query argument resolved inside the server root; refused outside it."""
-        rel = self.get_query_argument("path", "").strip()
-        if not rel:
-            raise HTTPProblem(400, "query parameter `path` is required: the notebook path relative to the "
-                                   "server root, e.g. ?path=analysis/train.ipynb")
-        root = Path(self.settings["server_root_dir"]).expanduser().resolve()
-        target = (root / rel).resolve()
-        if not target.is_relative_to(root):
-            raise HTTPProblem(403, f"path {rel!r} is outside the server root; give a path inside it.")
+    # ---- input ---------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.settings["server_root_dir"]).expanduser().resolve()
+
+    def inside(self, rel, name: str = "path") -> Path:
+        """``rel`` (relative to the server root) resolved, symlinks included; refused outside the root."""
+        if not isinstance(rel, str) or not rel.strip():
+            raise HTTPProblem(400, f"`{name}` is required: a path relative to the server root, e.g. "
+                                   f"{'analysis/train.ipynb' if name == 'path' else 'data/train.csv'}.")
+        target = (self.root / rel.strip()).resolve()
+        if not target.is_relative_to(self.root):
+            raise HTTPProblem(403, f"{name} {rel!r} is outside the server root; give a path inside it.")
         return target
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def notebook_path(self, rel=None) -> Path:
+        """The notebook (``path`` query argument, or ``rel`` from a body) inside the server root."""
+        if rel is None:
+            rel = self.get_query_argument("path", "")
+        return self.inside(rel, "path")
 
     def positive_int(self, name: str) -> int | None:
         raw = self.get_query_argument(name, "").strip()
@@ -79,28 +105,406 @@ class MlopsHandler(APIHandler):
             raise HTTPProblem(400, f"query parameter `{name}` must be a positive whole number, got {raw!r}.")
         return int(raw)
 
+    def body(self, **fields) -> dict:
+        """The JSON object body, with each of ``fields`` (name -> type or tuple of types) checked if present."""
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as exc:
+            raise HTTPProblem(400, f"the request body is not valid JSON ({exc}); send a JSON object.") from None
+        if not isinstance(data, dict):
+            raise HTTPProblem(400, f"the request body must be a JSON object, got {type(data).__name__}.")
+        for name, kind in fields.items():
+            if data.get(name) is not None and not isinstance(data[name], kind):
+                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise HTTPProblem(400, f"`{name}` must be a {names.replace('str', 'string')}, "
+                                       f"got {json.dumps(data[name])[:80]}.")
+        return data
 
-class RunsHandler(MlopsHandler):
-    """GET the tracked runs of one notebook, newest first."""
+    def project(self, nb: Path) -> config.Settings:
+        return config.resolve(start=nb.parent)
 
+
+class Route(MlopsHandler):
+    """One route: ``read()`` checks the request on the event loop (cheap, no engine), ``work(**read())``
+    does the blocking core call in a worker thread and returns the JSON body."""
+
+    status = 200
+
+    async def serve(self) -> None:
+        try:
+            args = self.read()
+            body = await asyncio.to_thread(self.work, **args)
+        except Exception as exc:  # noqa: BLE001 - mapped to {code, message} in one place
+            return self.fail(exc)
+        self.reply(body, self.status)
+
+
+class GetRoute(Route):
     @tornado.web.authenticated
     async def get(self):
+        await self.serve()
+
+
+class PostRoute(Route):
+    @tornado.web.authenticated
+    async def post(self):
+        await self.serve()
+
+
+def _ui(settings: config.Settings) -> dict:
+    return {"tracking_uri": settings.tracking_uri, "ui": settings.where_to_look(), "ui_url": settings.ui_base()}
+
+
+@contextmanager
+def unknown_run_is_404():
+    """The core's "no run X" (an id the store lacks) is a 404; its other refusals stay 400s."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except MlopsError as exc:
+        if str(exc).startswith("no run"):
+            raise HTTPProblem(404, str(exc)) from None
+        raise
+
+
+def _models(steps: list) -> list[dict]:
+    """Cells tagged model:NAME, by step."""
+    return [{"name": m, "step": s["name"]} for s in steps for m in s.get("models", [])]
+
+
+# ---- tracking ------------------------------------------------------------------------------------
+class StatusHandler(GetRoute):
+    """GET where the notebook's project and store are, and which capabilities are installed."""
+
+    def read(self):
+        return {"settings": self.project(self.notebook_path())}
+
+    def work(self, settings):
+        caps = {name: importlib.util.find_spec(module) is not None for name, module in ENGINES.items()}
+        return {"project": str(settings.project_root), **_ui(settings), "capabilities": caps}
+
+
+class RunsHandler(GetRoute):
+    """GET the tracked runs of one notebook, newest first (ETag / 304 by tornado: a poll that finds
+    nothing new costs no body)."""
+
+    def read(self):
+        nb = self.notebook_path()
+        return {"nb": nb, "last": self.positive_int("last"), "settings": self.project(nb)}
+
+    def work(self, nb, last, settings):
+        return {"notebook": str(nb), **_ui(settings), "runs": query.list_runs(settings, notebook=str(nb), last=last)}
+
+
+class CompareHandler(GetRoute):
+    """GET several runs side by side, with the history of metrics logged at more than one step."""
+
+    def read(self):
+        settings = self.project(self.notebook_path())
+        ids = [i.strip() for i in self.get_query_argument("ids", "").split(",") if i.strip()]
+        if len(ids) < 2:
+            raise HTTPProblem(400, "`ids` must name two or more runs, comma-separated (full run ids or the "
+                                   "8-character prefixes the runs list shows), e.g. ?ids=3f2a9c81,81be07aa.")
+        return {"settings": settings, "ids": ids}
+
+    def work(self, settings, ids):
+        with unknown_run_is_404():
+            cmp = query.compare_runs(settings, ids)
+        cmp["history"] = query.metric_history(settings, [r["run_id"] for r in cmp["runs"]], list(cmp["metrics"]))
+        return cmp
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class SnapshotsHandler(GetRoute):
+    """GET every snapshotted path of the notebook's project with its versions, newest first."""
+
+    def read(self):
+        return {"settings": self.project(self.notebook_path())}
+
+    def work(self, settings):
+        root = settings.project_root
+        if importlib.util.find_spec("dvc") is None or not (root / ".dvc").is_dir():
+            return {"project": str(root), "paths": []}
+        from .. import data
+
+        paths: dict[str, list] = {}
+        for s in data.list_snapshots(None, root=root, settings=settings):
+            paths.setdefault(s.path, []).append({
+                "rev": s.rev, "md5": s.md5, "size": s.size, "nfiles": s.nfiles, "message": s.message,
+                "time": s.time_ms, "current": s.current,
+                "runs": [{"run_id": r["run_id"], "run_name": r["run_name"]} for r in s.runs]})
+        return {"project": str(root), "paths": [{"path": p, "versions": v} for p, v in sorted(paths.items())]}
+
+
+class RestoreHandler(PostRoute):
+    """POST put a snapshotted path back to the bytes a run used, or a git revision recorded."""
+
+    def read(self):
+        body = self.body(path=str, target=str, run_id=str, rev=str, force=bool)
+        settings = self.project(self.notebook_path(body.get("path")))
+        target = self.inside(body.get("target"), "target")
+        if not target.is_relative_to(settings.project_root):
+            raise HTTPProblem(403, f"target {body['target']!r} is outside the notebook's project "
+                                   f"{settings.project_root}; give a snapshotted path inside it.")
+        if bool(body.get("run_id")) == bool(body.get("rev")):
+            raise HTTPProblem(400, "give exactly one of `run_id` (the data a run used) or `rev` (the data a "
+                                   "git revision recorded).")
+        return {"settings": settings, "target": target, "body": body}
+
+    def work(self, settings, target, body):
+        from .. import data
+
         try:
-            nb = self.notebook_path()
-            last = self.positive_int("last")
-            settings = config.resolve(start=nb.parent)
-            # MLflow calls block (SQLite, HTTP): keep them off the server's event loop
-            runs = await asyncio.to_thread(query.list_runs, settings, notebook=str(nb), last=last)
-        except Exception as exc:
-            return self.fail(exc)
-        self.reply({"notebook": str(nb), "tracking_uri": settings.tracking_uri,
-                    "ui": settings.where_to_look(), "runs": runs})
+            with unknown_run_is_404():
+                snap = data.restore(target, run_id=body.get("run_id"), rev=body.get("rev"),
+                                    force=bool(body.get("force")), root=settings.project_root, settings=settings)
+        except HTTPProblem:
+            raise
+        except MlopsError as exc:
+            if "pass --force" not in str(exc):
+                raise
+            # unsnapshotted work in the way: the sidebar offers "discard and restore" (force)
+            raise HTTPProblem(409, str(exc).replace("pass --force", "restore with force")) from None
+        return {"target": snap.path, "rev": snap.rev, "md5": snap.md5,
+                "message": f"restored {snap.path} to {snap.rev[:8]} (md5 {snap.md5})"}
 
 
-ROUTES = [("runs", RunsHandler)]
+# ---- sweeps --------------------------------------------------------------------------------------
+class SweepsHandler(GetRoute):
+    """GET the notebook's sweeps, newest first: a running one's live trial table, ended ones from MLflow."""
+
+    def read(self):
+        nb = self.notebook_path()
+        return {"nb": nb, "last": self.positive_int("last"), "settings": self.project(nb)}
+
+    def work(self, nb, last, settings):
+        from ..sweep import live
+
+        return {"sweeps": live.list_sweeps(settings, str(nb), last=last)}
+
+
+# ---- pipelines -----------------------------------------------------------------------------------
+def _tags_error(exc: MlopsError, cells: list) -> dict:
+    """A tag parser error as {cell_id, index, message}: the parser names cells by index, the one at
+    fault last ("defined in cell 0 and again in cell 3")."""
+    found = re.findall(r"\bcell (\d+)\b", str(exc))
+    index = int(found[-1]) if found else None
+    cell_id = next((c.get("id") for c in cells if c.get("index") == index), None)
+    return {"cell_id": cell_id, "index": index, "message": str(exc).replace(" ('')", "")}
+
+
+class PipelineMixin:
+    def folder(self, nb: Path, out) -> Path:
+        if out is None or out == "":
+            return nb.parent / f"{nb.stem}-pipeline"
+        return self.inside(out, "out")
+
+    def notebook_hash(self, nb: Path) -> str | None:
+        """What export reads of the notebook: its code cells' sources and tags."""
+        try:
+            cells = json.loads(nb.read_text()).get("cells", [])
+        except (OSError, ValueError):
+            return None
+        seen = [(c.get("source"), (c.get("metadata") or {}).get("tags")) for c in cells
+                if c.get("cell_type") == "code"]
+        return hashlib.sha1(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest()
+
+    def exports_file(self, settings: config.Settings) -> Path:
+        return settings.state_dir / "server" / "exports.json"
+
+    def remember_export(self, settings: config.Settings, nb: Path, folder: Path) -> None:
+        path = self.exports_file(settings)
+        config.ensure_state_dir(settings.project_root)  # .mlops/ keeps itself out of git
+        path.parent.mkdir(exist_ok=True)
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        known[str(folder)] = {"notebook": str(nb), "hash": self.notebook_hash(nb)}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+
+    def outdated(self, settings: config.Settings, nb: Path, folder: Path, definition: Path) -> bool:
+        """The notebook changed since its export: by content when this server exported it, else by time."""
+        try:
+            known = json.loads(self.exports_file(settings).read_text()).get(str(folder))
+        except (OSError, ValueError):
+            known = None
+        if known and known.get("notebook") == str(nb):
+            return known.get("hash") != self.notebook_hash(nb)
+        try:
+            return nb.stat().st_mtime > definition.stat().st_mtime
+        except OSError:
+            return False
+
+
+class PipelineHandler(PipelineMixin, GetRoute):
+    """GET the notebook's pipeline: exported or not, each step fresh / stale / failed / never, the run."""
+
+    def read(self):
+        nb = self.notebook_path()
+        return {"nb": nb, "settings": self.project(nb), "folder": self.folder(nb, self.get_query_argument("out", None))}
+
+    def work(self, nb, settings, folder):
+        from .. import pipeline
+        from ..pipeline.tags import PipelineError
+
+        runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
+        out = {"folder": self.rel(folder), "exported": False, "outdated": False, "steps": [], "models": [],
+               "run": runs.state(folder)}
+        try:
+            pipe = pipeline.load(folder)
+        except PipelineError:
+            return out
+        out["exported"] = True
+        out["outdated"] = self.outdated(settings, nb, folder, folder / "pipeline.json")
+        out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why}
+                        for name, state, why in pipeline.status(folder)]
+        out["models"] = _models(pipe.steps)
+        return out
+
+
+class PipelineExportHandler(PipelineMixin, PostRoute):
+    """POST export the tagged notebook into its pipeline folder."""
+
+    def read(self):
+        body = self.body(path=str, out=str)
+        nb = self.notebook_path(body.get("path"))
+        return {"nb": nb, "settings": self.project(nb), "folder": self.folder(nb, body.get("out"))}
+
+    def work(self, nb, settings, folder):
+        from .. import pipeline
+
+        pipe = pipeline.export(nb, folder)
+        self.remember_export(settings, nb, folder)
+        return {"folder": self.rel(folder), "steps": [s["name"] for s in pipe.steps], "models": _models(pipe.steps)}
+
+
+class PipelineRunHandler(PipelineMixin, PostRoute):
+    """POST start `mlops pipeline run` on the exported folder; progress through GET pipeline."""
+
+    status = 202
+
+    def read(self):
+        body = self.body(path=str, out=str, params=dict, force=bool, **{"from": str})
+        nb = self.notebook_path(body.get("path"))
+        for key, value in (body.get("params") or {}).items():
+            if not re.fullmatch(r"[A-Za-z_]\w*", key) or not isinstance(value, (str, int, float, bool)):
+                raise HTTPProblem(400, f"`params` maps parameter names to plain values (string, number, "
+                                       f"boolean), e.g. {{\"C\": 0.5}}; got {key!r}: {json.dumps(value)[:60]}.")
+        return {"nb": nb, "folder": self.folder(nb, body.get("out")), "body": body}
+
+    def work(self, nb, folder, body):
+        from .. import pipeline
+
+        runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
+        pipeline.load(folder)  # not exported: a clear 400
+        pairs = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (body.get("params") or {}).items()]
+        # the folder's own lock covers runs started from a terminal too
+        started = None if pipeline.running(folder) else runs.start(folder, pairs, bool(body.get("force")),
+                                                                   body.get("from"), self.project(nb))
+        if started is None:
+            raise HTTPProblem(409, f"a pipeline run is already going on {self.rel(folder)}; wait for it to "
+                                   "finish (GET pipeline shows its progress).")
+        return {"folder": self.rel(folder), "started": started}
+
+
+class PipelineValidateHandler(PostRoute):
+    """POST check cell tags with export's own parser: the sidebar's tag editor calls it on each edit."""
+
+    def read(self):
+        cells = self.body(cells=list).get("cells")
+        if cells is None:
+            raise HTTPProblem(400, "`cells` is required: [{\"id\": cell id, \"index\": position in the "
+                                   "notebook, \"tags\": [\"step:train\", ...]}] for the notebook's code cells.")
+        for i, c in enumerate(cells):
+            if not (isinstance(c, dict) and isinstance(c.get("index"), int) and c["index"] >= 0
+                    and isinstance(c.get("tags", []), list) and all(isinstance(t, str) for t in c.get("tags", []))
+                    and isinstance(c.get("source", ""), str)):
+                raise HTTPProblem(400, f"cells[{i}] must be {{\"id\": str, \"index\": int >= 0, \"tags\": [str], "
+                                       f"\"source\": str (optional)}}; got {json.dumps(c)[:100]}.")
+        if len({c["index"] for c in cells}) != len(cells):
+            raise HTTPProblem(400, "two cells have the same `index`; give each cell its position in the notebook.")
+        return {"cells": cells}
+
+    def work(self, cells):
+        import nbformat
+
+        from ..pipeline import tags
+
+        nb = nbformat.v4.new_notebook()
+        by_index = {c["index"]: c for c in cells}
+        for i in range(max(by_index, default=-1) + 1):  # markdown fillers keep the parser's indices ours
+            c = by_index.get(i)
+            cell = nbformat.v4.new_code_cell(c.get("source", "")) if c else nbformat.v4.new_markdown_cell("")
+            if c:
+                cell.metadata["tags"] = c.get("tags", [])
+            nb.cells.append(cell)
+        try:
+            parsed = tags.parse(nb)
+        except tags.PipelineError as exc:
+            return {"ok": False, "steps": [], "errors": [_tags_error(exc, cells)]}
+        return {"ok": True, "steps": [s.name for s in parsed.steps], "errors": []}
+
+
+# ---- serving -------------------------------------------------------------------------------------
+class ServingGenerateHandler(PostRoute):
+    """POST generate a FastAPI serving package from a run's model (or a model URI)."""
+
+    def read(self):
+        body = self.body(path=str, run_id=str, model_uri=str, out=str, name=str)
+        settings = self.project(self.notebook_path(body.get("path")))
+        out = self.inside(body.get("out"), "out")
+        if not (body.get("run_id") or body.get("model_uri")):
+            raise HTTPProblem(400, "give `run_id` (a run that logged a model) or `model_uri` "
+                                   "(runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@ALIAS).")
+        uri = body.get("model_uri")
+        if uri and not uri.startswith(("runs:/", "models:/")):
+            raise HTTPProblem(400, f"`model_uri` {uri!r} is not a runs:/ or models:/ URI; give e.g. "
+                                   "runs:/RUN_ID/model (a model folder on disk: use `mlops serve generate`).")
+        return {"settings": settings, "out": out, "body": body}
+
+    def work(self, settings, out, body):
+        from ..serving import generate_package
+
+        model_uri = body.get("model_uri")
+        if not model_uri:
+            with unknown_run_is_404():
+                models = query.run_models(settings, body["run_id"])
+            if not models:
+                raise HTTPProblem(400, f"run {body['run_id']} logged no model; log one in the cell (e.g. "
+                                       "mlflow.sklearn.log_model(model, name='model', input_example=X[:5])) "
+                                       "or give `model_uri`.")
+            if len(models) > 1:
+                raise HTTPProblem(400, f"run {body['run_id']} logged {len(models)} models "
+                                       f"({', '.join(m['name'] for m in models)}); say which with `model_uri`, "
+                                       f"e.g. {models[0]['model_uri']}.")
+            model_uri = models[0]["model_uri"]
+        folder = generate_package(model_uri, out, name=body.get("name"), settings=settings)
+        with open(folder / "pyproject.toml", "rb") as fh:
+            name = tomllib.load(fh)["project"]["name"]
+        return {"folder": self.rel(folder), "model_uri": model_uri, "name": name}
+
+
+ROUTES = [
+    ("status", StatusHandler),
+    ("runs", RunsHandler),
+    ("compare", CompareHandler),
+    ("snapshots", SnapshotsHandler),
+    ("restore", RestoreHandler),
+    ("sweeps", SweepsHandler),
+    ("pipeline", PipelineHandler),
+    ("pipeline/validate", PipelineValidateHandler),
+    ("pipeline/export", PipelineExportHandler),
+    ("pipeline/run", PipelineRunHandler),
+    ("serving/generate", ServingGenerateHandler),
+]
 
 
 def setup_handlers(web_app) -> None:
     base_url = web_app.settings["base_url"]
+    web_app.settings.setdefault("mlops_pipeline_runs", PipelineRuns())
     web_app.add_handlers(".*$", [(url_path_join(base_url, NAMESPACE, endpoint), handler)
                                  for endpoint, handler in ROUTES])

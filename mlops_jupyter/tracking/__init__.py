@@ -1,10 +1,12 @@
 """Notebook cells as MLflow runs.
 
 Public surface for the front doors: ``Tracker`` / ``RunOptions`` (kernel side),
-``list_runs`` / ``compare_runs`` / ``get_runs`` (reading runs back, lazily importing mlflow).
+``list_runs`` / ``compare_runs`` / ``get_runs`` / ``child_runs`` / ``run_models`` (reading runs back,
+lazily importing mlflow).
 """
 
-from .query import compare_runs, get_runs, list_runs, runs_with_tags
+from .query import child_runs, compare_runs, get_runs, list_runs, run_for_record, run_models, runs_with_tags
 from .session import RunOptions, Tracker
 
-__all__ = ["Tracker", "RunOptions", "list_runs", "compare_runs", "get_runs", "runs_with_tags"]
+__all__ = ["Tracker", "RunOptions", "list_runs", "compare_runs", "get_runs", "runs_with_tags", "child_runs",
+           "run_models", "run_for_record"]

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
+from contextlib import contextmanager
 
 from ..config import Settings
 from ..errors import MlopsError, StoreError
@@ -20,7 +23,7 @@ def _client(settings: Settings):
     return MlflowClient(tracking_uri=settings.tracking_uri)
 
 
-def _summary(run) -> dict:
+def _summary(run, settings: Settings | None = None) -> dict:
     tags = run.data.tags
     return {
         "run_id": run.info.run_id,
@@ -35,6 +38,8 @@ def _summary(run) -> dict:
         "execution_count": int(tags[T.EXECUTION_COUNT]) if tags.get(T.EXECUTION_COUNT, "").isdigit() else None,
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
+        "kind": tags.get(T.KIND),
+        "ui_url": settings.run_url(run.info.experiment_id, run.info.run_id) if settings else None,
     }
 
 
@@ -57,28 +62,151 @@ def _reading(fn):
     return wrapper
 
 
+# ---- a cache keyed on the store's own change state ----------------------------------------------
+_CACHE: dict = {}  # (what, tracking URI, UI base) -> (store state, value)
+_CACHE_SIZE = 64
+_cache_lock = threading.Lock()
+_gc_lock, _gc_pause = threading.Lock(), {"depth": 0, "enabled": True}
+
+
+def store_state(tracking_uri: str) -> tuple | None:
+    """A value that changes with every write a local SQLite store commits, whoever makes it; None for
+    stores with no such cheap signal (a tracking server), whose reads are then never cached.
+
+    SQLite bumps the file change counter in its header (bytes 24-27) on every commit in rollback
+    mode, so even two commits within one clock tick differ; a WAL file's header and size cover WAL mode."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?")[0]
+    state = []
+    for suffix, start, end in (("", 24, 28), ("-wal", 0, 32)):
+        try:
+            with open(path + suffix, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                fh.seek(start)
+                state.append((st.st_ino, st.st_size, st.st_mtime_ns, fh.read(end - start)))
+        except FileNotFoundError:
+            state.append(None)
+    return tuple(state)
+
+
+def _fresh(settings: Settings, key: tuple) -> tuple:
+    """(cache key, the store's state now, the cached value if it is still the store's answer, else None)."""
+    full, state = (*key, settings.tracking_uri, settings.ui_base()), store_state(settings.tracking_uri)
+    with _cache_lock:
+        hit = _CACHE.get(full)
+    return full, state, hit[1] if state is not None and hit is not None and hit[0] == state else None
+
+
+def _cached(settings: Settings, key: tuple, compute):
+    """``compute()``, or its last value while the store has not changed since (the state is read before
+    computing: a write landing during the read makes the next call read again, never serves it stale)."""
+    full, state, value = _fresh(settings, key)
+    if value is not None:
+        return value
+    if state is None:
+        return compute()
+    value = compute()
+    with _cache_lock:
+        _CACHE.pop(full, None)
+        _CACHE[full] = (state, value)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+    return value
+
+
+@contextmanager
+def _bulk_load():
+    """MLflow builds tens of thousands of ORM objects for a thousand runs, and the cyclic garbage
+    collector rescanning them all midway costs more than the query itself (about 3x here): it waits
+    until the load is done. Counted, so overlapping loads in several threads re-enable it once."""
+    with _gc_lock:
+        if _gc_pause["depth"] == 0:
+            _gc_pause["enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["depth"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pause["depth"] -= 1
+            if _gc_pause["depth"] == 0 and _gc_pause["enabled"]:
+                gc.enable()
+
+
+def _search(settings: Settings, flt: str, last: int | None = None, experiment_ids: list | None = None,
+            top_level: bool = True, order: str = "DESC") -> list:
+    """Runs matching ``flt``, by start time, as MLflow Run objects (all pages)."""
+    client = _client(settings)
+    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    runs, token = [], None
+    with _bulk_load():
+        while True:
+            page = client.search_runs(ids, filter_string=flt, order_by=[f"attributes.start_time {order}"],
+                                      max_results=min(1000, last or 1000), page_token=token)
+            # sweep trials and pipeline steps show under their parent run, not beside it
+            runs.extend(r for r in page if not top_level or T.PARENT not in r.data.tags)
+            token = page.token
+            if not token or (last and len(runs) >= last):
+                return runs[:last] if last else runs
+
+
 @_reading
 def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, last: int | None = None) -> list[dict]:
-    """Tracked runs, newest first: those of ``notebook`` (an absolute path) or all tracked runs."""
+    """Tracked top-level runs, newest first: those of ``notebook`` (an absolute path) or all tracked
+    runs. A local store's answer is cached until the store changes; treat the dicts as read-only."""
     if last is not None and last < 1:
         raise MlopsError(f"--last must be a positive number of runs, got {last}.")
     if not store_ready(settings.tracking_uri):
         return []
-    client = _client(settings)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return []
     flt = f"tags.`{T.NOTEBOOK}` = '{_quote(os.fspath(notebook))}'" if notebook else f"tags.`{T.RECORD}` != ''"
-    runs, token = [], None
-    while True:
-        page = client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time DESC"],
-                                  max_results=1000 if notebook is None else min(1000, last or 1000),
-                                  page_token=token)
-        # sweep trials and pipeline steps show under their parent run, not beside it
-        runs.extend(_summary(r) for r in page if "mlflow.parentRunId" not in r.data.tags)
-        token = page.token
-        if not token or (last and len(runs) >= last):
-            return runs[:last] if last else runs
+
+    def every():
+        return [_summary(r, settings) for r in _search(settings, flt)]
+
+    key = ("runs", os.fspath(notebook) if notebook else None)
+    if last is None or _fresh(settings, key)[2] is not None:
+        runs = _cached(settings, key, every)
+        return runs[:last] if last else list(runs)
+    return [_summary(r, settings) for r in _search(settings, flt, last=last)]
+
+
+@_reading
+def child_runs(settings: Settings, parent_id: str, experiment_id: str) -> list[dict]:
+    """The child runs (sweep trials, pipeline steps) of ``parent_id``, oldest first; each summary also
+    carries its ``tags`` (e.g. a trial's mlops.node). Cached like ``list_runs``."""
+    def compute():
+        found = _search(settings, f"tags.`{T.PARENT}` = '{_quote(parent_id)}'", experiment_ids=[experiment_id],
+                        top_level=False, order="ASC")
+        return [{**_summary(r, settings), "tags": dict(r.data.tags)} for r in found]
+
+    return list(_cached(settings, ("children", parent_id), compute))
+
+
+@_reading
+def run_for_record(settings: Settings, record: str) -> str | None:
+    """The id of the run the recorder wrote for journal record ``record`` (a cell's key), if any yet."""
+    if not store_ready(settings.tracking_uri):
+        return None
+
+    def compute():
+        found = _search(settings, f"tags.`{T.RECORD}` = '{_quote(record)}'", last=1, top_level=False)
+        return [found[0].info.run_id] if found else []
+
+    return next(iter(_cached(settings, ("record", record), compute)), None)
+
+
+@_reading
+def run_models(settings: Settings, run_id: str) -> list[dict]:
+    """The models logged in run ``run_id`` (an id or unique prefix): [{name, model_uri, model_id}]."""
+    (run,) = get_runs(settings, [run_id])
+    client = _client(settings)
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{run.info.run_id}'")
+    return sorted(({"name": m.name, "model_uri": f"runs:/{run.info.run_id}/{m.name}", "model_id": m.model_id}
+                   for m in found), key=lambda m: m["name"])
 
 
 @_reading
@@ -123,6 +251,19 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
     return runs
 
 
+@_reading
+def metric_history(settings: Settings, run_ids: list[str], keys: list[str]) -> dict:
+    """{metric: {run_id: [[step, value], ...]}} for the metrics some run logged at more than one step."""
+    client, out = _client(settings), {}
+    for key in keys:
+        for rid in run_ids:
+            points = client.get_metric_history(rid, key)
+            if len(points) > 1:
+                points = sorted(points, key=lambda m: (m.step, m.timestamp))
+                out.setdefault(key, {})[rid] = [[m.step, m.value] for m in points]
+    return {k: {rid: v.get(rid, []) for rid in run_ids} for k, v in out.items()}
+
+
 def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
     """Params and metrics of several runs side by side; ``differs`` lists keys whose values differ."""
     if len(run_ids) < 2:
@@ -137,7 +278,7 @@ def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
     params, pdiff = table("params")
     metrics, mdiff = table("metrics")
     return {
-        "runs": [_summary(r) for r in runs],
+        "runs": [_summary(r, settings) for r in runs],
         "params": params,
         "metrics": metrics,
         "differs": {"params": pdiff, "metrics": mdiff},

@@ -11,3 +11,5 @@ GIT_COMMIT = "mlops.git.commit"
 GIT_DIRTY = "mlops.git.dirty"
 ENVIRONMENT = "mlops.environment"  # runs:/<id>/environment of the kernel session's first run
 HOST = "mlops.host"
+KIND = "mlops.kind"  # "sweep" / "pipeline" on the parent run of trials or steps
+PARENT = "mlflow.parentRunId"

@@ -1,0 +1,115 @@
+import { Cell, ICodeCellModel } from '@jupyterlab/cells';
+import { NotebookPanel } from '@jupyterlab/notebook';
+
+import { mainMetric, formatValue } from './components/common';
+import { IRun } from './tokens';
+
+/** What a run's cell looks like in the open notebook: where it is and how the user knows it. */
+export interface ICellInfo {
+  index: number;
+  executionCount: number | null;
+  firstLine: string;
+}
+
+/** The first line a user recognises a cell by: the `%%mlops ...` magic line is skipped. */
+export function firstLine(source: string): string {
+  const lines = source.split('\n').map(line => line.trim()).filter(Boolean);
+  const line = lines.find(l => !l.startsWith('%%')) ?? lines[0] ?? '';
+  return line.length > 80 ? `${line.slice(0, 79)}…` : line;
+}
+
+/** cell id -> its position, execution count and first line, for the cells of `panel`. */
+export function cellInfos(panel: NotebookPanel | null): Map<string, ICellInfo> {
+  const infos = new Map<string, ICellInfo>();
+  const cells = panel?.content.model?.cells;
+  if (!cells) {
+    return infos;
+  }
+  for (let index = 0; index < cells.length; index++) {
+    const cell = cells.get(index);
+    const count = cell.type === 'code' ? (cell as ICodeCellModel).executionCount : null;
+    infos.set(cell.id, { index, executionCount: count, firstLine: firstLine(cell.sharedModel.getSource()) });
+  }
+  return infos;
+}
+
+/** Scroll to the cell with this id and make it the active, selected cell; false if it is gone. */
+export function revealCell(panel: NotebookPanel, cellId: string): boolean {
+  const notebook = panel.content;
+  const index = cellInfos(panel).get(cellId)?.index;
+  if (index === undefined) {
+    return false;
+  }
+  notebook.deselectAll();
+  notebook.activeCellIndex = index;
+  notebook.mode = 'command';
+  const cell = notebook.widgets[index];
+  void notebook.scrollToCell(cell, 'center');
+  cell.node.focus();
+  return true;
+}
+
+const BADGE = 'mlops-cell-badge';
+
+/** The metric names a `%%mlops run --metrics a,b` / `%%mlops sweep --metric a` line lists, in order. */
+export function metricsOrder(source: string): string[] {
+  const magic = source.split('\n', 1)[0];
+  const match = /^%%mlops\s.*--metrics?[=\s]+([\w.,-]+)/.exec(magic);
+  return match ? match[1].split(',').filter(Boolean) : [];
+}
+
+/**
+ * A small badge on each tracked cell of a notebook: its latest run's status and main metric.
+ * Cells without a run get none. Text only (textContent): run data is never parsed as HTML.
+ */
+export function updateBadges(panel: NotebookPanel, runs: IRun[], onClick: (run: IRun) => void): void {
+  const latest = new Map<string, IRun>();
+  for (const run of runs) {
+    // newest first: the first run seen for a cell is its latest
+    if (run.cell_id && !latest.has(run.cell_id)) {
+      latest.set(run.cell_id, run);
+    }
+  }
+  for (const cell of panel.content.widgets) {
+    setBadge(cell, latest.get(cell.model.id) ?? null, onClick);
+  }
+}
+
+function setBadge(cell: Cell, run: IRun | null, onClick: (run: IRun) => void): void {
+  // its own line between the input and the outputs: it never covers code
+  const input = cell.node.querySelector<HTMLElement>(':scope > .jp-Cell-inputWrapper');
+  if (!input) {
+    return;
+  }
+  let badge = cell.node.querySelector<HTMLButtonElement>(`:scope > .${BADGE}`);
+  if (!run) {
+    badge?.remove();
+    return;
+  }
+  if (!badge) {
+    badge = document.createElement('button');
+    badge.className = BADGE;
+    badge.type = 'button';
+    badge.dataset.testid = 'mlops-cell-badge';
+    badge.append(document.createElement('span'), document.createElement('span'));
+    input.after(badge);
+  }
+  const metric = mainMetric(run.metrics, metricsOrder(cell.model.sharedModel.getSource()));
+  const [status, value] = Array.from(badge.children) as HTMLElement[];
+  const shown = `${run.run_id} ${run.status} ${metric ? metric[0] : ''}`;
+  if (badge.dataset.shown === shown) {
+    return; // unchanged since the last poll: no DOM writes
+  }
+  badge.dataset.shown = shown;
+  status.className = `mlops-status mlops-status-${run.status.toLowerCase()}`;
+  status.textContent = run.status;
+  value.className = 'mlops-cell-badge-metric';
+  value.textContent = metric ? `${metric[0]}=${formatValue(metric[1])}` : '';
+  badge.dataset.runId = run.run_id;
+  badge.dataset.status = run.status;
+  badge.title = `mlops: latest run ${run.run_name ?? ''} (${run.run_id.slice(0, 8)}) ${run.status}: show it in the MLOps sidebar`;
+  badge.onclick = (event: MouseEvent) => {
+    event.stopPropagation();
+    onClick(run);
+  };
+}

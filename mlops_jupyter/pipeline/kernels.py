@@ -1,0 +1,280 @@
+"""Step kernels for ``mlops pipeline run``: forked from a template process that has imported ipykernel
+and the notebook's ``imports`` cell (see ``forkserver``), where the kernel spec and the OS allow it;
+otherwise (or with ``MLOPS_PIPELINE_FORK=0``) started the usual way. Either way a step gets a kernel
+process of its own, managed by jupyter_client, that papermill drives like any other.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from string import Template
+
+from . import analysis
+
+FORK_ENV = "MLOPS_PIPELINE_FORK"
+# the libraries ``serializers.load`` imports for each hand-off format
+FORMAT_LIBS = {"parquet": "import pandas, pyarrow.parquet", "joblib": "import joblib", "npy": "import numpy",
+               "pickle": "import cloudpickle", "torch": "import torch"}
+SETUP = "from mlops_jupyter.pipeline import serializers"
+
+
+def cell_sources(notebook: Path, prefixes: tuple) -> list:
+    """Sources of a step notebook's code cells whose ids start with one of ``prefixes``, in order."""
+    nb = json.loads(notebook.read_text())
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]
+            if c.get("cell_type") == "code" and str(c.get("id", "")).startswith(prefixes)]
+
+
+def import_statements(sources: list, root: Path) -> list:
+    """The top-level ``import`` statements of ``sources``, leaving out the notebook's local modules (a step
+    imports those itself, so an edited helper is read as it is now) and relative imports."""
+    out = []
+    for src in sources:
+        try:
+            tree = ast.parse(analysis.python_source(src))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module]
+            else:
+                continue
+            if not analysis.local_modules({m.split(".")[0] for m in mods}, root):
+                out.append(ast.unparse(node))
+    return out
+
+
+def _fork_spec(kernel: str):
+    """(kernel spec, interpreter command, index of the kernel's own arguments in its argv) when its kernels
+    can be forked (an ipykernel launched the standard way, on an OS with fork and pidfd), else None."""
+    if os.environ.get(FORK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if not (hasattr(os, "fork") and hasattr(os, "pidfd_open")):
+        return None
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel)
+    except Exception:  # noqa: BLE001 - no such kernel: the usual start reports it
+        return None
+    argv = list(spec.argv)
+    at = next((i for i in range(1, len(argv) - 1) if argv[i:i + 2] == ["-m", "ipykernel_launcher"]), None)
+    # interpreter flags only between the python and -m (e.g. -Xfrozen_modules=off): the server gets them too
+    if at is None or not all(a.startswith("-") for a in argv[1:at]) or spec.metadata.get("kernel_provisioner") or \
+            (spec.language or "").lower() != "python" or spec.interrupt_mode != "signal":
+        return None
+    return spec, argv[:at], at + 2
+
+
+class ForkServer:
+    """The runner's side of ``forkserver``: started once per run, asked for one kernel process per step."""
+
+    def __init__(self, spec, python: list, cwd: Path, preload: list, later: list):
+        env = dict(os.environ)
+        # what jupyter_client gives a kernel it launches (KernelProvisionerBase.pre_launch, launcher)
+        env.update({k: Template(v).safe_substitute(env) for k, v in (spec.env or {}).items()})
+        env.pop("PYTHONEXECUTABLE", None)
+        env["JPY_PARENT_PID"] = str(os.getpid())
+        self._lock = threading.Lock()
+        self._buf, self.closed = b"", False
+        self.proc = subprocess.Popen([*python, "-m", "mlops_jupyter.pipeline.forkserver"], cwd=str(cwd), env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     bufsize=0)
+        self._send({"preload": preload, "later": later})
+
+    def _send(self, obj: dict) -> None:
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def fork(self, argv: list, env: dict, cwd: str, timeout: float = 120) -> int:
+        """A new kernel process running ``python -m ipykernel_launcher *argv``; returns its pid."""
+        with self._lock:
+            try:
+                self._send({"argv": argv, "env": env, "cwd": cwd})
+            except (OSError, ValueError):
+                raise RuntimeError("the kernel fork server exited") from None
+            fd = self.proc.stdout.fileno()
+            while b"\n" not in self._buf:
+                if not select.select([fd], [], [], timeout)[0]:
+                    self.proc.kill()
+                    raise RuntimeError(f"the kernel fork server did not answer within {timeout:.0f}s")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError("the kernel fork server exited")
+                self._buf += chunk
+            line, _, self._buf = self._buf.partition(b"\n")
+        reply = json.loads(line)
+        if "pid" not in reply:
+            raise RuntimeError(f"the kernel fork server cannot fork: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def close(self, wait: bool = True) -> None:
+        """End of stdin: the server kills the kernels it forked that still run, and exits."""
+        with self._lock:
+            self.closed = True
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if wait:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class _Forked:
+    """A forked kernel process seen through the part of the Popen interface jupyter_client uses. The fork
+    server, not this process, is its parent and reaps it: a pidfd tells when it has exited (the exit status
+    is the parent's to know, so an exited kernel reports -1)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except OSError:  # already gone
+            self._fd, self.returncode = None, -1
+
+    def poll(self):
+        if self.returncode is None and select.select([self._fd], [], [], 0)[0]:
+            self.returncode = -1
+            os.close(self._fd)
+            self._fd = None
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            select.select([self._fd], [], [], timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+_CLASSES: dict = {}
+
+
+def _classes() -> dict:
+    """jupyter_client subclasses, made on first use (an unchanged re-run never imports jupyter_client)."""
+    if _CLASSES:
+        return _CLASSES
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.provisioning import LocalProvisioner
+
+    class ForkProvisioner(LocalProvisioner):
+        """LocalProvisioner whose kernel process comes from the fork server instead of Popen."""
+
+        server: ForkServer | None = None
+        args_at = 0  # where the kernel's own arguments start in ``cmd``
+
+        async def launch_kernel(self, cmd, **kwargs):
+            env = dict(kwargs.get("env") or os.environ)
+            env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it
+            cwd = str(kwargs.get("cwd") or os.getcwd())
+            self.process = _Forked(self.server.fork([os.path.expanduser(a) for a in cmd[self.args_at:]], env, cwd))
+            self.pid = self.pgid = self.process.pid  # the fork called setsid: signals go to its group
+            self.cwd = cwd
+            return self.connection_info
+
+    class StepClient(AsyncKernelClient):
+        """Connected and checked once: when papermill asks again (start_channels, wait_for_ready) it is
+        ready at once, instead of spending another kernel_info round and 0.2 s of IOPub flushing."""
+
+        _ready = False
+
+        def start_channels(self, *args, **kwargs):
+            if not self.channels_running:
+                super().start_channels(*args, **kwargs)
+
+        async def wait_for_ready(self, timeout=None):
+            if not self._ready:
+                await AsyncKernelClient.wait_for_ready(self, timeout)
+                self._ready = True
+
+    class StepKernelManager(AsyncKernelManager):
+        """One step's kernel; ``client()`` always returns the same (StepClient) client."""
+
+        _step_client = None
+
+        def client(self, **kwargs):
+            if self._step_client is None:
+                self.client_factory = StepClient
+                self._step_client = super().client(**kwargs)
+            return self._step_client
+
+        def stop_client(self) -> None:
+            if self._step_client is not None and self._step_client.channels_running:
+                self._step_client.stop_channels()
+
+    _CLASSES.update(ForkProvisioner=ForkProvisioner, StepKernelManager=StepKernelManager)
+    return _CLASSES
+
+
+class Kernels:
+    """Starts the step kernels of one pipeline run."""
+
+    def __init__(self, kernel: str, root: Path):
+        self.kernel, self.root = kernel, root
+        self.server: ForkServer | None = None
+        self._args_at = 0
+
+    def start_fork_server(self, notebook: Path, step: str, later: list) -> None:
+        """Start the template process for ``notebook``'s kernel (a no-op where kernels cannot be forked)."""
+        found = _fork_spec(self.kernel)
+        if found is None:
+            return
+        spec, python, self._args_at = found
+        try:
+            sources = cell_sources(notebook, (f"{step}-imports-",))
+        except (OSError, ValueError, KeyError):
+            sources = []
+        preload = [SETUP] + import_statements(sources, self.root)
+        try:
+            self.server = ForkServer(spec, python, self.root, preload, [s for s in later if s not in preload])
+        except OSError:
+            self.server = None
+
+    def manager(self):
+        """A jupyter_client kernel manager for one step's kernel (not started yet): forked while the fork
+        server works, else started the usual way."""
+        classes = _classes()
+        km = classes["StepKernelManager"](kernel_name=self.kernel)
+        if self.server is not None and not self.server.closed and self.server.proc.poll() is None:
+            km.kernel_id = str(uuid.uuid4())
+            km.provisioner = classes["ForkProvisioner"](kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+            km.provisioner.server, km.provisioner.args_at = self.server, self._args_at
+        return km
+
+    @staticmethod
+    def is_forked(km) -> bool:
+        return isinstance(km.provisioner, _classes()["ForkProvisioner"])
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the fork server (``wait=False``: let it exit on its own; call again with ``wait`` to reap it)."""
+        if self.server is not None:
+            self.server.close(wait)
+            if wait:
+                self.server = None

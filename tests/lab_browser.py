@@ -1,0 +1,202 @@
+"""A real JupyterLab server and headless Chromium for the sidebar's browser tests and bench/bench_sidebar.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow_seed import STORE_VARS
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download fails on this network; Debian's chromium needs these flags as root
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-quic"]
+TOKEN = "mlops-ui-test-token"
+SIDEBAR_TAB = '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]'
+
+
+class LabError(RuntimeError):
+    """The lab server did not come up; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(proc, url: str, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise LabError(f"jupyter lab did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(proc, url: str) -> None:
+    # ask politely first so kernels (in their own sessions) are shut down too, then kill the group
+    try:
+        req = urllib.request.Request(f"{url}/api/shutdown", method="POST",
+                                     headers={"Authorization": f"token {TOKEN}"})
+        urllib.request.urlopen(req, timeout=5)
+        proc.wait(timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+@contextmanager
+def lab_server(root: Path, state: Path):
+    """JupyterLab serving ``root``; its config, runtime, settings and log under ``state``. Yields the url."""
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARS}
+    # keep the developer's Jupyter config and saved workspaces out of the test
+    env.update(JUPYTER_CONFIG_DIR=str(state / "config"), JUPYTER_RUNTIME_DIR=str(state / "runtime"))
+    # no news feed or update check: the test must not reach the network, and no toast covers the page
+    settings = state / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = state / "lab.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+             "--ServerApp.allow_root=True", "--LabApp.extension_manager=readonly",
+             "--LanguageServerManager.autodetect=False", f"--LabApp.workspaces_dir={state / 'workspaces'}",
+             f"--LabApp.user_settings_dir={state / 'settings'}"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_server(proc, url, log)
+        yield url
+    finally:
+        stop_server(proc, url)
+
+
+def get_json(url: str, route: str) -> dict:
+    sep = "&" if "?" in route else "?"
+    with urllib.request.urlopen(f"{url}/{route}{sep}token={TOKEN}", timeout=30) as resp:
+        return json.load(resp)
+
+
+def server_routes() -> set[str]:
+    """The mlops/ routes the server extension registers."""
+    from mlops_jupyter.server.handlers import ROUTES
+
+    return {endpoint for endpoint, _ in ROUTES}
+
+
+def seed_many(root: Path, notebook: Path, count: int, cells: int = 20) -> None:
+    """``count`` finished runs of ``notebook`` spread over ``cells`` cells, one batch call each."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    state = root / ".mlops"
+    state.mkdir(exist_ok=True)
+    client = MlflowClient(tracking_uri="sqlite:///" + (state / "mlflow.db").as_posix())
+    exp_id = client.create_experiment("many", artifact_location=(state / "artifacts").as_uri())
+    t0 = 1_700_000_000_000
+    for i in range(count):
+        run = client.create_run(exp_id, run_name=f"run-{i}", start_time=t0 + i * 1000, tags={
+            "mlops.notebook": str(notebook.resolve()), "mlops.record": f"rec-{i}",
+            "mlops.cell_id": f"cell-{i % cells}", "mlops.execution_count": str(i + 1)})
+        client.log_batch(run.info.run_id, metrics=[Metric("acc", (i % 97) / 100, t0, 0),
+                                                   Metric("loss", 1 - (i % 89) / 100, t0, 0)],
+                         params=[Param("lr", str(0.001 * (i % 13 + 1))), Param("depth", str(i % 7))])
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + i * 1000 + 500)
+
+
+def open_notebook(page, url: str, path: str):
+    from playwright.sync_api import expect
+
+    # reset: the server-side workspace would reopen the notebooks of earlier pages beside this one
+    page.goto(f"{url}/lab/tree/{path}?reset&token={TOKEN}", timeout=60_000)
+    expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+
+
+def open_sidebar(page):
+    """Click the MLOps tab in the left area (if it is not open) and return the sidebar locator."""
+    from playwright.sync_api import expect
+
+    tab = page.locator(SIDEBAR_TAB)
+    expect(tab).to_be_visible(timeout=30_000)
+    panel = page.get_by_test_id("mlops-sidebar")
+    if not panel.is_visible():
+        tab.click()
+    expect(panel).to_be_visible()
+    return panel
+
+
+def open_panel(page, url: str, path: str, tab: str = "runs"):
+    """Open the notebook, then the sidebar on one of its tabs; returns the sidebar locator."""
+    open_notebook(page, url, path)
+    panel = open_sidebar(page)
+    if tab != "runs":
+        panel.get_by_test_id(f"mlops-tab-{tab}").click()
+    return panel
+
+
+def run_cells(page, count: int) -> None:
+    """Run the notebook's first ``count`` cells with Shift+Enter, waiting for each prompt's number."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=60_000)
+    # before Lab has read the kernel specs it may ask which kernel to start: the notebook's own is preselected
+    chooser = page.locator(".jp-Dialog", has_text="Select Kernel")
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
+    for i in range(count):  # Shift+Enter runs the selected cell and selects the next one
+        for _ in range(3):  # a keypress can land before Lab has focused the notebook
+            try:
+                if chooser.is_visible():
+                    chooser.get_by_role("button", name="Select").click()
+                if i == 0:
+                    prompts.first.click(timeout=10_000)
+                page.keyboard.press("Shift+Enter")
+                expect(prompts.nth(i)).to_contain_text(re.compile(r"\[\d+\]"), timeout=30_000)
+                break
+            except (AssertionError, PlaywrightTimeout):
+                continue
+
+
+def measure_render(page, url: str, path: str) -> dict:
+    """Time, in the page, a forced refresh of the runs panel (fetch -> rows in the DOM) and, as the
+    anchor, the same GET runs fetched raw (JSON parsed, nothing drawn). Milliseconds."""
+    from playwright.sync_api import expect
+
+    panel = page.get_by_test_id("mlops-sidebar")
+    page.evaluate("document.querySelector('[data-testid=mlops-sidebar]').removeAttribute('data-render-ms')")
+    page.get_by_test_id("mlops-refresh").click()
+    expect(panel).to_have_attribute("data-render-ms", re.compile(r"\d"), timeout=30_000)
+    render = float(panel.get_attribute("data-render-ms"))
+    fetch = float(panel.get_attribute("data-fetch-ms"))
+    rows = int(panel.get_attribute("data-rows"))
+    raw = page.evaluate(
+        """async (u) => { const t = performance.now(); const r = await fetch(u, {cache: 'no-store'});
+                          await r.json();
+                          return performance.now() - t; }""",
+        f"{url}/mlops/runs?path={path}&token={TOKEN}")
+    return {"render_ms": render, "fetch_ms": fetch, "raw_fetch_ms": raw, "rows": rows}
