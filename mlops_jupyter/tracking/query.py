@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from ..config import Settings
 from ..errors import MlopsError, StoreError
 from . import tags as T
+from .sqlite_reader import RunRow, path_of, search as sqlite_search
 
 
 def _client(settings: Settings):
@@ -23,23 +24,34 @@ def _client(settings: Settings):
     return MlflowClient(tracking_uri=settings.tracking_uri)
 
 
-def _summary(run, settings: Settings | None = None) -> dict:
-    tags = run.data.tags
+# the tags a run's summary shows; a listing reads only these
+SUMMARY_TAGS = (T.NOTEBOOK, T.CELL_ID, T.CELL_KEY, T.EXECUTION_COUNT, T.KIND)
+
+
+def _row(run) -> RunRow:
+    """An MLflow Run as the listing's row."""
+    info, data = run.info, run.data
+    return RunRow(info.run_id, info.run_name, info.status, info.start_time, info.end_time, info.experiment_id,
+                  dict(data.tags), dict(data.params), dict(data.metrics))
+
+
+def _summary(run: RunRow, settings: Settings | None = None) -> dict:
+    tags = run.tags
     return {
-        "run_id": run.info.run_id,
-        "run_name": run.info.run_name,
-        "status": run.info.status,
-        "start_time": run.info.start_time,
-        "end_time": run.info.end_time,
-        "experiment_id": run.info.experiment_id,
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "status": run.status,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "experiment_id": run.experiment_id,
         "notebook": tags.get(T.NOTEBOOK),
         "cell_id": tags.get(T.CELL_ID),
         "cell_key": tags.get(T.CELL_KEY),
         "execution_count": int(tags[T.EXECUTION_COUNT]) if tags.get(T.EXECUTION_COUNT, "").isdigit() else None,
-        "params": dict(run.data.params),
-        "metrics": dict(run.data.metrics),
+        "params": dict(run.params),
+        "metrics": dict(run.metrics),
         "kind": tags.get(T.KIND),
-        "ui_url": settings.run_url(run.info.experiment_id, run.info.run_id) if settings else None,
+        "ui_url": settings.run_url(run.experiment_id, run.run_id) if settings else None,
     }
 
 
@@ -75,9 +87,9 @@ def store_state(tracking_uri: str) -> tuple | None:
 
     SQLite bumps the file change counter in its header (bytes 24-27) on every commit in rollback
     mode, so even two commits within one clock tick differ; a WAL file's header and size cover WAL mode."""
-    if not tracking_uri.startswith("sqlite:///"):
+    path = path_of(tracking_uri)
+    if path is None:
         return None
-    path = tracking_uri[len("sqlite:///"):].split("?")[0]
     state = []
     for suffix, start, end in (("", 24, 28), ("-wal", 0, 32)):
         try:
@@ -134,9 +146,26 @@ def _bulk_load():
                 gc.enable()
 
 
-def _search(settings: Settings, flt: str, last: int | None = None, experiment_ids: list | None = None,
-            top_level: bool = True, order: str = "DESC") -> list:
-    """Runs matching ``flt``, by start time, as MLflow Run objects (all pages)."""
+def _search(settings: Settings, key: str, value: str | None, last: int | None = None,
+            experiment_ids: list | None = None, top_level: bool = True, order: str = "DESC",
+            tag_keys: tuple | None = SUMMARY_TAGS) -> list[RunRow]:
+    """Runs whose tag ``key`` is ``value`` (None: set, not empty), by start time; sweep trials and
+    pipeline steps (runs with a parent) left out when ``top_level``. ``tag_keys``: the tags wanted
+    (None: all). A local SQLite store is read directly; any other store, or a schema this reader
+    does not know, through MLflow."""
+    db = path_of(settings.tracking_uri)
+    if db is not None:
+        rows = sqlite_search(db, key, value, experiment_ids=experiment_ids, order=order, limit=last,
+                             top_level_tag=T.PARENT if top_level else None, tag_keys=tag_keys)
+        if rows is not None:
+            return rows
+    return [_row(r) for r in _mlflow_search(settings, key, value, last, experiment_ids, top_level, order)]
+
+
+def _mlflow_search(settings: Settings, key: str, value: str | None, last: int | None = None,
+                   experiment_ids: list | None = None, top_level: bool = True, order: str = "DESC") -> list:
+    """``_search`` through MLflow's own search_runs: MLflow Run objects, all pages."""
+    flt = f"tags.`{key}` = '{_quote(value)}'" if value is not None else f"tags.`{key}` != ''"
     client = _client(settings)
     ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
     if not ids:
@@ -161,16 +190,16 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
         raise MlopsError(f"--last must be a positive number of runs, got {last}.")
     if not store_ready(settings.tracking_uri):
         return []
-    flt = f"tags.`{T.NOTEBOOK}` = '{_quote(os.fspath(notebook))}'" if notebook else f"tags.`{T.RECORD}` != ''"
+    key, value = (T.NOTEBOOK, os.fspath(notebook)) if notebook else (T.RECORD, None)
 
     def every():
-        return [_summary(r, settings) for r in _search(settings, flt)]
+        return [_summary(r, settings) for r in _search(settings, key, value)]
 
-    key = ("runs", os.fspath(notebook) if notebook else None)
-    if last is None or _fresh(settings, key)[2] is not None:
-        runs = _cached(settings, key, every)
+    cache_key = ("runs", os.fspath(notebook) if notebook else None)
+    if last is None or _fresh(settings, cache_key)[2] is not None:
+        runs = _cached(settings, cache_key, every)
         return runs[:last] if last else list(runs)
-    return [_summary(r, settings) for r in _search(settings, flt, last=last)]
+    return [_summary(r, settings) for r in _search(settings, key, value, last=last)]
 
 
 @_reading
@@ -178,9 +207,9 @@ def child_runs(settings: Settings, parent_id: str, experiment_id: str) -> list[d
     """The child runs (sweep trials, pipeline steps) of ``parent_id``, oldest first; each summary also
     carries its ``tags`` (e.g. a trial's mlops.node). Cached like ``list_runs``."""
     def compute():
-        found = _search(settings, f"tags.`{T.PARENT}` = '{_quote(parent_id)}'", experiment_ids=[experiment_id],
-                        top_level=False, order="ASC")
-        return [{**_summary(r, settings), "tags": dict(r.data.tags)} for r in found]
+        found = _search(settings, T.PARENT, parent_id, experiment_ids=[experiment_id], top_level=False, order="ASC",
+                        tag_keys=None)
+        return [{**_summary(r, settings), "tags": dict(r.tags)} for r in found]
 
     return list(_cached(settings, ("children", parent_id), compute))
 
@@ -192,8 +221,8 @@ def run_for_record(settings: Settings, record: str) -> str | None:
         return None
 
     def compute():
-        found = _search(settings, f"tags.`{T.RECORD}` = '{_quote(record)}'", last=1, top_level=False)
-        return [found[0].info.run_id] if found else []
+        found = _search(settings, T.RECORD, record, last=1, top_level=False, tag_keys=())
+        return [found[0].run_id] if found else []
 
     return next(iter(_cached(settings, ("record", record), compute)), None)
 
@@ -278,7 +307,7 @@ def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
     params, pdiff = table("params")
     metrics, mdiff = table("metrics")
     return {
-        "runs": [_summary(r, settings) for r in runs],
+        "runs": [_summary(_row(r), settings) for r in runs],
         "params": params,
         "metrics": metrics,
         "differs": {"params": pdiff, "metrics": mdiff},
@@ -288,9 +317,9 @@ def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
 def store_ready(tracking_uri: str) -> bool:
     """False for a local SQLite store that does not exist yet or is still being created (by a
     recorder, say): opening it then would start a second schema migration on the same file."""
-    if not tracking_uri.startswith("sqlite:///"):
+    path = path_of(tracking_uri)
+    if path is None:
         return True
-    path = tracking_uri[len("sqlite:///"):].split("?")[0]
     if not os.path.exists(path):
         return False
     import sqlite3
