@@ -203,6 +203,10 @@ def main(argv=None) -> int:
     except MlopsError as exc:
         print(f"mlops {args.verb}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a crash: one line, no traceback
+        done = "; finished steps are kept: run it again to go on from there" if args.verb == "pipeline" else ""
+        print(f"mlops {args.verb}: interrupted{done}.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

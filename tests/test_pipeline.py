@@ -312,3 +312,32 @@ def test_the_fork_server_refuses_to_fork_a_threaded_template(project):
     finally:
         server.close()
     assert server.proc.returncode == 0
+
+
+def test_ctrl_c_stops_a_pipeline_run_in_one_line_and_the_next_run_goes_on(project):
+    import signal
+    import time
+
+    nb = notebook(project / "slow.ipynb", [
+        ("import time", ["imports"]),
+        ("wait = 120", ["parameters"]),
+        ("n = 1", ["step:quick"]),
+        ("time.sleep(wait)\nm = n", ["step:slow", "after:quick"]),
+    ])
+    pipeline.export(nb, "pipe")
+    run = subprocess.Popen([sys.executable, "-m", "mlops_jupyter.cli", "pipeline", "run", "pipe"], cwd=project,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in run.stdout:  # until the slow step runs
+        seen.append(line)
+        if "slow" in line and "running" in line:
+            break
+    assert run.poll() is None, seen
+    time.sleep(1)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted; finished steps are kept" in err, err
+    result = pipeline.run(project / "pipe", echo=lambda s: None, params=["wait=0"])
+    assert result.ok and ran(result) == {"slow"}  # what finished before Ctrl-C is not redone
