@@ -94,7 +94,10 @@ export class MlopsModel {
       } else if (reply.status !== 304 && reply.data) {
         this.etag = reply.etag;
         this.etagPath = path;
-        this.setRuns({ path, data: reply.data, error: null });
+        // a poll keeps the objects of runs that did not change, so only changed rows re-render
+        // (a live cell's metrics arrive every second); a forced refresh redraws everything
+        const data = force ? reply.data : keepUnchanged(this._runs.data, reply.data);
+        this.setRuns({ path, data, error: null });
       } else if (this._runs.error) {
         this.setRuns({ ...this._runs, error: null });
       }
@@ -240,4 +243,17 @@ export class MlopsModel {
   private inFlight: string | null = null;
   private again = false;
   private timer = 0;
+}
+
+/** ``next`` with each run that equals the one in ``prev`` replaced by that earlier object. */
+function keepUnchanged(prev: IRunList | null, next: IRunList): IRunList {
+  if (!prev) {
+    return next;
+  }
+  const before = new Map(prev.runs.map(run => [run.run_id, run]));
+  const runs = next.runs.map(run => {
+    const old = before.get(run.run_id);
+    return old && JSON.stringify(old) === JSON.stringify(run) ? old : run;
+  });
+  return { ...next, runs };
 }

@@ -81,6 +81,10 @@ export class MlopsSidebar extends ReactWidget {
     this.update();
   }
 
+  /** Row callbacks that stay the same object across renders, so unchanged rows are not re-rendered. */
+  readonly onReveal = (run: IRun): void => this.reveal(run);
+  readonly onServe = (run: IRun): void => this.setState({ tab: 'pipeline', serveRun: run.run_id });
+
   private state: ISidebarState = { tab: 'runs', focusRun: null, serveRun: '' };
 }
 
@@ -122,8 +126,8 @@ function SidebarBody(props: {
       <RunsView
         model={model}
         focusRun={state.focusRun}
-        onReveal={run => owner.reveal(run)}
-        onServe={hasCapability(status, 'serving') ? run => setState({ tab: 'pipeline', serveRun: run.run_id }) : undefined}
+        onReveal={owner.onReveal}
+        onServe={hasCapability(status, 'serving') ? owner.onServe : undefined}
       />
     );
   } else if (tab === 'tags') {

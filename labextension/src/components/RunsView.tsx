@@ -86,8 +86,12 @@ export function RunsView(props: IRunsViewProps): JSX.Element {
     }
   }, [props.focusRun]);
 
-  const toggle = (runId: string) =>
-    setSelected(ids => (ids.includes(runId) ? ids.filter(id => id !== runId) : [...ids, runId]));
+  // stable, so a refresh re-renders only the rows whose run changed (RunRow is memoized)
+  const toggle = React.useCallback(
+    (runId: string) =>
+      setSelected(ids => (ids.includes(runId) ? ids.filter(id => id !== runId) : [...ids, runId])),
+    []
+  );
 
   if (!path) {
     return <div className="mlops-message">Open a notebook to see its tracked runs.</div>;
