@@ -7,9 +7,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UI := ui-tests
+UI_STAMP := $(UI)/node_modules/.installed
 DEMO_OUT := .mlops/demo
 
-.PHONY: demo test bench clean system-deps
+.PHONY: demo test ui-test bench clean system-deps
 
 $(STAMP): pyproject.toml labextension/package.json
 	@$(MAKE) --no-print-directory system-deps
@@ -35,6 +37,16 @@ system-deps:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	@$(MAKE) --no-print-directory ui-test
+
+# galata + Playwright for the browser tests; they drive Debian's chromium (system-deps), no browser download
+$(UI_STAMP): $(UI)/package.json $(UI)/yarn.lock | $(STAMP)
+	cd $(UI) && ../$(BIN)/jlpm install
+	touch $@
+
+# the sidebar in a real JupyterLab (ui-tests/): screenshots, the lab's log and the report in ui-tests/test-results/
+ui-test: $(STAMP) $(UI_STAMP)
+	cd $(UI) && ../$(BIN)/jlpm playwright test
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO_OUT)
@@ -52,4 +64,5 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mlops labextension/node_modules labextension/lib mlops_jupyter/labextension
+	rm -rf $(VENV) .mlops labextension/node_modules labextension/lib mlops_jupyter/labextension \
+	  $(UI)/node_modules $(UI)/test-results $(UI)/playwright-report

@@ -11,9 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from lab_browser import (CHROMIUM, CHROMIUM_ARGS, lab_server, measure_render,  # noqa: E402
-                         open_notebook, open_sidebar, seed_many)
-from mlflow_seed import make_project, write_notebook  # noqa: E402
+from lab_browser import CHROMIUM, CHROMIUM_ARGS, lab_server, measure_render, open_notebook, open_sidebar  # noqa: E402
+from mlflow_seed import make_project, seed_many, write_notebook  # noqa: E402
 
 RUNS = 1000
 REPEATS = 5

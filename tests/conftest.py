@@ -1,11 +1,6 @@
 # jp_fetch, jp_serverapp, jp_root_dir ... for the server extension tests (must be declared in the root conftest)
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "ui: drives a real JupyterLab in headless Chromium (tests/test_lab_ui.py)")
-
-
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -1,10 +1,10 @@
-"""A real JupyterLab server and headless Chromium for the sidebar's browser tests and bench/bench_sidebar.py."""
+"""A real JupyterLab server and headless Chromium (Python Playwright) for bench/bench_sidebar.py; the browser
+tests are the galata suite in ui-tests/."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,6 +22,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-s
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--disable-quic"]
 TOKEN = "mlops-ui-test-token"
+EXTRA = []
 SIDEBAR_TAB = '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]'
 
 
@@ -86,7 +87,7 @@ def lab_server(root: Path, state: Path):
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
              "--ServerApp.allow_root=True", "--LabApp.extension_manager=readonly",
-             "--LanguageServerManager.autodetect=False", f"--LabApp.workspaces_dir={state / 'workspaces'}",
+             "--LanguageServerManager.autodetect=False", *EXTRA, f"--LabApp.workspaces_dir={state / 'workspaces'}",
              f"--LabApp.user_settings_dir={state / 'settings'}"],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -94,39 +95,6 @@ def lab_server(root: Path, state: Path):
         yield url
     finally:
         stop_server(proc, url)
-
-
-def get_json(url: str, route: str) -> dict:
-    sep = "&" if "?" in route else "?"
-    with urllib.request.urlopen(f"{url}/{route}{sep}token={TOKEN}", timeout=30) as resp:
-        return json.load(resp)
-
-
-def server_routes() -> set[str]:
-    """The mlops/ routes the server extension registers."""
-    from mlops_jupyter.server.handlers import ROUTES
-
-    return {endpoint for endpoint, _ in ROUTES}
-
-
-def seed_many(root: Path, notebook: Path, count: int, cells: int = 20) -> None:
-    """``count`` finished runs of ``notebook`` spread over ``cells`` cells, one batch call each."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
-    state = root / ".mlops"
-    state.mkdir(exist_ok=True)
-    client = MlflowClient(tracking_uri="sqlite:///" + (state / "mlflow.db").as_posix())
-    exp_id = client.create_experiment("many", artifact_location=(state / "artifacts").as_uri())
-    t0 = 1_700_000_000_000
-    for i in range(count):
-        run = client.create_run(exp_id, run_name=f"run-{i}", start_time=t0 + i * 1000, tags={
-            "mlops.notebook": str(notebook.resolve()), "mlops.record": f"rec-{i}",
-            "mlops.cell_id": f"cell-{i % cells}", "mlops.execution_count": str(i + 1)})
-        client.log_batch(run.info.run_id, metrics=[Metric("acc", (i % 97) / 100, t0, 0),
-                                                   Metric("loss", 1 - (i % 89) / 100, t0, 0)],
-                         params=[Param("lr", str(0.001 * (i % 13 + 1))), Param("depth", str(i % 7))])
-        client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + i * 1000 + 500)
 
 
 def open_notebook(page, url: str, path: str):
@@ -150,53 +118,30 @@ def open_sidebar(page):
     return panel
 
 
-def open_panel(page, url: str, path: str, tab: str = "runs"):
-    """Open the notebook, then the sidebar on one of its tabs; returns the sidebar locator."""
-    open_notebook(page, url, path)
-    panel = open_sidebar(page)
-    if tab != "runs":
-        panel.get_by_test_id(f"mlops-tab-{tab}").click()
-    return panel
-
-
-def run_cells(page, count: int) -> None:
-    """Run the notebook's first ``count`` cells with Shift+Enter, waiting for each prompt's number."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect
-
-    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=60_000)
-    # before Lab has read the kernel specs it may ask which kernel to start: the notebook's own is preselected
-    chooser = page.locator(".jp-Dialog", has_text="Select Kernel")
-    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
-    for i in range(count):  # Shift+Enter runs the selected cell and selects the next one
-        for _ in range(3):  # a keypress can land before Lab has focused the notebook
-            try:
-                if chooser.is_visible():
-                    chooser.get_by_role("button", name="Select").click()
-                if i == 0:
-                    prompts.first.click(timeout=10_000)
-                page.keyboard.press("Shift+Enter")
-                expect(prompts.nth(i)).to_contain_text(re.compile(r"\[\d+\]"), timeout=30_000)
-                break
-            except (AssertionError, PlaywrightTimeout):
-                continue
-
-
 def measure_render(page, url: str, path: str) -> dict:
     """Time, in the page, a forced refresh of the runs panel (fetch -> rows in the DOM) and, as the
-    anchor, the same GET runs fetched raw (JSON parsed, nothing drawn). Milliseconds."""
-    from playwright.sync_api import expect
+    anchor, the same GET runs fetched raw (JSON parsed, nothing drawn). Milliseconds.
 
-    panel = page.get_by_test_id("mlops-sidebar")
-    page.evaluate("document.querySelector('[data-testid=mlops-sidebar]').removeAttribute('data-render-ms')")
-    page.get_by_test_id("mlops-refresh").click()
-    expect(panel).to_have_attribute("data-render-ms", re.compile(r"\d"), timeout=30_000)
-    render = float(panel.get_attribute("data-render-ms"))
-    fetch = float(panel.get_attribute("data-fetch-ms"))
-    rows = int(panel.get_attribute("data-rows"))
-    raw = page.evaluate(
+    The click and the wait happen inside the page: Playwright's own polling of an attribute builds an
+    accessibility snapshot of the whole page each time, on the main thread the panel renders on."""
+    figures = page.evaluate(
+        """async () => {
+             const panel = document.querySelector('[data-testid=mlops-sidebar]');
+             delete panel.dataset.renderMs;
+             const drawn = new Promise((resolve, reject) => {
+               const watch = new MutationObserver(() => {
+                 if (panel.dataset.renderMs) { watch.disconnect(); resolve(); }
+               });
+               watch.observe(panel, { attributes: true });
+               setTimeout(() => reject(new Error('the runs panel did not redraw within 30 s')), 30000);
+             });
+             panel.querySelector('[data-testid=mlops-refresh]').click();
+             await drawn;
+             return { render_ms: +panel.dataset.renderMs, fetch_ms: +panel.dataset.fetchMs, rows: +panel.dataset.rows };
+           }""")
+    figures["raw_fetch_ms"] = page.evaluate(
         """async (u) => { const t = performance.now(); const r = await fetch(u, {cache: 'no-store'});
                           await r.json();
                           return performance.now() - t; }""",
         f"{url}/mlops/runs?path={path}&token={TOKEN}")
-    return {"render_ms": render, "fetch_ms": fetch, "raw_fetch_ms": raw, "rows": rows}
+    return figures

@@ -51,3 +51,23 @@ def seed_runs(root: Path, notebook: Path, runs: list[dict]) -> list[str]:
         client.set_terminated(run.info.run_id, status=spec.get("status", "FINISHED"), end_time=spec["start"] + 500)
         ids.append(run.info.run_id)
     return ids
+
+
+def seed_many(root: Path, notebook: Path, count: int, cells: int = 20) -> None:
+    """``count`` finished runs of ``notebook`` spread over ``cells`` cells, one batch call each."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    state = root / ".mlops"
+    state.mkdir(exist_ok=True)
+    client = MlflowClient(tracking_uri="sqlite:///" + (state / "mlflow.db").as_posix())
+    exp_id = client.create_experiment("many", artifact_location=(state / "artifacts").as_uri())
+    t0 = 1_700_000_000_000
+    for i in range(count):
+        run = client.create_run(exp_id, run_name=f"run-{i}", start_time=t0 + i * 1000, tags={
+            "mlops.notebook": str(notebook.resolve()), "mlops.record": f"rec-{i}",
+            "mlops.cell_id": f"cell-{i % cells}", "mlops.execution_count": str(i + 1)})
+        client.log_batch(run.info.run_id, metrics=[Metric("acc", (i % 97) / 100, t0, 0),
+                                                   Metric("loss", 1 - (i % 89) / 100, t0, 0)],
+                         params=[Param("lr", str(0.001 * (i % 13 + 1))), Param("depth", str(i % 7))])
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + i * 1000 + 500)

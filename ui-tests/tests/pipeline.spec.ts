@@ -1,0 +1,73 @@
+/** The Pipeline tab: export a tagged notebook, run it with a live log; a run's model becomes a serving package. */
+import * as fs from 'fs';
+import * as path from 'path';
+import {
+  expect,
+  needRoutes,
+  notebook,
+  openNotebook,
+  openPanel,
+  openSidebar,
+  ROOT,
+  runCells,
+  shot,
+  test
+} from './lab';
+
+test('the pipeline panel exports the notebook and lists its steps', async ({ page }, testInfo) => {
+  needRoutes('pipeline', 'pipeline/export');
+  notebook('pipe.ipynb', [
+    ['rows = 10', ['parameters']],
+    ['data = list(range(rows))', ['step:load']],
+    ['total = sum(data)', ['step:train']]
+  ]);
+  const panel = await openPanel(page, 'pipe.ipynb', 'pipeline');
+  const pipeline = panel.getByTestId('mlops-pipeline');
+  await expect(pipeline.getByTestId('mlops-pipeline-out')).toHaveValue('pipe-pipeline');
+  await pipeline.getByTestId('mlops-pipeline-export').click();
+  const steps = pipeline.getByTestId('mlops-pipeline-steps').locator('.mlops-step');
+  await expect(steps).toHaveCount(2, { timeout: 60_000 });
+  await expect(steps.nth(0)).toContainText('load');
+  await expect(steps.nth(1)).toContainText('train');
+  expect(fs.existsSync(path.join(ROOT, 'pipe-pipeline', 'dvc.yaml'))).toBe(true);
+  await expect(steps.nth(0)).toHaveAttribute('data-state', 'never');
+  await shot(page, testInfo, 'pipeline');
+
+  // run it: the log shows while it runs, then every step is fresh
+  await pipeline.getByTestId('mlops-pipeline-run').click();
+  const log = pipeline.getByTestId('mlops-pipeline-log');
+  await expect(log).toBeVisible({ timeout: 30_000 });
+  await expect(log).toContainText('last run succeeded', { timeout: 180_000 });
+  await expect(steps.nth(0)).toHaveAttribute('data-state', 'fresh');
+  await expect(steps.nth(1)).toHaveAttribute('data-state', 'fresh');
+  await shot(page, testInfo, 'pipeline_run');
+});
+
+test("a run's model becomes a serving package from its row", async ({ page }, testInfo) => {
+  needRoutes('serving/generate');
+  notebook('serve.ipynb', [
+    '%load_ext mlops_jupyter',
+    '%%mlops run --name iris --metrics acc\nimport mlflow\nfrom sklearn.datasets import load_iris\n' +
+      'from sklearn.linear_model import LogisticRegression\n' +
+      'X, y = load_iris(return_X_y=True, as_frame=True)\n' +
+      'model = LogisticRegression(max_iter=300).fit(X, y)\nacc = model.score(X, y)\n' +
+      "mlflow.sklearn.log_model(model, name='model', input_example=X.head(3), pip_requirements=['scikit-learn'])"
+  ]);
+  await openNotebook(page, 'serve.ipynb');
+  await runCells(page, 2);
+  const panel = await openSidebar(page);
+  const row = panel.locator('.mlops-run-row', { hasText: 'iris' });
+  await expect(row.locator('.mlops-status')).toHaveText('FINISHED', { timeout: 60_000 });
+  const runId = await row.getAttribute('data-run-id');
+  await row.hover();
+  await row.getByRole('button', { name: /serve the model/ }).click(); // opens the pipeline tab's form
+  const serving = panel.getByTestId('mlops-serving');
+  await expect(serving.getByTestId('mlops-serving-run')).toHaveValue(runId!);
+  await expect(serving.getByTestId('mlops-serving-out')).toHaveValue('serve-serving');
+  await serving.getByTestId('mlops-serving-generate').click();
+  await expect(serving.getByTestId('mlops-serving-note')).toContainText('serve-serving', {
+    timeout: 120_000
+  });
+  expect(fs.existsSync(path.join(ROOT, 'serve-serving', 'Dockerfile'))).toBe(true);
+  await shot(page, testInfo, 'serving');
+});
