@@ -22,7 +22,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-s
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--disable-quic"]
 TOKEN = "mlops-ui-test-token"
-EXTRA = []
 SIDEBAR_TAB = '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]'
 
 
@@ -87,7 +86,7 @@ def lab_server(root: Path, state: Path):
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
              "--ServerApp.allow_root=True", "--LabApp.extension_manager=readonly",
-             "--LanguageServerManager.autodetect=False", *EXTRA, f"--LabApp.workspaces_dir={state / 'workspaces'}",
+             "--LanguageServerManager.autodetect=False", f"--LabApp.workspaces_dir={state / 'workspaces'}",
              f"--LabApp.user_settings_dir={state / 'settings'}"],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

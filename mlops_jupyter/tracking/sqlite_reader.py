@@ -55,11 +55,12 @@ def search(db: str, key: str, value: str | None, *, experiment_ids: list | None 
         args.append(top_level_tag)
     # MLflow's order: runs without a start time last, then start time, then run id as the tie-break
     direction = "DESC" if order == "DESC" else "ASC"
+    order_by = "ORDER BY {0}start_time IS NULL, {0}start_time %s, {0}run_uuid" % direction
     runs = (f"SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time, r.experiment_id FROM runs r "
             f"JOIN experiments e ON e.experiment_id = r.experiment_id "
             f"JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND {match} "
             f"WHERE {' AND '.join(where)} "
-            f"ORDER BY r.start_time IS NULL, r.start_time {direction}, r.run_uuid" + (" LIMIT ?" if limit else ""))
+            f"{order_by.format('r.')}" + (" LIMIT ?" if limit else ""))
     if limit:
         args.append(limit)
     # tags and params come as one JSON object per run, built in SQLite: a thousand small strings to
@@ -68,7 +69,7 @@ def search(db: str, key: str, value: str | None, *, experiment_ids: list | None 
         "(SELECT json_group_object(key, value) FROM tags WHERE run_uuid = s.run_uuid"
         + ("" if tag_keys is None else f" AND key IN ({', '.join('?' * len(tag_keys))})") + ")")
     sql = (f"SELECT s.*, {tags}, (SELECT json_group_object(key, value) FROM params WHERE run_uuid = s.run_uuid) "
-           f"FROM ({runs}) s")
+           f"FROM ({runs}) s {order_by.format('s.')}")  # a subquery's order is not promised outside it
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
     except sqlite3.Error:
