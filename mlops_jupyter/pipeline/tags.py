@@ -14,16 +14,12 @@ import keyword
 import re
 from dataclasses import dataclass, field
 
-from ..errors import MlopsError
+from ..errors import PipelineError
 
 ALIASES = {"pipeline-parameters": "parameters", "pipeline-metrics": "metrics", "block": "step", "prev": "after"}
 PLAIN = ("parameters", "imports", "functions", "metrics", "skip")
 NAMED = ("step", "after", "model")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-class PipelineError(MlopsError):
-    """A notebook that cannot become a pipeline, or a pipeline that cannot run as asked."""
 
 
 @dataclass

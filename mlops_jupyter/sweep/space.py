@@ -10,16 +10,12 @@ import keyword
 import re
 from dataclasses import dataclass
 
-from ..errors import MlopsError
+from ..errors import SweepError
 
 VALID_FORMS = ("name=choice(a, b, ...)", "name=uniform(low, high)", "name=loguniform(low, high) with low > 0",
                "name=randint(low, high) (whole numbers, high excluded)", "name=quniform(low, high, q)",
                "name=grid(a, b, ...) (every value, times --samples)", "name=<literal> such as 3, 0.1 or 'adam'")
 EXAMPLE = '--space "lr=loguniform(1e-4, 1e-1); depth=choice(3, 5, 8)"'
-
-
-class SweepError(MlopsError):
-    """A sweep that cannot run as asked: bad space, bad cell body, resources the cluster lacks."""
 
 
 @dataclass(frozen=True)
