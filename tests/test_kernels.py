@@ -74,7 +74,7 @@ def test_papermill_run_records_injected_parameters(project):
 def test_sigkilled_kernel_leaves_no_run_running(project, recorder_dies_too):
     with kernel(project) as k:
         k.run("%load_ext mlops_jupyter\n%mlops init")
-        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker._recorder.pid)")
+        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker.link.proc.pid)")
         recorder = int(text_of(msgs).strip())
         k.run("%%mlops run --name long\nimport time\ntime.sleep(120)", wait=False)
         wait_for(lambda: [r for r in all_runs(project) if r.info.status == "RUNNING"], timeout=60,

@@ -34,6 +34,12 @@ def side_file(journal: Path, suffix: str) -> Path:
     return journal.with_name(journal.stem + suffix)
 
 
+def blob_dir(journal: Path) -> Path:
+    """Where a writer puts files its records refer to (e.g. a saved model) until the recorder has logged
+    them; removed with the journal."""
+    return side_file(journal, ".blobs")
+
+
 def try_lock(path: Path):
     """An open file holding an exclusive lock on ``path``, or None when someone else holds it."""
     fh = open(path, "a+")

@@ -10,18 +10,13 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from ..errors import MlopsError, StoreError
+from . import store
 from . import tags as T
 from .sqlite_reader import RunRow, path_of, search as sqlite_search
 
 
 def _client(settings: Settings):
-    import warnings
-
-    with warnings.catch_warnings():  # mlflow's import of tqdm.auto warns in kernels without ipywidgets
-        warnings.simplefilter("ignore")
-        from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri)
+    return store.client(settings.tracking_uri)
 
 
 # the tags a run's summary shows; a listing reads only these
