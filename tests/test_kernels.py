@@ -9,15 +9,8 @@ import sys
 import time
 
 import pytest
-from harness import (all_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
+from harness import (all_runs, finished_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
                      text_of, wait_for)
-
-
-def finished_runs(root, n, uri=None):
-    def ready():
-        runs = all_runs(root, uri)
-        return runs if len(runs) >= n and all(r.info.status != "RUNNING" for r in runs) else None
-    return wait_for(ready, timeout=60, what=f"{n} finished runs")
 
 
 def test_lab_session_records_notebook_cell_parameters_and_figure(project):

@@ -49,6 +49,12 @@ class StoreDown(Exception):
     pass
 
 
+class Unwritable(Exception):
+    """A record that can never be written (what it refers to is gone): skipped with a warning."""
+
+    error_code = "INVALID_PARAMETER_VALUE"  # treated like MLflow's own permanent refusals
+
+
 class Recorder:
     def __init__(self, journal: Path, follow: bool):
         self.journal = journal
@@ -195,7 +201,7 @@ class Recorder:
             if i < self.state["step"]:
                 continue
             fn()
-            self.state["step"] = i + 1
+            self.state["step"] = max(self.state["step"], i + 1)  # a step may mark later ones done
             self.save()
 
     # ---- MLflow ----------------------------------------------------------------------------
@@ -243,7 +249,9 @@ class Recorder:
         if key in self.state["runs"]:
             return self.state["runs"][key]
         client = self.client(uri)
-        if self.state["attempting"] == self.state["offset"]:
+        # a replay of a journal (no live writer) may hold records an earlier recorder already wrote; a live
+        # writer's records are new, unless an attempt at this very record was cut off
+        if not self.follow or self.state["attempting"] == self.state["offset"]:
             found = client.search_runs([exp_id], filter_string=f"tags.`{T.RECORD}` = '{key}'", max_results=1)
             if found:
                 self.state["runs"][key] = found[0].info.run_id
@@ -331,12 +339,22 @@ class Recorder:
         source = Path(op["dir"])
 
         def create():
+            from mlflow.entities import LoggedModelStatus
+
             if key in self.state["models"]:
                 return
             run = client.get_run(run_id)
+            replay = not self.follow or self.state["attempting"] == self.state["offset"]
             found = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id],
                                                             filter_string=f"source_run_id = '{run_id}'")
-                     if m.tags.get(T.RECORD) == key] if self.state["attempting"] == self.state["offset"] else []
+                     if m.tags.get(T.RECORD) == key] if replay else []
+            if found and found[0].status == LoggedModelStatus.READY:
+                self.state["models"][key] = found[0].model_id
+                self.state["step"] = 3  # written before: nothing left to do
+                return
+            if not source.is_dir():
+                raise Unwritable(f"the model folder {source} is gone, so model {name!r} of run {run_id} cannot be "
+                                 "logged")
             self.state["attempting"] = self.state["offset"]
             self.save()
             model = found[0] if found else client.create_logged_model(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
+from .journal import finish_orphans_once
 from .link import RecorderLink
 
 
@@ -48,15 +49,18 @@ class Recording:
     """One writer's records (see the module doc). Keys are the writer's names for its runs; ``run_id(key)``
     gives the MLflow id once the recorder has made the run."""
 
-    def __init__(self, settings: config.Settings, experiment: str, nice: bool = False):
+    def __init__(self, settings: config.Settings, experiment: str | None = None, nice: bool = False):
         self.settings, self.experiment = settings, experiment
         self._ids: dict = {}
         self._models: dict = {}
         self._error: str | None = None
         self._cond = threading.Condition()
         self._exited = False
-        self.link = RecorderLink(config.ensure_state_dir(settings.project_root), self._event, nice=nice)
-        self.link.send({"op": "experiment", **self._store()})
+        state = config.ensure_state_dir(settings.project_root)
+        finish_orphans_once(state)
+        self.link = RecorderLink(state, self._event, nice=nice)
+        if experiment:  # the runs it starts go there (made if new); without one it only adds to existing runs
+            self.link.send({"op": "experiment", **self._store()})
 
     def _store(self) -> dict:
         return {"tracking_uri": self.settings.tracking_uri, "experiment": self.experiment,
@@ -81,6 +85,8 @@ class Recording:
     def start_run(self, name: str, *, parent: str | None = None, tags: dict | None = None,
                   params: dict | None = None, start_ms: int | None = None) -> str:
         """A new run (a child of ``parent``'s run when given); returns its key."""
+        if not self.experiment:
+            raise ValueError("a Recording made without an experiment cannot start runs")
         key = uuid.uuid4().hex
         self.link.send({"op": "run", "key": key, **self._store(), "run_name": name, "parent": parent,
                         "t": start_ms or int(time.time() * 1000), "tags": _strings(tags),

@@ -88,6 +88,7 @@ class Tracker:
         self.current: CellRecord | None = None
         self.records: dict[str, CellRecord] = {}
         self.degraded: str | None = None
+        self.run_tags: dict = {}
         self.link: RecorderLink | None = None
         self.notebook = NotebookInfo(shell)
         self._saved_streams = None
@@ -114,6 +115,7 @@ class Tracker:
         start = Path(nb).parent if nb else Path.cwd()
         settings = config.resolve(start, {"tracking_uri": tracking_uri, "experiment": experiment})
         config.ensure_state_dir(settings.project_root)
+        self.run_tags = config.run_tags()
         if self.link is None:  # before anything is marked configured: it is what can fail here
             self.link = RecorderLink(settings.state_dir, self._on_event)
             atexit.register(self.close)
@@ -175,7 +177,8 @@ class Tracker:
             "op": "start", "key": key, "t": int(rec.started * 1000), **self._store_fields(),
             "run_name": opts.name or f"{stem} [{count}]", "notebook": nb, "cell_id": cell_id,
             "cell_key": cell_key, "execution_count": count, "source": source, "magic": magic,
-            "param_sources": list(self.notebook.param_sources.values()), "params": opts.params, "tags": opts.tags,
+            "param_sources": list(self.notebook.param_sources.values()), "params": opts.params,
+            "tags": {**self.run_tags, **opts.tags},
             "metric_names": opts.metrics,
             "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
             "snapshots": self._snapshots_now(),

@@ -78,6 +78,33 @@ def _import_mlflow():
     return MlflowClient
 
 
+def looks_sound(uri: str) -> bool:
+    """A cheap check (plain SQL, no MLflow import) for readers that read a local SQLite store directly:
+    False when the store is being made or migrated, or damaged; the reader then goes through ``client``,
+    which waits for it, repairs it or raises StoreBroken with the fix. Checked once per file per process."""
+    path = path_of(uri)
+    try:
+        ident = (uri, os.stat(path).st_ino)
+    except (TypeError, OSError):
+        return True
+    if ident in _sound:
+        return True
+    if _marker(path).exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return False
+    if "alembic_version" not in tables or any(t.startswith("_alembic_tmp_") for t in tables):
+        return False
+    _sound.add(ident)
+    return True
+
+
+_sound: set = set()
+
+
 @contextmanager
 def locked(path: str):
     """The OS lock beside store ``path`` (``<path>.lock``), held while the store is created or migrated."""
