@@ -258,7 +258,7 @@ class Recorder:
                 return found[0].info.run_id
         self.state["attempting"] = self.state["offset"]
         self.save()
-        create["tags"] = {**create.get("tags", {}), T.RECORD: key}
+        create["tags"] = {**{k: str(v) for k, v in create.get("tags", {}).items()}, T.RECORD: key}  # a server wants strings
         run = client.create_run(exp_id, **create)
         self.state["runs"][key] = run.info.run_id
         self.emit(event="run", key=key, run_id=run.info.run_id, experiment_id=exp_id)

@@ -28,9 +28,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StoreBroken, StoreError
+from ..errors import StoreBroken, StoreError, StoreUnavailable
 from .sqlite_reader import path_of
 
+BUSY_S = 5.0  # how long a look at the store waits for another process's lock before calling it busy
 _ready: dict = {}  # tracking URI -> MlflowClient, once the store was checked in this process
 _guard = threading.Lock()
 # tables that hold something a user would miss; a store with none of them filled can be made anew
@@ -92,9 +93,9 @@ def looks_sound(uri: str) -> bool:
     if _marker(path).exists():
         return False
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_S) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
+    except sqlite3.DatabaseError:  # busy, or damaged: ``client`` tells which
         return False
     if "alembic_version" not in tables or any(t.startswith("_alembic_tmp_") for t in tables):
         return False
@@ -127,7 +128,7 @@ def inspect(path: str) -> dict:
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return {"state": "new", "version": None, "valuable": 0}
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_S) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             version = None
             if "alembic_version" in tables:
@@ -136,6 +137,8 @@ def inspect(path: str) -> dict:
             valuable = sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _VALUABLE if t in tables)
             if "experiments" in tables:  # the Default experiment (id 0) is made with every store
                 valuable += con.execute("SELECT count(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+    except sqlite3.OperationalError as exc:  # locked or busy: another process holds it; never a reason to touch it
+        raise StoreUnavailable(uri=f"sqlite:///{path}", reason=f"the store file is busy ({exc})") from None
     except sqlite3.DatabaseError as exc:
         return {"state": "half", "version": None, "valuable": 0, "why": f"not a readable SQLite database ({exc})"}
     leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
