@@ -114,9 +114,14 @@ def _resources(cell: Cell, tags: list) -> dict:
     for tag, arg in tags:
         if tag in ("resources", "limit"):
             try:
-                out.update(resources.parse(tag, arg))
+                asks = resources.parse(tag, arg)
             except ValueError as exc:
                 raise cell.error(f"{cell.where}: {exc}.") from None
+            for key, value in asks.items():
+                if out.get(key, value) != value:
+                    raise cell.error(f"{cell.where} asks for {key} {out[key]}, and {tag}:{arg} asks for {key} "
+                                     f"{value}; keep one of the two tags.")
+                out[key] = value
     return out
 
 
@@ -180,8 +185,9 @@ def parse(nb) -> Parsed:
         if shared:  # cells every step notebook gets, not part of any step
             stepwise = [f"{t}:{a}" for t, a in tags if t in ("model", "deps", "resources", "limit")]
             if stepwise:
-                raise cell.error(f"{cell.where} is tagged {shared} and {stepwise[0]}; a {shared} cell runs in "
-                                 f"every step, so tag {stepwise[0]} on a cell of the step it is for.")
+                article = "an" if shared == "imports" else "a"
+                raise cell.error(f"{cell.where} is tagged {shared} and {stepwise[0]}; {article} {shared} cell runs "
+                                 f"in every step, so tag {stepwise[0]} on a cell of the step it is for.")
             cell.kind = shared
             {"parameters": parameters, "imports": imports, "functions": functions}[shared].append(cell)
             continue

@@ -4,9 +4,18 @@ import * as React from 'react';
 
 import { MlopsModel } from '../model';
 import { revealCell } from '../notebook';
-import { fieldOf, FLAGS, formatTags, IPipelineTags, parseTags } from '../tags';
+import { fieldOf, FLAGS, formatTags, IPipelineTags, parseTags, TagField } from '../tags';
 import { IValidateCell, IValidation } from '../tokens';
 import { ErrorLine, Field } from './common';
+
+/** The editor's text fields, as typed (lists comma separated). */
+interface IDraft {
+  step: string;
+  after: string;
+  model: string;
+  deps: string;
+  resources: string;
+}
 
 function tagsOf(cell: Cell | null): string[] {
   const tags = cell?.model.getMetadata('tags');
@@ -65,11 +74,7 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
   const cell = tracker.activeCell;
   const tags = tagsOf(cell);
   const parsed = parseTags(tags);
-  const [draft, setDraft] = React.useState<{ step: string; after: string; model: string }>({
-    step: '',
-    after: '',
-    model: ''
-  });
+  const [draft, setDraft] = React.useState<IDraft>({ step: '', after: '', model: '', deps: '', resources: '' });
   const [validation, setValidation] = React.useState<IValidation | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const tagKey = JSON.stringify(tags);
@@ -77,7 +82,13 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
 
   // the text fields follow the cell (another cell selected, tags changed elsewhere)
   React.useEffect(() => {
-    setDraft({ step: parsed.step, after: parsed.after.join(', '), model: parsed.model });
+    setDraft({
+      step: parsed.step,
+      after: parsed.after.join(', '),
+      model: parsed.model,
+      deps: parsed.deps.join(', '),
+      resources: parsed.resources
+    });
   }, [cellId, tagKey]);
 
   // check the whole notebook's tags whenever they may have changed
@@ -130,13 +141,15 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
       ...parsed,
       step: draft.step,
       model: draft.model,
-      after: draft.after.split(',').map(a => a.trim()).filter(Boolean)
+      after: draft.after.split(',').map(a => a.trim()).filter(Boolean),
+      deps: draft.deps.split(',').map(d => d.trim()).filter(Boolean),
+      resources: draft.resources
     });
 
   const index = tracker.currentWidget?.content.activeCellIndex ?? -1;
   const mine = (validation?.errors ?? []).filter(e => (e.cell_id ? e.cell_id === cellId : e.index === index));
   const others = (validation?.errors ?? []).filter(e => !mine.includes(e));
-  const errorsFor = (field: string) =>
+  const errorsFor = (field: TagField) =>
     mine
       .filter(e => fieldOf(e.message) === field)
       .map((e, i) => (
@@ -184,6 +197,25 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
         onCommit={commitText}
       />
       {errorsFor('model')}
+      <Field
+        label="reads"
+        testid="mlops-tag-deps"
+        placeholder="files it reads that its code does not name (deps:)"
+        value={draft.deps}
+        onChange={deps => setDraft({ ...draft, deps })}
+        onCommit={commitText}
+      />
+      {errorsFor('deps')}
+      <Field
+        label="resources"
+        testid="mlops-tag-resources"
+        placeholder="gpu=1,cpu=4,memory=8G"
+        value={draft.resources}
+        onChange={resources => setDraft({ ...draft, resources })}
+        onCommit={commitText}
+      />
+      {parsed.limits.length > 0 && <div className="mlops-hint">Kale: {parsed.limits.join(' ')}</div>}
+      {errorsFor('resources')}
       <fieldset className="mlops-flags">
         <legend>role</legend>
         {FLAGS.map(flag => (
