@@ -8,7 +8,7 @@ import { fieldOf, FLAGS, formatTags, IPipelineTags, parseTags, TagField } from '
 import { IValidateCell, IValidation } from '../tokens';
 import { ErrorLine, Field } from './common';
 
-/** The editor's text fields, as typed (lists comma separated). */
+/** The editor's text fields, as typed. */
 interface IDraft {
   step: string;
   after: string;
@@ -16,6 +16,15 @@ interface IDraft {
   deps: string;
   resources: string;
 }
+
+/** The editor's text fields, in order; lists are typed comma separated. */
+const TEXT_FIELDS: { key: keyof IDraft; label: string; placeholder: string }[] = [
+  { key: 'step', label: 'step', placeholder: 'name (starts a step here)' },
+  { key: 'after', label: 'after', placeholder: 'step names, comma separated' },
+  { key: 'model', label: 'model', placeholder: 'model name (serving)' },
+  { key: 'deps', label: 'reads', placeholder: 'files it reads that its code does not name (deps:)' },
+  { key: 'resources', label: 'resources', placeholder: 'gpu=1,cpu=4,memory=8G' }
+];
 
 function tagsOf(cell: Cell | null): string[] {
   const tags = cell?.model.getMetadata('tags');
@@ -164,58 +173,28 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
       <div className="mlops-hint">
         cell {index} · tags: <code>{tags.join(' ') || 'none'}</code>
       </div>
-      <Field
-        label="step"
-        testid="mlops-tag-step"
-        placeholder="name (starts a step here)"
-        value={draft.step}
-        onChange={step => setDraft({ ...draft, step })}
-        onCommit={commitText}
-      />
-      {errorsFor('step')}
-      <Field
-        label="after"
-        testid="mlops-tag-after"
-        list="mlops-known-steps"
-        placeholder="step names, comma separated"
-        value={draft.after}
-        onChange={after => setDraft({ ...draft, after })}
-        onCommit={commitText}
-      />
+      {TEXT_FIELDS.map(f => (
+        <React.Fragment key={f.key}>
+          <Field
+            label={f.label}
+            testid={`mlops-tag-${f.key}`}
+            list={f.key === 'after' ? 'mlops-known-steps' : undefined}
+            placeholder={f.placeholder}
+            value={draft[f.key]}
+            onChange={value => setDraft({ ...draft, [f.key]: value })}
+            onCommit={commitText}
+          />
+          {f.key === 'resources' && parsed.limits.length > 0 && (
+            <div className="mlops-hint">Kale: {parsed.limits.join(' ')}</div>
+          )}
+          {errorsFor(f.key)}
+        </React.Fragment>
+      ))}
       <datalist id="mlops-known-steps">
         {steps.map(step => (
           <option key={step} value={step} />
         ))}
       </datalist>
-      {errorsFor('after')}
-      <Field
-        label="model"
-        testid="mlops-tag-model"
-        placeholder="model name (serving)"
-        value={draft.model}
-        onChange={model => setDraft({ ...draft, model })}
-        onCommit={commitText}
-      />
-      {errorsFor('model')}
-      <Field
-        label="reads"
-        testid="mlops-tag-deps"
-        placeholder="files it reads that its code does not name (deps:)"
-        value={draft.deps}
-        onChange={deps => setDraft({ ...draft, deps })}
-        onCommit={commitText}
-      />
-      {errorsFor('deps')}
-      <Field
-        label="resources"
-        testid="mlops-tag-resources"
-        placeholder="gpu=1,cpu=4,memory=8G"
-        value={draft.resources}
-        onChange={resources => setDraft({ ...draft, resources })}
-        onCommit={commitText}
-      />
-      {parsed.limits.length > 0 && <div className="mlops-hint">Kale: {parsed.limits.join(' ')}</div>}
-      {errorsFor('resources')}
       <fieldset className="mlops-flags">
         <legend>role</legend>
         {FLAGS.map(flag => (
