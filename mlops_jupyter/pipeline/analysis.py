@@ -392,10 +392,10 @@ def dvc_tracked(path: Path, project: Path) -> Path | None:
     """The DVC-tracked file or folder that holds ``path`` (a ``.dvc`` file beside it or beside a folder
     above it, up to ``project``), or None."""
     for p in (path, *path.parents):
-        if p.with_name(p.name + ".dvc").is_file():
-            return p
         if p == project or project not in p.parents:
             return None
+        if p.with_name(p.name + ".dvc").is_file():
+            return p
     return None
 
 
@@ -423,11 +423,10 @@ class Places:
 
     def data(self, rel: str) -> bool:
         """Whether a named path is data a step reads: an existing file, or a DVC-tracked file or folder."""
-        full = self.root / rel
-        return full.is_file() or dvc_tracked(full, self.project) is not None
+        return (self.root / rel).is_file() or self.tracked(rel)
 
     def tracked(self, rel: str) -> bool:
-        return dvc_tracked(self.root / rel, self.project) is not None
+        return dvc_tracked(Path(os.path.normpath(self.root / rel)), self.project) is not None
 
 
 def _inside(path: str, folders) -> bool:

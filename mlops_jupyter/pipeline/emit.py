@@ -123,8 +123,8 @@ def _dvc_yaml(pipe: Pipeline, outs: dict) -> dict:
                f"--cwd {shlex.quote(pipe.root)} --log-level WARNING")
         if s["models"]:  # its models go to MLflow and become serving packages, as `mlops pipeline run` does
             cmd += f" && python -m mlops_jupyter.pipeline.models . {s['name']}"
-        data = s["data"] + [pipe.params[k] for k in s["data_params"] if pipe.params[k] not in s["data"]]
-        deps = [s["notebook"]] + [here(m) for m in s["modules"] + data]
+        data = dict.fromkeys(here(p) for p in s["data"] + [pipe.params[k] for k in s["data_params"]])
+        deps = [s["notebook"]] + [here(m) for m in s["modules"]] + list(data)
         deps += sorted({f"artifacts/{src}" for src in s["inputs"].values()})
         stage = {"cmd": cmd, "deps": deps}
         if s["params"]:

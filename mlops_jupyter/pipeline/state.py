@@ -68,9 +68,12 @@ class State:
         if known and known[:3] == stamp:
             return known[3]
         h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:  # unreadable (or gone meanwhile): the step will say so when it runs
+            return None
         digest = h.hexdigest()
         if time.time_ns() - st.st_mtime_ns > RACY_NS:
             with self.lock:

@@ -25,6 +25,7 @@ PLAIN = ("parameters", "imports", "functions", "metrics", "skip")
 NAMED = ("step", "after", "model")
 VALUED = ("deps", "resources", "limit")  # an argument that is not a name: a path, a resource list
 SHARED = ("parameters", "imports", "functions")  # cells every step notebook gets
+EXAMPLES = {"deps": "data/train.csv", "resources": "gpu=1,cpu=4,memory=8G", "limit": "nvidia.com/gpu:1"}
 KALE_PARAMETERS = "pipeline-parameters"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 KNOWN = ("parameters, imports, functions, metrics, skip, step:NAME, after:NAME, model:NAME, deps:PATH, "
@@ -101,7 +102,7 @@ def cell_tags(cell) -> list[tuple[str, str | None]]:
 def _unknown(cell: Cell, tag: str) -> str:
     head = ALIASES.get(tag.partition(":")[0], tag.partition(":")[0])
     if head in NAMED + VALUED:
-        hint = f"{head} takes an argument, e.g. {head}:{'data/train.csv' if head == 'deps' else 'train'}"
+        hint = f"{head} takes an argument, e.g. {head}:{EXAMPLES.get(head, 'train')}"
     elif head in PLAIN:
         hint = f"{head} takes no argument"
     else:
