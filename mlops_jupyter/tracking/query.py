@@ -10,18 +10,14 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from ..errors import MlopsError, StoreError
+from . import store
+from .journal import finish_orphans_once
 from . import tags as T
 from .sqlite_reader import RunRow, path_of, search as sqlite_search
 
 
 def _client(settings: Settings):
-    import warnings
-
-    with warnings.catch_warnings():  # mlflow's import of tqdm.auto warns in kernels without ipywidgets
-        warnings.simplefilter("ignore")
-        from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri)
+    return store.client(settings.tracking_uri)
 
 
 # the tags a run's summary shows; a listing reads only these
@@ -62,6 +58,7 @@ def _quote(value: str) -> str:
 def _reading(fn):
     """A store that cannot be read becomes one clear StoreError, not a traceback from deep in MLflow."""
     def wrapper(settings: Settings, *args, **kwargs):
+        finish_orphans_once(settings.state_dir)  # records a dead writer left behind are written on the way
         try:
             return fn(settings, *args, **kwargs)
         except MlopsError:
@@ -154,7 +151,7 @@ def _search(settings: Settings, key: str, value: str | None, last: int | None = 
     (None: all). A local SQLite store is read directly; any other store, or a schema this reader
     does not know, through MLflow."""
     db = path_of(settings.tracking_uri)
-    if db is not None:
+    if db is not None and store.looks_sound(settings.tracking_uri):
         rows = sqlite_search(db, key, value, experiment_ids=experiment_ids, order=order, limit=last,
                              top_level_tag=T.PARENT if top_level else None, tag_keys=tag_keys)
         if rows is not None:
@@ -200,6 +197,14 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
         runs = _cached(settings, cache_key, every)
         return runs[:last] if last else list(runs)
     return [_summary(r, settings) for r in _search(settings, key, value, last=last)]
+
+
+@_reading
+def runs_tagged(settings: Settings, key: str, value: str) -> list[dict]:
+    """Top-level runs whose tag ``key`` is ``value``, newest first (summaries, as ``list_runs`` gives)."""
+    if not store_ready(settings.tracking_uri):
+        return []
+    return [_summary(r, settings) for r in _search(settings, key, value)]
 
 
 @_reading
