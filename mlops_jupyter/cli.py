@@ -104,6 +104,8 @@ def _export(args) -> int:
     from . import pipeline
 
     pipe = pipeline.export(args.notebook, args.out)
+    for warning in pipe.warnings:
+        print(f"mlops export: warning: {warning}", file=sys.stderr)
     print(f"pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) in "
           f"{pipe.folder} · run it: mlops pipeline run {args.out}{pipe.serving_note()}")
     return 0

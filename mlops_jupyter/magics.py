@@ -411,6 +411,8 @@ class MlopsMagics(Magics):
             raise UsageError("%mlops export: this kernel does not know its notebook's path; name it: "
                              "%mlops export path/to/notebook.ipynb --out DIR (save the notebook first).")
         pipe = pipeline.export(nb, ns.out)
+        for warning in pipe.warnings:
+            print(f"mlops: warning: {warning}")
         print(f"mlops: pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) "
               f"in {pipe.folder} · run it from a terminal: mlops pipeline run {ns.out}{pipe.serving_note()}")
 

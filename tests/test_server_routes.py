@@ -405,7 +405,8 @@ async def test_export_status_run_and_one_run_per_folder(jp_fetch, proj):
     assert code == 400 and "not an exported pipeline" in body["message"]
 
     code, body = await call(jp_fetch, "pipeline/export", body={"path": "analysis/pipe.ipynb"})
-    assert code == 200 and body == {"folder": "analysis/pipe-pipeline", "steps": ["prep", "train"], "models": []}
+    assert code == 200 and body == {"folder": "analysis/pipe-pipeline", "steps": ["prep", "train"], "models": [],
+                                   "warnings": []}
     code, body = await call(jp_fetch, "pipeline", path="analysis/pipe.ipynb")
     assert body["exported"] and not body["outdated"]
     assert [(s["name"], s["state"]) for s in body["steps"]] == [("prep", "never"), ("train", "never")]
@@ -442,7 +443,7 @@ async def test_export_into_a_chosen_folder_lists_the_tagged_models(jp_fetch, pro
     args = {"path": "analysis/modelled.ipynb", "out": "pipes/modelled"}
     code, body = await call(jp_fetch, "pipeline/export", body=args)
     assert code == 200 and body == {"folder": "pipes/modelled", "steps": ["fit"],
-                                    "models": [{"name": "clf", "step": "fit"}]}
+                                    "models": [{"name": "clf", "step": "fit"}], "warnings": []}
     code, body = await call(jp_fetch, "pipeline", path=args["path"], out=args["out"])
     assert body["exported"] and body["models"] == [{"name": "clf", "step": "fit"}] and body["run"] is None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import config
 from ..tracking.records import Recording
 from . import kernels as K
+from . import resources
 from . import state as S
 from .emit import Pipeline, load_pipeline
 from .model_worker import ModelWorker
@@ -503,6 +504,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     try:
         echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
         runner = _Runner(pipe, values, forced, echo, workers)
+        resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
         try:
             runner.run()
         except BaseException:
@@ -518,6 +520,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
                 notes.append(note)
         finally:
             runner.wait_for_kernels()
+            runner.state.save_cache()  # hashes learnt by a run that skipped every step, too
     finally:
         lock.close()
     steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]

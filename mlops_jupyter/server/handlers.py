@@ -379,7 +379,8 @@ class PipelineExportHandler(PipelineMixin, PostRoute):
 
         pipe = pipeline.export(nb, folder)
         self.remember_export(settings, nb, folder)
-        return {"folder": self.rel(folder), "steps": [s["name"] for s in pipe.steps], "models": _models(pipe.steps)}
+        return {"folder": self.rel(folder), "steps": [s["name"] for s in pipe.steps], "models": _models(pipe.steps),
+                "warnings": pipe.warnings}
 
 
 class PipelineRunHandler(PipelineMixin, PostRoute):
