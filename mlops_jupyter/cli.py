@@ -17,6 +17,13 @@ def _runs(args) -> int:
     settings = config.resolve(args.project or (os.path.dirname(os.path.abspath(args.notebook))
                                                if args.notebook else None))
     notebook = os.path.abspath(args.notebook) if args.notebook else None
+    from .tracking.journal import settle
+
+    # a notebook that just ended may still have records on their way: wait for them (briefly), or say so
+    waiting = settle(settings.state_dir, timeout=20)
+    if waiting:
+        print(f"mlops runs: {waiting} records are still being written (they wait in {settings.state_dir / 'journal'})",
+              file=sys.stderr)
     runs = list_runs(settings, notebook=notebook, last=args.last)
     if args.json:
         print(json.dumps(runs, indent=2))

@@ -79,6 +79,8 @@ def _parsers() -> dict:
     p["run"].add_argument("--metrics", type=_names, default=[], metavar="acc,loss")
     p["run"].add_argument("--tag", type=_key_value, action="append", default=[], metavar="k=v")
     p["run"].add_argument("--param", type=_key_value, action="append", default=[], metavar="k=v")
+    p["run"].add_argument("--model", type=_identifier, action="append", default=[], metavar="NAME",
+                          help="log the fitted model in variable NAME (fit in this cell) in the run")
     p["autotrack"] = _Parser(prog="%mlops autotrack", add_help=False)
     p["autotrack"].add_argument("state", choices=["on", "off"])
     p["runs"] = _Parser(prog="%mlops runs", add_help=False)
@@ -147,7 +149,8 @@ def _run_header(raw: str):
     if not words or words[0] != "run":
         return None
     ns = PARSERS["run"].parse_args(words[1:])
-    return RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param)), body, first
+    return RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param),
+                      models=ns.model), body, first
 
 
 def _trackable(raw: str) -> bool:
@@ -246,7 +249,8 @@ class MlopsMagics(Magics):
 
     def _run(self, ns, cell):
         # reached only when the input transformer did not run (e.g. run_cell_magic called directly)
-        opts = RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param))
+        opts = RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param),
+                          models=ns.model)
         self.tracker.begin(cell, opts)
         self._nested = True
         try:

@@ -14,55 +14,23 @@ logging happens in the pipeline's MLflow process (``track``); under ``dvc repro`
 
 from __future__ import annotations
 
-import ast
 import shutil
 import sys
 from pathlib import Path
 
+from ..tracking.models import fit_expression
 from . import analysis
 from .tags import Parsed, PipelineError
 
 SERVING_DIR = "serving"
-FIT_METHODS = ("fit", "partial_fit", "fit_transform", "fit_predict")
 
 
 # ---- export: which data each tagged model is fit on ---------------------------------------------
-def _statements(node):
-    """The nodes of ``node`` outside function, lambda and class bodies (their names are not the step's)."""
-    for child in ast.iter_child_nodes(node):
-        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            yield child
-            yield from _statements(child)
-
-
-def _fit_arg(call) -> ast.AST | None:
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in FIT_METHODS:
-        if call.args and not isinstance(call.args[0], ast.Starred):
-            return call.args[0]
-        return next((k.value for k in call.keywords if k.arg in ("X", "x")), None)
-    return None
-
-
 def fit_data(cells, name: str) -> str | None:
-    """Source of the data the last fit of ``name`` in ``cells`` is given: ``name.fit(DATA, ...)``, or
-    ``name = <anything>.fit(DATA, ...)`` (a fitted pipeline assigned in one go)."""
+    """Source of the data the last fit of ``name`` in ``cells`` is given (see tracking.models.fit_expression)."""
     found = None
     for cell in cells:
-        tree = ast.parse(analysis.python_source(cell.source))
-        hits = []
-        for node in _statements(tree):
-            arg = None
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                    isinstance(node.func.value, ast.Name) and node.func.value.id == name:
-                arg = _fit_arg(node)
-            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                    arg = _fit_arg(node.value)
-            if arg is not None:
-                hits.append((node.lineno, node.col_offset, ast.unparse(arg)))
-        if hits:
-            found = max(hits)[2]
+        found = fit_expression(analysis.python_source(cell.source), name) or found
     return found
 
 

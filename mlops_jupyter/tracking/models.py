@@ -10,6 +10,7 @@ logged model of the run (``op_model``), stamping the MLmodel file with the run a
 
 from __future__ import annotations
 
+import ast
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +20,47 @@ from ..errors import InvalidInput
 EXAMPLE_ROWS = 5  # rows of the training data kept as the input example (the data itself stays put)
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "imblearn": "imbalanced-learn", "skops": "skops"}
+
+
+FIT_METHODS = ("fit", "partial_fit", "fit_transform", "fit_predict")
+
+
+def _statements(node):
+    """The nodes of ``node`` outside function, lambda and class bodies (their names are not the cell's)."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            yield child
+            yield from _statements(child)
+
+
+def _fit_arg(call) -> ast.AST | None:
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in FIT_METHODS:
+        if call.args and not isinstance(call.args[0], ast.Starred):
+            return call.args[0]
+        return next((k.value for k in call.keywords if k.arg in ("X", "x")), None)
+    return None
+
+
+def fit_expression(source: str, name: str) -> str | None:
+    """Source of the data the last fit of ``name`` in Python ``source`` is given: ``name.fit(DATA, ...)``, or
+    ``name = <anything>.fit(DATA, ...)`` (a fitted pipeline assigned in one go); None when there is none."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    hits = []
+    for node in _statements(tree):
+        arg = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                isinstance(node.func.value, ast.Name) and node.func.value.id == name:
+            arg = _fit_arg(node)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                arg = _fit_arg(node.value)
+        if arg is not None:
+            hits.append((node.lineno, node.col_offset, ast.unparse(arg)))
+    return max(hits)[2] if hits else None
 
 
 def _serialization(model) -> tuple[str, list]:
@@ -134,6 +176,37 @@ def save(model, example, path: Path, name: str = "model", run_id: str | None = N
     for pycache in path.rglob("__pycache__"):  # save_model loads the model back to check it
         shutil.rmtree(pycache, ignore_errors=True)
     return path
+
+
+def stage(model, example, folder: Path) -> Path:
+    """Keep ``model`` and its input example as they are now, in ``folder`` (cloudpickle: a class defined in a
+    notebook is kept by value); ``save_staged`` makes the MLflow model folder from them later, elsewhere."""
+    import cloudpickle
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "model.pkl", "wb") as fh:
+        cloudpickle.dump(model, fh)
+    with open(folder / "example.pkl", "wb") as fh:
+        cloudpickle.dump(example, fh)
+    return folder
+
+
+def save_staged(folder: Path, name: str, run_id: str | None = None) -> Path:
+    """The MLflow model folder (``folder``/mlflow-model) of a model kept by ``stage``; made once."""
+    import pickle
+
+    out = Path(folder) / "mlflow-model"
+    if (out / "MLmodel").is_file():
+        return out
+    with open(Path(folder) / "model.pkl", "rb") as fh:
+        model = pickle.load(fh)  # noqa: S301 - the user's own model, kept a moment ago by their kernel
+    with open(Path(folder) / "example.pkl", "rb") as fh:
+        example = pickle.load(fh)  # noqa: S301
+    tmp = Path(folder) / "mlflow-model.tmp"
+    save(model, example, tmp, name, run_id=run_id)
+    tmp.rename(out)
+    return out
 
 
 def stamp_copy(src: Path, dest: Path, run_id: str, model_id: str, artifact_location: str) -> Path:

@@ -159,7 +159,8 @@ class Recorder:
                 self._report_down(exc)
             except Exception as exc:  # noqa: BLE001 - classify below, never die on a store error
                 if getattr(exc, "error_code", None) in PERMANENT:
-                    self.emit(event="warning", key=op.get("key"), message=f"{type(exc).__name__}: {exc}")
+                    said = str(exc) if isinstance(exc, Unwritable) else f"{type(exc).__name__}: {exc}"
+                    self.emit(event="warning", key=op.get("key"), message=said)
                     print(f"mlops recorder: skipped part of {op.get('op')}: {exc}", file=sys.stderr)
                     return True
                 self._report_down(exc)
@@ -336,7 +337,7 @@ class Recorder:
         from . import models
 
         client, key, name = self.client(op["tracking_uri"]), f"{op['key']}/{op['name']}", op["name"]
-        source = Path(op["dir"])
+        source = Path(op["dir"]) if op.get("dir") else Path(op["staged"]) / "mlflow-model"
 
         def create():
             from mlflow.entities import LoggedModelStatus
@@ -352,6 +353,8 @@ class Recorder:
                 self.state["models"][key] = found[0].model_id
                 self.state["step"] = 3  # written before: nothing left to do
                 return
+            if op.get("staged") and Path(op["staged"], "model.pkl").is_file():
+                self._build(op["staged"], name, run_id)
             if not source.is_dir():
                 raise Unwritable(f"the model folder {source} is gone, so model {name!r} of run {run_id} cannot be "
                                  "logged")
@@ -379,6 +382,22 @@ class Recorder:
                       uri=f"runs:/{run_id}/{name}")
 
         self.steps(create, upload, ready)
+
+    def _build(self, staged: str, name: str, run_id: str) -> None:
+        """A model a kernel kept (tracking.models.stage) as an MLflow model folder: slow work, not the store's."""
+        from ..errors import InvalidInput
+        from . import models
+
+        self._initializing = True  # building takes seconds: the store is not slow because of it
+        try:
+            models.save_staged(Path(staged), name, run_id)
+        except InvalidInput as exc:
+            raise Unwritable(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the model's class cannot be imported here
+            raise Unwritable(f"model {name!r} could not be made an MLflow model ({type(exc).__name__}: "
+                             f"{str(exc)[:300]})") from None
+        finally:
+            self._initializing = False
 
     def op_finish(self, op: dict) -> None:
         run_id = self._run_of(op)

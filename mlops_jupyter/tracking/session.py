@@ -31,6 +31,7 @@ from .notebook import NotebookInfo
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
 RUN_ID_WAIT_S = 30.0
+HEADLESS_WAIT_S = 30.0  # headless: how long a tracked cell waits for its run to be written (while the store answers)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunOptions:
     metrics: list = field(default_factory=list)
     tags: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    models: list = field(default_factory=list)  # variables holding fitted models, logged when the cell ends
 
 
 @dataclass
@@ -55,6 +57,9 @@ class CellRecord:
     ready: threading.Event = field(default_factory=threading.Event)
     line: object = None  # the display handle of the cell's summary line
     summary: str = ""
+    source: str = ""
+    models: list = field(default_factory=list)  # (name, staged folder) of models to log in the run
+    done: threading.Event = field(default_factory=threading.Event)  # the recorder has written the whole run
 
 
 class _Tee:
@@ -77,10 +82,18 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+_ACTIVE: list = []  # the kernel's tracker, once the extension is loaded (for mlops_jupyter.log_model)
+
+
+def active_tracker():
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
 class Tracker:
     """One per kernel: turns cells into MLflow runs through the journal and the recorder."""
 
     def __init__(self, shell):
+        _ACTIVE[:] = [self]
         self.shell = shell
         self.settings: config.Settings | None = None
         self.experiment: str | None = None
@@ -142,7 +155,10 @@ class Tracker:
             self.degraded = self.link.failed
 
     def close(self) -> None:
-        """Kernel exit: a cell still in flight ends KILLED; the recorder finishes on its own."""
+        """Kernel exit (or the extension unloaded): a cell still in flight ends KILLED; the recorder finishes
+        on its own."""
+        if active_tracker() is self:
+            _ACTIVE.clear()
         if self.current is not None:
             self.finish(None, interrupted=True)
         if self.link is not None:
@@ -170,7 +186,7 @@ class Tracker:
         nb = self.notebook_path()
         count = self.shell.execution_count if count is None else count
         key = uuid.uuid4().hex
-        rec = CellRecord(key=key, opts=opts, started=time.time())
+        rec = CellRecord(key=key, opts=opts, started=time.time(), source=source)
         cell_key = f"name:{opts.name}" if opts.name else cell_id or "source:" + hashlib.sha1(source.encode()).hexdigest()[:12]
         stem = Path(nb).stem if nb else "notebook"
         self._send({
@@ -303,9 +319,14 @@ class Tracker:
                 metrics[name] = float(ns[name])
             except (TypeError, ValueError):
                 problems.append(f"metric {name!r} is a {type(ns[name]).__name__}, not a number")
+        if status == "FINISHED":
+            for name in rec.opts.models:
+                problems += self._stage_named_model(rec, name)
         rec.summary = display.summary(status, metrics, problems)
         if result is not None:
             self._show(rec, first=True)  # before the record is sent, so the recorder's reply finds the line
+        for name, folder in rec.models:  # before the run ends, so it ends with its models
+            self._send({"op": "model", "key": rec.key, **self._store_fields(), "name": name, "staged": str(folder)})
         self._send({
             "op": "end", "key": rec.key, "t": int(time.time() * 1000), "status": status, "metrics": metrics,
             "params": {k: str(v) for k, v in rec.params.items()},
@@ -313,6 +334,61 @@ class Tracker:
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
         })
         self._rescan_later()
+        if result is not None and self.headless:
+            # nobody updates a saved notebook later: its summary line names the run and its counts now
+            rec.done.wait(HEADLESS_WAIT_S if not self.degraded else 0)
+
+    @property
+    def headless(self) -> bool:
+        """Run by papermill (or with MLOPS_HEADLESS=1): the saved notebook is the only place the line lives."""
+        return os.environ.get("MLOPS_HEADLESS") == "1" or self.notebook.papermill_input() is not None
+
+    # ---- models logged from a cell ---------------------------------------------------------
+    def log_model(self, model, data, name: str = "model") -> None:
+        """Log ``model``, fitted on ``data``, in the run of the tracked cell now running: a signature and an
+        input example from the first rows of ``data``, pinned requirements, the types skops must trust.
+        It is copied now (later changes to it are not logged); MLflow writes it off the cell's path."""
+        from ..errors import InvalidInput
+
+        if self.current is None:
+            raise InvalidInput("mlops_jupyter.log_model(model, X) logs into the run of the tracked cell that calls "
+                               "it, and this cell is not tracked: run it as a tracked cell (%%mlops run, or any cell "
+                               "with autotrack on).", model=name)
+        self._stage(self.current, model, data, name)
+
+    def _stage(self, rec: CellRecord, model, data, name: str) -> None:
+        from ..errors import InvalidInput
+        from . import models
+
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidInput(f"the model's name {name!r} must be a plain name such as 'model' or 'clf': it becomes "
+                               "the path of the model in the run (runs:/RUN_ID/NAME).", model=name)
+        if any(n == name for n, _ in rec.models):
+            raise InvalidInput(f"this cell already logs a model named {name!r}; give each model its own name.",
+                               model=name)
+        folder = self.link.blobs / rec.key / name
+        models.stage(model, models.example_frame(data, model, name), folder)
+        rec.models.append((name, folder))
+
+    def _stage_named_model(self, rec: CellRecord, name: str) -> list:
+        """``--model NAME``: the variable NAME and the data it was fit on in this cell; problems as text."""
+        from ..errors import InvalidInput
+        from . import capture, models
+
+        ns = self.shell.user_ns
+        if name not in ns:
+            return [f"model {name!r} is not defined after the cell"]
+        expr = models.fit_expression(capture.to_python(rec.source), name)
+        if expr is None:
+            return [f"model {name!r} is not fit in this cell ({name}.fit(X, y)), so its input example is unknown: "
+                    f"call mlops_jupyter.log_model({name}, X) instead"]
+        try:
+            self._stage(rec, ns[name], eval(expr, ns), name)  # noqa: S307 - the cell's own expression, by its AST
+        except InvalidInput as exc:
+            return [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - the cell ran fine: its run is kept, with the problem said
+            return [f"model {name!r} could not be kept ({type(exc).__name__}: {exc})"]
+        return []
 
     def _line(self, rec: CellRecord, counts: dict | None = None) -> display.Line:
         if self.degraded and counts is None:
@@ -363,10 +439,15 @@ class Tracker:
             self._show(rec, counts=event.get("counts", {}))
             with self._mutex:
                 self.records.pop(rec.key, None)
+            rec.done.set()
         elif kind == "degraded":
             self.degraded = event.get("error", "unknown error")
             for pending in list(self.records.values()):
                 self._show(pending)
+                pending.done.set()  # a headless cell waits no longer: its line says where the run waits
+        elif kind == "warning" and rec is not None:  # part of the run could not be written (e.g. a model)
+            rec.summary += f" · {event.get('message')}"
+            self._show(rec)
         elif kind == "recovered":
             self.degraded = None
         elif kind == "experiment":
