@@ -27,6 +27,12 @@ class Cell:
     index: int          # position in the original notebook
     source: str
     kind: str = "code"  # code | imports | functions | parameters | metrics
+    id: str | None = None  # the notebook's own cell id (nbformat 4.5), when it has one
+
+    @property
+    def at(self) -> dict:
+        """The error fields that point at this cell."""
+        return {"cell_index": self.index, "cell_id": self.id}
 
     @property
     def where(self) -> str:
@@ -86,23 +92,23 @@ def parse(nb) -> Parsed:
             continue
         tags = cell_tags(nbcell)
         kinds = {t for t, _ in tags}
-        cell = Cell(index, nbcell.get("source", ""))
+        cell = Cell(index, nbcell.get("source", ""), id=nbcell.get("id"))
         if "skip" in kinds:
             continue
         for tag, arg in tags:
             if tag == "model" and (not (arg or "").isidentifier() or keyword.iskeyword(arg)):
                 raise PipelineError(f"{cell.where} has the tag model:{arg!r}; model:NAME names the variable that "
                                     "holds the fitted model when its step ends, e.g. model:clf for `clf = "
-                                    "LogisticRegression().fit(X, y)`.")
+                                    "LogisticRegression().fit(X, y)`.", **cell.at)
             if tag in NAMED and not _NAME.match(arg or ""):
                 raise PipelineError(f"{cell.where} has the tag {tag}:{arg!r}; a step name is letters, digits, "
-                                    f"'_' or '-', e.g. {tag}:train.")
+                                    f"'_' or '-', e.g. {tag}:train.", **cell.at)
         shared = next((k for k in ("parameters", "imports", "functions") if k in kinds), None)
         if shared:  # cells every step notebook gets, not part of any step
             model = next((arg for tag, arg in tags if tag == "model"), None)
             if model:
                 raise PipelineError(f"{cell.where} is tagged {shared} and model:{model}; a {shared} cell runs in every "
-                                    f"step, so tag model:{model} on the cell of the step that fits {model}.")
+                                    f"step, so tag model:{model} on the cell of the step that fits {model}.", **cell.at)
             cell.kind = shared
             {"parameters": parameters, "imports": imports, "functions": functions}[shared].append(cell)
             continue
@@ -127,7 +133,7 @@ def parse(nb) -> Parsed:
             if tag == "model":
                 if arg in model_cells:
                     raise PipelineError(f"{cell.where} has the tag model:{arg}, and so has {model_cells[arg].where}; "
-                                        f"each model gets one serving package (serving/{arg}): tag one cell.")
+                                        f"each model gets one serving package (serving/{arg}): tag one cell.", **cell.at)
                 model_cells[arg] = cell
                 models.append((target, arg))
     if not steps:
@@ -146,9 +152,10 @@ def parse(nb) -> Parsed:
             if dep not in steps:
                 known = ", ".join(order)
                 raise PipelineError(f"{step.after_cells[dep].where} says after:{dep}, but no cell is tagged "
-                                    f"step:{dep}; the steps are: {known}.")
+                                    f"step:{dep}; the steps are: {known}.", **step.after_cells[dep].at)
             if dep == name:
-                raise PipelineError(f"{step.after_cells[dep].where} makes step {name!r} run after itself.")
+                raise PipelineError(f"{step.after_cells[dep].where} makes step {name!r} run after itself.",
+                                    **step.after_cells[dep].at)
         deps[name] = list(step.after) if step.after else ([order[i - 1]] if i else [])
     topo = _toposort(order, deps, steps)
     params = _params(parameters)
@@ -170,7 +177,7 @@ def _toposort(order: list, deps: dict, steps: dict) -> list:
             cell = step.after_cells.get(name, step.first)
             raise PipelineError(f"{cell.where if cell else 'a cell'}: the after: tags make a cycle "
                                 f"({' -> '.join(reversed(cycle))}); a step can only run after steps that do "
-                                "not (indirectly) run after it.")
+                                "not (indirectly) run after it.", **(cell.at if cell else {}))
         visiting.append(name)
         for dep in deps[name]:
             visit(dep)
@@ -189,27 +196,27 @@ def _params(cells: list) -> dict:
         try:
             tree = ast.parse(cell.source)
         except SyntaxError as exc:
-            raise PipelineError(f"the parameters {cell.where} is not valid Python ({exc.msg}, line {exc.lineno}).") \
-                from None
+            raise PipelineError(f"the parameters {cell.where} is not valid Python ({exc.msg}, line {exc.lineno}).",
+                                **cell.at) from None
         for node in tree.body:
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
                 continue  # a docstring or a bare comment string
             if not (isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None):
                 raise PipelineError(f"the parameters {cell.where} holds `{ast.unparse(node)[:60]}`; a parameters "
-                                    "cell holds only assignments of literal values, e.g. n_estimators = 100.")
+                                    "cell holds only assignments of literal values, e.g. n_estimators = 100.", **cell.at)
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if len(targets) != 1 or not isinstance(targets[0], ast.Name):
                 raise PipelineError(f"the parameters {cell.where} assigns `{ast.unparse(node)[:60]}`; assign one "
-                                    "name per line, e.g. n_estimators = 100.")
+                                    "name per line, e.g. n_estimators = 100.", **cell.at)
             name = targets[0].id
             try:
                 value = ast.literal_eval(node.value)
             except ValueError:
                 raise PipelineError(f"parameter {name!r} in {cell.where} is `{ast.unparse(node.value)[:60]}`, not a "
-                                    "literal; use an int, float, str, bool, list or dict literal.") from None
+                                    "literal; use an int, float, str, bool, list or dict literal.", **cell.at) from None
             if name in seen:
                 raise PipelineError(f"parameter {name!r} is defined twice: in {seen[name].where} and again in "
-                                    f"{cell.where}; keep one definition.")
+                                    f"{cell.where}; keep one definition.", **cell.at)
             seen[name] = cell
             params[name] = value
     return params
