@@ -19,7 +19,9 @@ def _scope(args):
     """(settings, notebook) a listing reads: --project's (default: the working directory's) store, and
     --notebook's runs or every run (the default; --all says it explicitly)."""
     notebook = os.path.abspath(args.notebook) if args.notebook else None
-    return config.resolve(args.project or (os.path.dirname(notebook) if notebook else None)), notebook
+    if notebook and not args.project:
+        return config.resolve(os.path.dirname(notebook)), notebook
+    return commands.project_settings(args.project), notebook
 
 
 def _runs(args) -> int:
@@ -80,7 +82,7 @@ def _restore(args) -> int:
 def _reproduce(args) -> int:
     from .tracking.reproduce import reproduce
 
-    result = reproduce(config.resolve(args.project), args.run_id)
+    result = reproduce(commands.project_settings(args.project), args.run_id)
     for note in result.notes:
         print(f"mlops: {note}")
     header, rows, marks = _render.reproduction_rows(result)
@@ -92,7 +94,7 @@ def _reproduce(args) -> int:
 def _serve_generate(args) -> int:
     from .serving import generate_package, model_of_run
 
-    settings = config.resolve(args.project)
+    settings = commands.project_settings(args.project)
     uri = args.model_uri or model_of_run(settings, args.run)
     out = generate_package(uri, args.out, name=args.name, settings=settings)
     print(f"serving package for {uri} in {out} · start it: mlops serve run {out}")

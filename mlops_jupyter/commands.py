@@ -10,6 +10,7 @@ fields. Imported by the doors only, and cheap: argparse and shlex, no engine.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import string
 from dataclasses import dataclass
@@ -313,6 +314,17 @@ def split(line: str) -> list[str]:
 
 
 # ---- what both doors say the same way ------------------------------------------------------------
+def project_settings(project: str | None):
+    """The settings of --project DIR (None: the working directory's project); a folder that does not
+    exist is refused rather than read as an empty project."""
+    from . import config
+
+    if project and not os.path.isdir(project):
+        raise UsageProblem(f"--project {project}: no such folder; give the project's folder (or leave it out "
+                           "for the working directory's project)")
+    return config.resolve(project)
+
+
 def compared(ns, settings, notebook: str | None) -> list[str]:
     """The runs ``compare`` compares: the ids given, or with --last N the N newest runs of ``notebook``
     (every run when None), oldest first."""

@@ -210,10 +210,8 @@ class MlopsMagics(Magics):
     def _scope(self, ns):
         """(settings, notebook) a listing reads: --project's store or this notebook's; --notebook, this
         notebook (the default, unless --all or --project), or every run (None)."""
-        from . import config
-
         waiting = self._flushed()
-        settings = config.resolve(ns.project) if ns.project else self.tracker.settings
+        settings = commands.project_settings(ns.project) if ns.project else self.tracker.settings
         if ns.notebook:
             return settings, os.path.abspath(ns.notebook), waiting
         return settings, (None if ns.all or ns.project else self.tracker.notebook_path()), waiting
@@ -285,10 +283,9 @@ class MlopsMagics(Magics):
               "there: snapshot again to keep working from it, or restore another revision.")
 
     def _reproduce(self, ns, _cell):
-        from . import config
         from .tracking.reproduce import reproduce
 
-        settings = config.resolve(ns.project) if ns.project else self._settings()
+        settings = commands.project_settings(ns.project) if ns.project else self._settings()
         self._flushed()
         print(f"mlops: reproducing run {ns.run_id}: code, data and parameters as recorded (papermill)...")
         result = _render.in_worker(reproduce, settings, ns.run_id)
@@ -312,10 +309,9 @@ class MlopsMagics(Magics):
         print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
 
     def _serve_generate(self, ns, _cell):
-        from . import config
         from .serving import generate_package, model_of_run
 
-        settings = config.resolve(ns.project) if ns.project else self._settings()
+        settings = commands.project_settings(ns.project) if ns.project else self._settings()
         uri = ns.model_uri or model_of_run(settings, ns.run)
         out = generate_package(uri, ns.out, name=ns.name, settings=settings)
         print(f"mlops: serving package for {uri} in {out} · start it from a terminal: mlops serve run {out}")

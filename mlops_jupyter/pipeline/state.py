@@ -93,7 +93,7 @@ def override(params: dict, pairs: list) -> dict:
         key = key.strip()
         if not sep or not key:
             raise InvalidInput(f"the parameter override {pair!r} is not key=value.", what="param", param=pair,
-                               example=f"{next(iter(params), 'n_estimators')}=...")
+                               example=f"{next(iter(params), 'n_estimators')}=VALUE")
         if key not in params:
             raise InvalidInput(f"the pipeline has no parameter {key!r}; its parameters are: "
                                f"{', '.join(params) or '(none)'}.", what="unknown param", param=key)
