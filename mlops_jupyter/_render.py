@@ -52,9 +52,9 @@ def runs_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
 
     rows = []
     for r in runs:
-        kind = r.get("kind") if r.get("kind") in CHILD_KIND else "cell"
+        kind = {"sweep": "sweep", "pipeline": "pipeline", "pipeline-step": "step"}.get(r.get("kind"), "cell")
         rows.append(row(r, "", kind))
-        rows.extend(row(c, "└ ", CHILD_KIND[kind]) for c in r.get("children", []))
+        rows.extend(row(c, "└ ", CHILD_KIND.get(kind, "child")) for c in r.get("children", []))
     return header, rows
 
 

@@ -5,6 +5,7 @@ Cheap by design (stdlib only): it runs inside ``%load_ext``.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -143,6 +144,22 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
         raise ConfigError(f"ui-url {ui!r} (from {origin['ui_url']}) is not a web address; give the URL the MLflow "
                           "UI answers on, e.g. http://127.0.0.1:5000.", key="ui_url", value=ui, origin=origin["ui_url"])
     return Settings(project_root=root, origin=origin, **values)
+
+
+def run_tags(env: dict | None = None) -> dict:
+    """``MLOPS_RUN_TAGS``: a JSON object of tags added to every run a kernel records (e.g. a CI job's id;
+    ``mlops reproduce`` marks its runs so)."""
+    raw = (os.environ if env is None else env).get("MLOPS_RUN_TAGS")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"MLOPS_RUN_TAGS is not valid JSON ({exc}); give an object of tag names to values, "
+                          "e.g. {\"ci.job\": \"1234\"}.") from None
+    if not isinstance(tags, dict):
+        raise ConfigError(f"MLOPS_RUN_TAGS must be a JSON object of tag names to values, got {type(tags).__name__}.")
+    return {str(k): str(v) for k, v in tags.items()}
 
 
 def ensure_state_dir(root: str | os.PathLike) -> Path:

@@ -50,16 +50,17 @@ URI_HELP = ("MODEL_URI is runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@
 
 
 def generate_package(model_uri: str, out: str | Path, name: str | None = None,
-                     settings: config.Settings | None = None) -> Path:
+                     settings: config.Settings | None = None, source: str | None = None) -> Path:
     """Write a serving package for ``model_uri`` into ``out`` (new or empty) and return its path.
-    Models are resolved against the project's tracking store (``settings``, default config.resolve())."""
+    Models are resolved against the project's tracking store (``settings``, default config.resolve()).
+    ``source``: the URI the package names as its model's origin when ``model_uri`` is a local copy of it."""
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"{out} already exists and is not an empty folder; the generator never overwrites files.",
                        what="package folder", path=str(out))
     with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
         model_dir = _fetch(model_uri, Path(tmp) / "model", settings)
-        spec = _describe(model_uri, model_dir, name)
+        spec = _describe(source or model_uri, model_dir, name)
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -10,18 +10,14 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from ..errors import InvalidInput, MlopsError, RunNotFound, StoreUnavailable
+from . import store
+from .journal import finish_orphans_once
 from . import tags as T
 from .sqlite_reader import RunRow, path_of, search as sqlite_search
 
 
 def _client(settings: Settings):
-    import warnings
-
-    with warnings.catch_warnings():  # mlflow's import of tqdm.auto warns in kernels without ipywidgets
-        warnings.simplefilter("ignore")
-        from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri)
+    return store.client(settings.tracking_uri)
 
 
 # the tags a run's summary shows; a listing reads only these
@@ -62,6 +58,7 @@ def _quote(value: str) -> str:
 def _reading(fn):
     """A store that cannot be read becomes one clear StoreUnavailable, not a traceback from deep in MLflow."""
     def wrapper(settings: Settings, *args, **kwargs):
+        finish_orphans_once(settings.state_dir)  # records a dead writer left behind are written on the way
         try:
             return fn(settings, *args, **kwargs)
         except MlopsError:
@@ -155,7 +152,7 @@ def _search(settings: Settings, key: str, value: str | None, last: int | None = 
     (None: all). A local SQLite store is read directly; any other store, or a schema this reader
     does not know, through MLflow."""
     db = path_of(settings.tracking_uri)
-    if db is not None:
+    if db is not None and store.looks_sound(settings.tracking_uri):
         rows = sqlite_search(db, key, value, experiment_ids=experiment_ids, order=order, limit=last,
                              top_level_tag=T.PARENT if top_level else None, tag_keys=tag_keys)
         if rows is not None:
@@ -188,8 +185,10 @@ PIPELINE_FOLDER = "mlops.pipeline.folder"  # on a pipeline's parent run: the exp
 
 
 def kind_of(run: dict) -> str:
-    """A top-level run's kind: "sweep", "pipeline", or "cell" (a tracked cell, autotracked or not)."""
-    return run.get("kind") if run.get("kind") in ("sweep", "pipeline") else "cell"
+    """A top-level run's kind: "sweep", "pipeline" (a pipeline run, or a step ``dvc repro`` ran on its own),
+    or "cell" (a tracked cell, autotracked or not)."""
+    kind = run.get("kind")
+    return "pipeline" if kind in ("pipeline", "pipeline-step") else "sweep" if kind == "sweep" else "cell"
 
 
 def _newest_first(rows: list[RunRow]) -> list[RunRow]:
@@ -248,6 +247,14 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
         runs = [{**r, "children": child_runs(settings, r["run_id"], r["experiment_id"])}
                 if kind_of(r) != "cell" else r for r in runs]
     return runs
+
+
+@_reading
+def runs_tagged(settings: Settings, key: str, value: str) -> list[dict]:
+    """Top-level runs whose tag ``key`` is ``value``, newest first (summaries, as ``list_runs`` gives)."""
+    if not store_ready(settings.tracking_uri):
+        return []
+    return [_summary(r, settings) for r in _search(settings, key, value)]
 
 
 @_reading
