@@ -111,7 +111,8 @@ def test_split_reads_comments_as_a_shell_does():
 
 def test_readme_lines_with_comments_paste_as_they_are(ip, project):
     for lr in (0.1, 0.2):
-        assert ip.run_cell(f"%%mlops run --name lr{lr} --metrics acc  # one run per rate\nlr = {lr}\nacc = 1 - lr").success
+        cell = f"%%mlops run --name lr{lr} --metrics acc  # one run per rate\nlr = {lr}\nacc = 1 - lr"
+        assert ip.run_cell(cell).success
     flush(ip)
     assert repr(ip.run_line_magic("mlops", "runs --last 10  # this notebook's runs")).count("FINISHED") == 2
     a, b = (r.info.run_id for r in all_runs(project))
@@ -333,8 +334,8 @@ def test_runs_list_cells_sweeps_and_pipelines_with_their_children(ip, project, m
     tracker = ip._mlops_magics.tracker
     ip.user_ns["tracker"] = tracker
     assert ip.run_cell("%%mlops run --name cell\nacc = 0.5").success
-    assert ip.run_cell("%%mlops run --name search --tag mlops.kind=sweep\nrec = tracker.current\n"
-                       "for i in range(2):\n    tracker.child(rec, f'trial-{i + 1}', {'lr': i}, {'acc': i / 2})").success
+    trials = "for i in range(2):\n    tracker.child(rec, f'trial-{i + 1}', {'lr': i}, {'acc': i / 2})"
+    assert ip.run_cell(f"%%mlops run --name search --tag mlops.kind=sweep\nrec = tracker.current\n{trials}").success
     flush(ip)
     ip.run_line_magic("mlops", "export")  # into nb-pipeline, the default folder
     out = mlops(project, "pipeline", "run", "nb-pipeline")

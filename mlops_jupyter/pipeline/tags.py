@@ -133,7 +133,8 @@ def parse(nb) -> Parsed:
             if tag == "model":
                 if arg in model_cells:
                     raise PipelineError(f"{cell.where} has the tag model:{arg}, and so has {model_cells[arg].where}; "
-                                        f"each model gets one serving package (serving/{arg}): tag one cell.", **cell.at)
+                                        f"each model gets one serving package (serving/{arg}): tag one cell.",
+                                        **cell.at)
                 model_cells[arg] = cell
                 models.append((target, arg))
     if not steps:
@@ -203,7 +204,8 @@ def _params(cells: list) -> dict:
                 continue  # a docstring or a bare comment string
             if not (isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None):
                 raise PipelineError(f"the parameters {cell.where} holds `{ast.unparse(node)[:60]}`; a parameters "
-                                    "cell holds only assignments of literal values, e.g. n_estimators = 100.", **cell.at)
+                                    "cell holds only assignments of literal values, e.g. n_estimators = 100.",
+                                    **cell.at)
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if len(targets) != 1 or not isinstance(targets[0], ast.Name):
                 raise PipelineError(f"the parameters {cell.where} assigns `{ast.unparse(node)[:60]}`; assign one "

@@ -239,7 +239,8 @@ def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, las
     if kind is None and last is not None and _fresh(settings, cache_key)[2] is None:
         runs = [_summary(r, settings) for r in _top_level(settings, notebook, last)]
     else:
-        runs = list(_cached(settings, cache_key, lambda: [_summary(r, settings) for r in _top_level(settings, notebook)]))
+        runs = list(_cached(settings, cache_key,
+                            lambda: [_summary(r, settings) for r in _top_level(settings, notebook)]))
         if kind is not None:
             runs = [r for r in runs if kind_of(r) == kind]
         runs = runs[:last] if last else runs
