@@ -5,6 +5,7 @@ the hint each typed error gets here."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 from IPython.core.error import UsageError
@@ -15,16 +16,20 @@ from .commands import MAGIC, HelpShown, UsageProblem
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
-PARSER = commands.parser(MAGIC)
 VERBS = tuple(v.name.split()[0] for v in commands.verbs(MAGIC))
 CELL_VERBS = {v.name: v for v in commands.verbs(MAGIC) if v.cell}
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
+@functools.cache
+def _parser():
+    return commands.parser(MAGIC)  # built on first use: %load_ext stays fast
+
+
 def _parse(words: list[str]):
     """The namespace for ``%mlops WORDS``; None when it only asked for help (printed)."""
     try:
-        return PARSER.parse_args(words)
+        return _parser().parse_args(words)
     except HelpShown:
         return None
     except UsageProblem as exc:
@@ -174,12 +179,11 @@ class MlopsMagics(Magics):
                  if ns.space_from else sweep.parse(ns.space, ns.metric))
         spec = sweep.SweepSpec(cell, space, ns.metric, ns.mode, ns.samples, ns.cpus_per_trial, ns.gpus_per_trial,
                                ns.concurrency, ns.scheduler, ns.address, ns.retries)
-        self._settings()
         recording = tracked.Recording(
             begin=lambda params, tags: self.tracker.begin(cell, RunOptions(name=ns.name or "sweep", params=params,
                                                                            tags=tags)),
-            child=self.tracker.child, state_dir=self.tracker.settings.state_dir,
-            notebook=self.tracker.notebook_path())
+            child=self.tracker.child,
+            place=lambda: (self.tracker.settings.state_dir, self.tracker.notebook_path()))
         shown: dict = {}
 
         def start(total):

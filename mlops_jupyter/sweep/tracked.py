@@ -21,12 +21,13 @@ class Recording:
 
     ``begin(params, tags)`` starts the parent run and returns its record (``key``, ``run_id``, and the
     ``params`` / ``metrics`` dicts still written when the run ends); ``child(record, name, params, metrics,
-    status=, start_ms=, end_ms=, tags=, texts=)`` records one ended trial under it."""
+    status=, start_ms=, end_ms=, tags=, texts=)`` records one ended trial under it; ``place()`` gives (the
+    project's state folder, the notebook's path) for the live progress file. Nothing is asked before the
+    sweep has been checked, so bad input sets up no store."""
 
     begin: Callable
     child: Callable
-    state_dir: Path
-    notebook: str | None = None
+    place: Callable[[], tuple[Path, str | None]]
 
 
 def parent_params(spec: SweepSpec, total: int) -> dict:
@@ -52,8 +53,8 @@ def run(spec: SweepSpec, namespace: dict, hidden: dict, recording: Recording, na
     if on_start:
         on_start(plan.total)
     # the sidebar's live trial table (MLflow only hears of a trial when it ends)
-    table = live.ProgressFile(recording.state_dir, rec.key, recording.notebook, name or "sweep", spec.metric,
-                              spec.mode, plan.total)
+    state_dir, notebook = recording.place()
+    table = live.ProgressFile(state_dir, rec.key, notebook, name or "sweep", spec.metric, spec.mode, plan.total)
 
     def update(result: SweepResult) -> None:
         table.update(result, rec.run_id)
