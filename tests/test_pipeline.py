@@ -14,6 +14,7 @@ from harness import all_runs, notebook
 
 from mlops_jupyter import pipeline
 from mlops_jupyter.pipeline import analysis, serializers, tags
+from mlops_jupyter.errors import InvalidInput
 from mlops_jupyter.pipeline.tags import PipelineError
 
 IMPORTS = ("import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklearn.linear_model import "
@@ -180,9 +181,10 @@ def test_kale_aliases_export_like_our_tags(project):
     params = yaml.safe_load((project / "p2" / "params.yaml").read_text())
     assert params == {"k": 2, "rate": 0.5, "label": "a", "flag": True, "sizes": [1, 2], "cfg": {"a": 1}}
     assert "scratch" not in (project / "p2" / "steps" / "one.ipynb").read_text()
-    with pytest.raises(PipelineError, match="rate holds a number"):
+    with pytest.raises(InvalidInput, match="rate holds a number") as err:
         pipeline.run(project / "p2", params=["rate=fast"])
-    with pytest.raises(PipelineError, match="no parameter 'nope'"):
+    assert err.value.param == "rate"
+    with pytest.raises(InvalidInput, match="no parameter 'nope'"):
         pipeline.run(project / "p2", params=["nope=1"])
 
 
@@ -194,8 +196,12 @@ def test_kale_aliases_export_like_our_tags(project):
 ])
 def test_export_errors_name_the_cell(project, cells, message):
     nb = notebook(project / "bad.ipynb", cells)
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PipelineError, match=message) as err:
         pipeline.export(nb, "pipe")
+    # the fields point at the cell: its index in the notebook and its id
+    index = err.value.cell_index
+    assert err.value.notebook == str(nb) and index in (0, 1)
+    assert err.value.cell_id == json.loads(nb.read_text())["cells"][index]["id"]
     out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "export", "bad.ipynb", "--out", "pipe"],
                          capture_output=True, text=True, cwd=project)
     assert out.returncode == 2 and "mlops export:" in out.stderr and "Traceback" not in out.stderr

@@ -246,7 +246,7 @@ def usage(cells) -> Usage:
             tree = ast.parse(python_source(cell.source))
         except SyntaxError as exc:
             raise PipelineError(f"{cell.where} is not valid Python ({exc.msg}, line {exc.lineno}); fix it or tag "
-                                "it skip.") from None
+                                "it skip.", **getattr(cell, "at", {})) from None
         for stmt in tree.body:
             w.visit(stmt)
     return u

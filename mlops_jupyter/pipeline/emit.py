@@ -15,8 +15,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidInput, NotFound, PipelineError
 from . import analysis, models, tags
-from .tags import PipelineError
+from .source import notebook_hash
 
 DEFINITION = "pipeline.json"
 FORMAT = 1
@@ -32,6 +33,7 @@ class Pipeline:
     root: str          # the notebook's folder, relative to ``folder``
     kernel: str
     source: str = ""   # the original notebook, relative to ``folder``
+    source_hash: str = ""  # what export read of it (source.notebook_hash), to tell an outdated export
     warnings: list = field(default_factory=list)  # export's warnings, one line each, naming the cell
 
     def serving_note(self) -> str:
@@ -47,8 +49,8 @@ class Pipeline:
         for s in self.steps:
             if s["name"] == name:
                 return s
-        raise PipelineError(f"the pipeline in {self.folder} has no step {name!r}; its steps are: "
-                            f"{', '.join(s['name'] for s in self.steps)}.")
+        raise NotFound(f"the pipeline in {self.folder} has no step {name!r}; its steps are: "
+                       f"{', '.join(s['name'] for s in self.steps)}.", what="step", step=name, folder=str(self.folder))
 
 
 def _plain(value):
@@ -213,8 +215,9 @@ jobs:
 """
 
 
-def export_notebook(notebook, out) -> Pipeline:
-    """Write the pipeline for a tagged ``notebook`` into ``out``; raises PipelineError naming the cell."""
+def export_notebook(notebook, out, write: bool = True) -> Pipeline:
+    """Write the pipeline for a tagged ``notebook`` into ``out``; raises PipelineError naming the cell.
+    With ``write`` False, only check: every error an export would raise, and no file written."""
     import nbformat
     import yaml
 
@@ -222,18 +225,24 @@ def export_notebook(notebook, out) -> Pipeline:
 
     src = Path(notebook).resolve()
     if not src.is_file():
-        raise PipelineError(f"notebook {notebook} does not exist; give the path of a .ipynb file.")
+        raise NotFound(f"notebook {notebook} does not exist; give the path of a .ipynb file.", what="notebook",
+                       notebook=str(notebook))
     try:
         nb = nbformat.read(src, as_version=4)
     except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds for a broken file
-        raise PipelineError(f"{notebook} is not a readable notebook ({exc}).") from None
-    parsed = tags.parse(nb)
+        raise PipelineError(f"{notebook} is not a readable notebook ({exc}).", notebook=str(src)) from None
     folder = Path(out).resolve()
     if folder == src.parent:
-        raise PipelineError(f"--out {out} is the notebook's own folder; export into a folder of its own, "
-                            "e.g. --out pipeline.")
-    flow = analysis.flow(parsed, src.parent, exclude=folder)
-    fits = models.examples(parsed)
+        raise InvalidInput(f"the pipeline folder {out} is the notebook's own folder; export into a folder of its "
+                           "own.", what="export folder", out=str(out))
+    try:
+        parsed = tags.parse(nb)
+        flow = analysis.flow(parsed, src.parent, exclude=folder)
+        fits = models.examples(parsed)
+    except PipelineError as exc:  # the parser names the cell; the notebook is ours to add
+        exc.fields.setdefault("notebook", str(src))
+        exc.notebook = exc.fields["notebook"]
+        raise
     root = os.path.relpath(src.parent, folder)
     rel_dir = os.path.relpath(folder, src.parent)
     steps = []
@@ -244,7 +253,10 @@ def export_notebook(notebook, out) -> Pipeline:
                       "data": flow.data[n], "data_params": flow.data_params[n], "writes": flow.writes[n],
                       "resources": step.resources, "models": step.models, "model_examples": fits[n],
                       "notebook": f"steps/{n}.ipynb"})
-    pipe = Pipeline(folder, src.stem, steps, _plain(parsed.params), root, parsed.kernel, warnings=flow.warnings)
+    pipe = Pipeline(folder, src.stem, steps, _plain(parsed.params), root, parsed.kernel,
+                    os.path.relpath(src, folder), notebook_hash(src) or "", warnings=flow.warnings)
+    if not write:
+        return pipe
     (folder / "steps").mkdir(parents=True, exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)
     wanted = {f"{s['name']}.ipynb" for s in steps}
@@ -257,8 +269,8 @@ def export_notebook(notebook, out) -> Pipeline:
     _write_if_changed(folder / "params.yaml", yaml.safe_dump(pipe.params, sort_keys=False) if pipe.params else "{}\n")
     _write_if_changed(folder / "dvc.yaml", yaml.safe_dump(_dvc_yaml(pipe, _dvc_outs(flow, src.parent)),
                                                           sort_keys=False))
-    definition = {"format": FORMAT, "name": pipe.name, "notebook": os.path.relpath(src, folder), "root": root,
-                  "kernel": pipe.kernel, "params": pipe.params, "steps": steps}
+    definition = {"format": FORMAT, "name": pipe.name, "notebook": pipe.source, "source_hash": pipe.source_hash,
+                  "root": root, "kernel": pipe.kernel, "params": pipe.params, "steps": steps}
     _write_if_changed(folder / DEFINITION, json.dumps(definition, indent=1) + "\n")
     source = os.path.relpath(src, folder)
     _write_if_changed(folder / "README.md", _readme(pipe, source))
@@ -294,13 +306,14 @@ def load_pipeline(folder) -> Pipeline:
     try:
         d = json.loads(path.read_text())
     except OSError:
-        raise PipelineError(f"{folder} holds no {DEFINITION}: it is not an exported pipeline. Create one with "
-                            f"`mlops export NOTEBOOK --out {folder}`.") from None
+        raise NotFound(f"{folder} holds no {DEFINITION}: it is not an exported pipeline.", what="pipeline",
+                       folder=str(folder)) from None
     except ValueError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}); export the notebook again.") from None
+        raise PipelineError(f"{path} is not valid JSON ({exc}); export the notebook again.", folder=str(folder)) \
+            from None
     for step in d["steps"]:  # a pipeline exported before data inputs and resources were known
         for key in ("data", "data_params", "writes"):
             step.setdefault(key, [])
         step.setdefault("resources", {})
     return Pipeline(folder, d["name"], d["steps"], d.get("params", {}), d["root"], d.get("kernel", "python3"),
-                    d.get("notebook", ""))
+                    d.get("notebook", ""), d.get("source_hash", ""))

@@ -48,13 +48,13 @@ def examples(parsed: Parsed) -> dict:
                 hint = f" (step {others[-1]!r} does: tag a cell of that step)" if others else ""
                 raise PipelineError(f"{cell.where} has the tag model:{name}, but step {step.name!r} never assigns "
                                     f"{name}{hint}; model:NAME names the variable that holds the fitted model when "
-                                    "its step ends.")
+                                    "its step ends.", **cell.at)
             data = fit_data(step.cells, name)
             if data is None:
                 raise PipelineError(f"{cell.where} has the tag model:{name}, but step {step.name!r} never fits it "
                                     f"(`{name}.fit(X, y)` or `{name} = ....fit(X, y)`); the serving package's input "
                                     f"example and signature come from the first rows of the data the model is fit "
-                                    f"on, so fit {name} in this step.")
+                                    f"on, so fit {name} in this step.", **cell.at)
             out[step.name][name] = data
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .emit import Pipeline, load_pipeline
 from .models import SERVING_DIR
-from .tags import PipelineError
+from ..errors import InvalidInput, PipelineError
 
 STATE_DIR = ".mlops-pipeline"
 MANIFEST = "_manifest.json"
@@ -116,12 +116,12 @@ def load_params(pipe: Pipeline) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) if path.is_file() else {}
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix it or export again.") \
-            from None
+        raise PipelineError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix it or export again.",
+                            path=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PipelineError(f"{path} must map parameter names to values, e.g. n_estimators: 100.")
+        raise PipelineError(f"{path} must map parameter names to values, e.g. n_estimators: 100.", path=str(path))
     return data
 
 
@@ -134,10 +134,11 @@ def override(params: dict, pairs: list) -> dict:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise PipelineError(f"-p {pair!r} is not key=value; e.g. -p n_estimators=200.")
+            raise InvalidInput(f"the parameter override {pair!r} is not key=value.", what="param", param=pair,
+                               example=f"{next(iter(params), 'n_estimators')}=VALUE")
         if key not in params:
-            raise PipelineError(f"-p {key}: the pipeline has no parameter {key!r}; its parameters are: "
-                                f"{', '.join(params) or '(none)'}.")
+            raise InvalidInput(f"the pipeline has no parameter {key!r}; its parameters are: "
+                               f"{', '.join(params) or '(none)'}.", what="unknown param", param=key)
         old = params[key]
         try:
             value = yaml.safe_load(text) if text.strip() else ""
@@ -147,12 +148,14 @@ def override(params: dict, pairs: list) -> dict:
             value = text
         elif isinstance(old, bool):
             if not isinstance(value, bool):
-                raise PipelineError(f"-p {key}={text}: {key} holds true or false (default {old!r}).")
+                raise InvalidInput(f"parameter {key}={text}: {key} holds true or false (default {old!r}).",
+                                   what="param", param=key, example=f"{key}={'false' if old else 'true'}")
         elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif old is not None and (not isinstance(value, type(old)) or isinstance(value, bool) != isinstance(old, bool)):
-            raise PipelineError(f"-p {key}={text}: {key} holds a {_KINDS.get(type(old), type(old).__name__)} "
-                                f"(default {old!r}); give a value of that kind.")
+            raise InvalidInput(f"parameter {key}={text}: {key} holds a {_KINDS.get(type(old), type(old).__name__)} "
+                               f"(default {old!r}); give a value of that kind.", what="param", param=key,
+                               example=f"{key}={old!r}")
         out[key] = value
     return out
 
@@ -162,7 +165,8 @@ def code_hash(pipe: Pipeline, spec: dict) -> str:
     try:
         nb = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise PipelineError(f"step notebook {path} is missing or unreadable; export the notebook again.") from None
+        raise PipelineError(f"step notebook {path} is missing or unreadable; export the notebook again.",
+                            path=str(path)) from None
     # the parameters cell lists every parameter's default: the values a step reads are hashed on their own
     code = [c.get("source") for c in nb.get("cells", []) if c.get("cell_type") == "code"
             and "parameters" not in c.get("metadata", {}).get("tags", [])]

@@ -46,8 +46,13 @@ class Cell:
         first = next((ln.strip() for ln in self.source.splitlines() if ln.strip()), "")
         return f"cell {self.index} ({first[:60]!r})"
 
+    @property
+    def at(self) -> dict:
+        """The error fields that point at this cell."""
+        return {"cell_index": self.index, "cell_id": self.id}
+
     def error(self, message: str) -> PipelineError:
-        return PipelineError(message, cell_index=self.index, cell_id=self.id)
+        return PipelineError(message, **self.at)
 
 
 @dataclass

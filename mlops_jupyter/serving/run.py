@@ -6,7 +6,7 @@ import socket
 import tomllib
 from pathlib import Path
 
-from ..errors import MlopsError
+from ..errors import Conflict, NotFound
 
 
 def app_of(folder: str | Path) -> str:
@@ -21,8 +21,8 @@ def app_of(folder: str | Path) -> str:
     else:
         why = "it has no [tool.mlops-serving] app entry"
     if not app:
-        raise MlopsError(f"{folder} is not a generated serving package ({pyproject}: {why}); create one with "
-                         "`mlops serve generate MODEL_URI --out DIR`.")
+        raise NotFound(f"{folder} is not a generated serving package ({pyproject}: {why}).",
+                       what="serving package", path=str(folder))
     return app
 
 
@@ -35,8 +35,8 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, workers
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         except OSError as exc:
-            raise MlopsError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port or "
-                             "--host.") from None
+            raise Conflict(f"cannot listen on {host}:{port} ({exc.strerror}).", what="address", host=host,
+                           port=port) from None
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, workers=workers, app_dir=str(folder))
