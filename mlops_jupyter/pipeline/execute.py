@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
+from ..errors import Busy
 from ..tracking.records import Recording
 from . import kernels as K
 from . import resources
@@ -321,8 +322,8 @@ class _Runner:
                 self.live.add(km)
         except Exception as exc:  # noqa: BLE001 - e.g. no such kernel
             raise PipelineError(f"kernel {self.pipe.kernel!r} could not start ({_first_line(str(exc))}); register "
-                                f"it with `python -m ipykernel install --sys-prefix --name {self.pipe.kernel}`.") \
-                from None
+                                f"it with `python -m ipykernel install --sys-prefix --name {self.pipe.kernel}`.",
+                                kernel=self.pipe.kernel) from None
         return km
 
     def _warm(self, km, spec: dict) -> None:
@@ -484,7 +485,8 @@ def _lock(folder: Path):
         pass
     except OSError:
         fh.close()
-        raise PipelineError(f"another `mlops pipeline run` is running on {folder}; wait for it to finish.") from None
+        raise Busy(f"another run of this pipeline is going on in {folder}; wait for it to finish, then run it again.",
+                   what="pipeline", folder=str(folder)) from None
     return fh
 
 

@@ -124,6 +124,7 @@ def build_and_package(folder: Path, step: str, names: list, root: Path, settings
 def main(argv=None) -> int:
     """``python -m mlops_jupyter.pipeline.models FOLDER STEP``: the model part of a ``dvc repro`` stage."""
     from .. import config
+    from ..errors import MlopsError
     from ..tracking.records import Recording
     from .emit import load_pipeline
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
             rec.model(key, name, Path(where["dir"]))
         rec.end_run(key, "FINISHED")
         outcome = rec.close()
-    except PipelineError as exc:
+    except MlopsError as exc:
         print(f"mlops pipeline: {exc}", file=sys.stderr)
         return 1
     run_id = outcome.run_ids.get(key)
