@@ -10,6 +10,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from mlops_jupyter.errors import InvalidInput
 import yaml
 from harness import notebook
 
@@ -53,7 +55,7 @@ def test_kale_metrics_and_parameters_cells_as_kale_writes_them(project):
     ours = notebook(project / "ours.ipynb", [("a = 3", ["parameters"]), "b = a + 1", ("c = b", ["step:use"])])
     pipeline.export(ours, "o")
     assert "b = a + 1" in (project / "o" / "steps" / "use.ipynb").read_text()
-    with pytest.raises(PipelineError, match="no parameter 'b'"):
+    with pytest.raises(InvalidInput, match="no parameter 'b'"):
         pipeline.run(project / "o", params=["b=1"])
 
     code = notebook(project / "code.ipynb", [("a = 3", ["pipeline-parameters"]), "b = a * 2", ("c = b", ["block:x"])])

@@ -394,7 +394,7 @@ class _Runner:
                 metrics = {}
         served = []
         if spec.get("models"):  # the step is done once its models are built and their packages written
-            run_id = self.recording.run_id(self.children[name], timeout=5)  # made while the step ran, if the store answers
+            run_id = self.recording.run_id(self.children[name], timeout=60)  # made as the step started, unless the store is down
             reply = self.worker.request(name, spec["models"], run_id)
             if "error" in reply:
                 return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), metrics,
