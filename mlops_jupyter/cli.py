@@ -100,6 +100,24 @@ def _serve_run(args) -> int:
     return 0
 
 
+def _serve_build(args) -> int:
+    from .serving import build_image
+
+    image = build_image(args.dir, tag=args.tag, base=args.base, push=args.push, engine=args.engine,
+                        pip_index=args.pip_index, on_line=sys.stderr.write)
+    print(f"image {image.tag} built with {image.engine} in {image.build_seconds:.0f} s · "
+          f"{image.size_bytes / 1e6:.0f} MB · tests: {image.tests}" + (f" · pushed {image.pushed}" if image.pushed else ""))
+    return 0
+
+
+def _serve_manifests(args) -> int:
+    from .serving import write_manifests
+
+    out = write_manifests(args.dir, args.image, replicas=args.replicas, out=args.out)
+    print(f"Kubernetes manifests for {args.image} in {out} · apply them: kubectl apply -f {out}")
+    return 0
+
+
 def _export(args) -> int:
     from . import pipeline
 
@@ -174,6 +192,21 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--workers", type=_positive, default=1, metavar="N")
     srv.set_defaults(func=_serve_run)
+    bld = serve.add_parser("build", help="run a package's tests, then build its OCI image (docker, podman or buildah)")
+    bld.add_argument("dir", metavar="DIR")
+    bld.add_argument("--tag", metavar="T", help="image reference (default NAME:VERSION from the package)")
+    bld.add_argument("--base", metavar="IMAGE", help="base image with python3 (default: the official python image "
+                     "of the model's Python)")
+    bld.add_argument("--push", metavar="REGISTRY", help="push the image to this registry after the build")
+    bld.add_argument("--engine", choices=("docker", "podman", "buildah"), help="default: the first one installed")
+    bld.add_argument("--pip-index", metavar="URL", help="package index for pip inside the build")
+    bld.set_defaults(func=_serve_build)
+    man = serve.add_parser("manifests", help="Kubernetes manifests: Deployment, Service, autoscaler, disruption budget")
+    man.add_argument("dir", metavar="DIR")
+    man.add_argument("--image", required=True, metavar="IMAGE", help="the image the pods run")
+    man.add_argument("--replicas", type=_positive, default=2, metavar="N", help="pods (the autoscaler's minimum)")
+    man.add_argument("--out", metavar="DIR", help="where the manifests go (default DIR/k8s)")
+    man.set_defaults(func=_serve_manifests)
     exp = sub.add_parser("export", help="a tagged notebook -> a parameterized, incremental pipeline folder")
     exp.add_argument("notebook", metavar="NOTEBOOK")
     exp.add_argument("--out", required=True, metavar="DIR")
