@@ -46,7 +46,9 @@ COLUMN_TYPES = {
     "datetime": ("datetime", "datetime64[ns]", "strict=False", "2024-01-01T00:00:00"),  # ISO text from JSON
 }
 # what serving needs beyond the model's own requirements; versions are the ones this package was tested with
-SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "prometheus_client", "pandas", "mangum")
+SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "httptools", "uvloop", "prometheus_client", "pandas", "mangum")
+# where a serving requirement installs at all (uvloop has no Windows build)
+MARKERS = {"uvloop": "sys_platform != 'win32'"}
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
 # MLflow column type / numpy dtype -> Open Inference Protocol datatype (text, dates and nested values: BYTES)
 V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL",
@@ -236,7 +238,7 @@ def _pins(names, have: list[str]) -> list[str]:
     for n in names:
         if n.replace("_", "-") not in taken:
             v = _version(n)
-            out.append(f"{n}=={v}" if v else n)
+            out.append((f"{n}=={v}" if v else n) + (f"; {MARKERS[n]}" if n in MARKERS else ""))
     return out
 
 

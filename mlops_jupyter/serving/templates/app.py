@@ -197,12 +197,12 @@ class BadInput(Exception):
         self.status, self.message, self.errors = status, message, errors or []
 
 
-def _error(status: int, message: str, errors: list | None = None, headers: dict | None = None,
+def _error(http_status: int, message: str, errors: list | None = None, headers: dict | None = None,
            **extra) -> JSONResponse:
-    body = {"error_code": STATUS_CODES.get(status, "ERROR"), "message": message, **extra}
+    body = {"error_code": STATUS_CODES.get(http_status, "ERROR"), "message": message, **extra}
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=http_status, headers=headers)
 
 
 def _on_v2(request_or_scope) -> bool:

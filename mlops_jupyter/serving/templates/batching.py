@@ -10,8 +10,8 @@ The contract (the rest of the app relies on nothing else):
   computed late. So the queue holds at most about one budget's worth of work: it cannot grow without
   bound. A request is refused only for work ahead of it: one that finds the batcher idle is served,
   however large (this also keeps a wrong cost estimate from refusing everything for good).
-- ``saturated`` is true while new requests would be refused (readiness reports it); ``refusal()``
-  lets the HTTP layer refuse before it reads a body.
+- ``saturated`` is true while new requests would be refused, and for a second after any refusal
+  (readiness reports it); ``refusal()`` lets the HTTP layer refuse before it reads a body.
 - The budget covers time the batcher cannot see: the event loop's lag (sampled every 10 ms) is taken
   twice from every deadline, and a loop lagging by more than a quarter of the budget refuses new
   requests up front, so a server short of CPU (parsing, not predicting) sheds load too.
@@ -44,6 +44,8 @@ LAG_TICK_S, LAG_SAMPLES = 0.01, 10
 # queued work is admitted up to this share of the budget: the rest absorbs the estimate's error and
 # the trip of the answer back to the client
 PLAN_SHARE = 0.8
+# readiness stays false this long after a refusal (at least): an orchestrator polls every few seconds
+SATURATED_FOR_S = 1.0
 
 
 class Overloaded(Exception):
@@ -98,6 +100,7 @@ class Batcher:
         self._computing = False
         self._busy_until = 0.0  # when the batch being computed should be done (monotonic clock)
         self._lags: deque = deque([0.0], maxlen=LAG_SAMPLES)
+        self._refused_at = float("-inf")
         self._watch: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -149,6 +152,10 @@ class Batcher:
         total = self._queued_rows + rows
         return max(now, self._busy_until) + self.cost.seconds(total, math.ceil(total / self.max_rows))
 
+    def _refuse(self, now: float, drain_at: float) -> Overloaded:
+        self._refused_at = now
+        return Overloaded(drain_at - now)
+
     def refusal(self) -> Overloaded | None:
         """An ``Overloaded`` to answer a new request with right now, before it is even read, when the
         work already queued (or the event loop's lag) leaves it no chance within the budget; else None.
@@ -157,16 +164,19 @@ class Batcher:
             return None
         now, lag = time.monotonic(), self.loop_lag
         if lag > self.max_latency_s / 4:
-            return Overloaded(lag)
+            return self._refuse(now, now + lag)
         drain_at = self._drain_at(now, 0)
         if not self._idle and drain_at + 2 * lag > now + self._plan:
-            return Overloaded(drain_at - now)
+            return self._refuse(now, drain_at)
         return None
 
     @property
     def saturated(self) -> bool:
-        """True while a new request would be refused."""
-        return self.refusal() is not None
+        """True while a new request would be refused, and for a while after the last refusal."""
+        if self.max_latency_s is None:
+            return False
+        recent = time.monotonic() - self._refused_at < max(SATURATED_FOR_S, self.max_latency_s)
+        return recent or self.refusal() is not None
 
     # ---- requests ------------------------------------------------------------------------------
     async def submit(self, rows: list, arrived: float | None = None) -> list:
@@ -178,7 +188,7 @@ class Batcher:
             deadline = (arrived if arrived is not None else now) + self._plan - 2 * self.loop_lag
             drain_at = self._drain_at(now, len(rows))
             if drain_at > deadline:
-                raise Overloaded(drain_at - now)
+                raise self._refuse(now, drain_at)
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(rows), self.max_rows):
@@ -258,7 +268,7 @@ class Batcher:
         keep = []
         for item in batch:
             if item[2] is not None and finish > item[2]:
-                _settle(item[1], Overloaded(self._drain_at(now, 0) - now))
+                _settle(item[1], self._refuse(now, self._drain_at(now, 0)))
             else:
                 keep.append(item)
         return keep
