@@ -50,13 +50,14 @@ async def closed_loop(port: int, request: bytes, connections: int, seconds: floa
 @dataclass
 class Answer:
     status: int | str  # an HTTP status, or "reset" when the connection broke
-    seconds: float  # from the moment the schedule said to send it: a late send counts against the server
+    seconds: float  # from the moment it was sent to the end of its answer
     retry_after: str | None = None
 
 
 @dataclass
 class OpenLoop:
     answers: list[Answer] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)  # how far behind its schedule each request went out
 
     def of(self, status) -> list[Answer]:
         return [a for a in self.answers if a.status == status]
@@ -88,13 +89,14 @@ async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_
             opened += conn is None
         if conn is None:
             conn = await asyncio.open_connection("127.0.0.1", port)
-        keep = True
+        keep, sent = True, time.monotonic()
+        result.late.append(sent - due)
         try:
             status, headers = await _exchange(*conn, request)
-            result.answers.append(Answer(status, time.monotonic() - due, headers.get("retry-after")))
+            result.answers.append(Answer(status, time.monotonic() - sent, headers.get("retry-after")))
             keep = headers.get("connection", "").lower() != "close"
         except (ConnectionError, asyncio.IncompleteReadError):
-            result.answers.append(Answer("reset", time.monotonic() - due))
+            result.answers.append(Answer("reset", time.monotonic() - sent))
             keep = False
         async with free:
             if keep:

@@ -43,7 +43,7 @@ DECAY = 0.95
 LAG_TICK_S, LAG_SAMPLES = 0.01, 10
 # queued work is admitted up to this share of the budget: the rest absorbs the estimate's error and
 # the trip of the answer back to the client
-PLAN_SHARE = 0.8
+PLAN_SHARE = 0.7
 # readiness stays false this long after a refusal (at least): an orchestrator polls every few seconds
 SATURATED_FOR_S = 1.0
 
