@@ -30,7 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from .batching import Batcher, Overloaded
-from .oip import make_router
+from .oip import add_routes
 from .schema import COLUMNS, DTYPES, EXAMPLE_ROWS, FIELDS, PredictRequest, PredictResponse, Row
 
 HERE = Path(__file__).parent
@@ -335,11 +335,13 @@ class Guard:
         if ctype not in accepted:
             return receive, _error(415, f"Content-Type {ctype or '(none)'!r} is not accepted here; "
                                         f"send {' or '.join(accepted)}")
-        too_big = _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes (SERVE_MAX_BODY_BYTES); "
-                              "split the rows over several requests")
+        def too_big():
+            return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes (SERVE_MAX_BODY_BYTES); "
+                               "split the rows over several requests")
+
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return receive, too_big
+            return receive, too_big()
         chunks, size, more = [], 0, True
         while more:  # read it all here: a chunked body has no length to check up front
             message = await receive()
@@ -349,7 +351,7 @@ class Guard:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > MAX_BODY_BYTES:
-                return receive, too_big
+                return receive, too_big()
         body, replayed = b"".join(chunks), False
 
         async def replay():
@@ -398,7 +400,8 @@ async def _predict(rows: list, request: Request) -> list:
 @app.post("/predict", response_model=PredictResponse, responses={**_ERRORS_DOC, 400: {"description": "not JSON"}})
 async def predict(body: PredictRequest, request: Request):
     """Predictions for a batch of rows named by the model's signature: one prediction per row."""
-    return {"predictions": await _predict(body.rows, request)}
+    # a Response as it is: the response model documents it, re-validating every prediction would only cost time
+    return JSONResponse({"predictions": await _predict(body.rows, request)})
 
 
 def _records(payload) -> tuple[str, list]:
@@ -478,7 +481,13 @@ async def invocations(request: Request):
         except ValueError as exc:
             raise BadInput(400, f"the body is not valid JSON ({exc})") from None
         where, records = _records(payload)
-    return {"predictions": await _predict(_validate(records, where), request)}
+    return JSONResponse({"predictions": await _predict(_validate(records, where), request)})
+
+
+# the Open Inference Protocol v2 (oip.py), right after the other scoring routes: routes match in order
+add_routes(app, SPEC, COLUMNS, {c["name"]: c["type"] for c in SPEC["columns"]},
+           {c["name"] for c in SPEC["columns"] if c["required"]}, EXAMPLE_ROWS[0], _predict, _validate,
+           lambda: _not_ready(), BadInput)
 
 
 @app.get("/health")
@@ -531,7 +540,3 @@ async def metrics():
     """Prometheus text format: requests and errors by status, latency, batch sizes, predict time."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-
-app.include_router(make_router(SPEC, COLUMNS, {c["name"]: c["type"] for c in SPEC["columns"]},
-                               {c["name"] for c in SPEC["columns"] if c["required"]}, EXAMPLE_ROWS[0],
-                               _predict, _validate, _not_ready, BadInput))
