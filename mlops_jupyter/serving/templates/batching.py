@@ -39,8 +39,9 @@ from typing import Any, Callable
 # how much an old batch timing counts against a new one in the cost line (per observation)
 DECAY = 0.95
 # the event loop's lag is sampled this often, and the worst of the last LAG_SAMPLES counts: a request
-# waits about one lag before the app sees it and one more before its answer is sent
-LAG_TICK_S, LAG_SAMPLES = 0.01, 10
+# waits about one lag before the app sees it and one more before its answer is sent. A short memory: a
+# stall that has ended (the machine was busy elsewhere) should not refuse requests for long after it
+LAG_TICK_S, LAG_SAMPLES = 0.01, 3
 # queued work is admitted up to this share of the budget: the rest absorbs the estimate's error and
 # the trip of the answer back to the client
 PLAN_SHARE = 0.7
