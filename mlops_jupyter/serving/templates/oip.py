@@ -255,9 +255,10 @@ def add_routes(app: FastAPI, spec: dict, columns: list[str], kinds: dict[str, st
     answers = {400: {"description": "bad input"}, 404: {"description": "no such model"},
                503: {"description": "saturated; retry after Retry-After seconds"}}
 
-    @app.post("/v2/models/{model_name}/infer", tags=tags, openapi_extra=infer_doc, responses=answers)
+    # the lower decorator registers first: the common path is matched before the versioned one
     @app.post("/v2/models/{model_name}/versions/{model_version}/infer", tags=tags, openapi_extra=infer_version_doc,
-                 responses=answers)
+              responses=answers)
+    @app.post("/v2/models/{model_name}/infer", tags=tags, openapi_extra=infer_doc, responses=answers)
     async def infer(request: Request):
         """Predictions for the rows in the request's input tensors."""
         path = request.path_params
@@ -311,7 +312,8 @@ def add_routes(app: FastAPI, spec: dict, columns: list[str], kinds: dict[str, st
         return {"ready": True} if why is None else error(503, why, ready=False)
 
     @app.get("/v2/models/{model_name}/ready", tags=tags, responses={404: {"description": "no such model"}})
-    @app.get("/v2/models/{model_name}/versions/{model_version}/ready", tags=tags, responses={404: {"description": "no such model"}})
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready", tags=tags,
+             responses={404: {"description": "no such model"}})
     async def model_ready(model_name: str, model_version: str | None = None):
         """Whether this model (and version) is ready for inference."""
         why = ready()
@@ -319,7 +321,8 @@ def add_routes(app: FastAPI, spec: dict, columns: list[str], kinds: dict[str, st
             {"name": name, "ready": True} if why is None else error(503, why, name=name, ready=False))
 
     @app.get("/v2/models/{model_name}", tags=tags, responses={404: {"description": "no such model"}})
-    @app.get("/v2/models/{model_name}/versions/{model_version}", tags=tags, responses={404: {"description": "no such model"}})
+    @app.get("/v2/models/{model_name}/versions/{model_version}", tags=tags,
+             responses={404: {"description": "no such model"}})
     async def model_metadata(model_name: str, model_version: str | None = None):
         """The model's inputs and outputs, from its MLflow signature."""
         return unknown(model_name, model_version) or {
