@@ -17,6 +17,21 @@ def report(**metrics) -> None:
         _reporter(metrics)
 
 
+def log_model(model, X, name: str = "model") -> None:
+    """Log ``model``, fitted on ``X``, in the MLflow run of the tracked cell that calls it (``%%mlops run``, or
+    any cell with autotrack on), as ``%%mlops run --model NAME`` does: the first rows of ``X`` as input example,
+    the signature inferred from them, pinned requirements, and the types skops must trust. The model is kept
+    as it is now and written off the cell's path; ``mlops serve generate runs:/RUN_ID/NAME`` then serves it."""
+    from .errors import InvalidInput
+    from .tracking.session import active_tracker
+
+    tracker = active_tracker()
+    if tracker is None:
+        raise InvalidInput("mlops_jupyter.log_model needs the extension in this kernel: run %load_ext mlops_jupyter "
+                           "first, then call it inside a tracked cell.")
+    tracker.log_model(model, X, name)
+
+
 def load_ipython_extension(ipython):
     """Register the ``%mlops`` magics and the cell-tracking hooks on an IPython shell."""
     from .magics import load

@@ -38,11 +38,23 @@ def pairs(d: dict, limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (f", +{len(items) - limit}" if len(items) > limit else "")
 
 
+CHILD_KIND = {"sweep": "trial", "pipeline": "step"}
+
+
 def runs_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "name", "status", "started", "took", "cell", "params", "metrics"]
-    rows = [[r["run_id"][:8], r.get("run_name") or "", r["status"], when(r.get("start_time")), duration(r),
-             f"[{r['execution_count']}]" if r.get("execution_count") is not None else "",
-             pairs(r.get("params", {})), pairs(r.get("metrics", {}))] for r in runs]
+    """One row per run, its ``children`` (a sweep's trials, a pipeline's steps) nested under it."""
+    header = ["run", "name", "kind", "status", "started", "took", "cell", "params", "metrics"]
+
+    def row(r: dict, indent: str, kind: str) -> list[str]:
+        return [indent + r["run_id"][:8], r.get("run_name") or "", kind, r["status"], when(r.get("start_time")),
+                duration(r), f"[{r['execution_count']}]" if r.get("execution_count") is not None else "",
+                pairs(r.get("params", {})), pairs(r.get("metrics", {}))]
+
+    rows = []
+    for r in runs:
+        kind = {"sweep": "sweep", "pipeline": "pipeline", "pipeline-step": "step"}.get(r.get("kind"), "cell")
+        rows.append(row(r, "", kind))
+        rows.extend(row(c, "└ ", CHILD_KIND.get(kind, "child")) for c in r.get("children", []))
     return header, rows
 
 

@@ -5,6 +5,7 @@ Cheap by design (stdlib only): it runs inside ``%load_ext``.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -84,17 +85,21 @@ def _pyproject_table(root: Path) -> dict:
         with path.open("rb") as fh:
             table = tomllib.load(fh).get("tool", {}).get("mlops", {})
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file so [tool.mlops] can be read.") from None
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file so [tool.mlops] can be read.",
+                          path=str(path)) from None
     if not isinstance(table, dict):
-        raise ConfigError(f"[tool.mlops] in {path} must be a table, e.g. [tool.mlops] / experiment = \"demo\".")
+        raise ConfigError(f"[tool.mlops] in {path} must be a table, e.g. [tool.mlops] / experiment = \"demo\".",
+                          path=str(path))
     out = {}
     for key, value in table.items():
         norm = key.replace("-", "_")
         if norm not in KNOWN_KEYS:
             valid = ", ".join(k.replace("_", "-") for k in KNOWN_KEYS)
-            raise ConfigError(f"[tool.mlops] in {path} has an unknown key {key!r}; the known keys are: {valid}.")
+            raise ConfigError(f"[tool.mlops] in {path} has an unknown key {key!r}; the known keys are: {valid}.",
+                              path=str(path), key=key)
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"[tool.mlops] {key} in {path} must be a non-empty string, got {value!r}.")
+            raise ConfigError(f"[tool.mlops] {key} in {path} must be a non-empty string, got {value!r}.",
+                              path=str(path), key=key)
         out[norm] = value.strip()
     return out
 
@@ -133,12 +138,28 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
         raise ConfigError(
             f"tracking URI {uri!r} (from {origin['tracking_uri']}) is not a URI; use a database URI such as "
             f"sqlite:///{(root / STATE_DIR / 'mlflow.db').as_posix()} or a server URL such as "
-            "http://127.0.0.1:5000.")
+            "http://127.0.0.1:5000.", key="tracking_uri", value=uri, origin=origin["tracking_uri"])
     ui = values.get("ui_url")
     if ui and not ui.startswith(("http://", "https://")):
         raise ConfigError(f"ui-url {ui!r} (from {origin['ui_url']}) is not a web address; give the URL the MLflow "
-                          "UI answers on, e.g. http://127.0.0.1:5000.")
+                          "UI answers on, e.g. http://127.0.0.1:5000.", key="ui_url", value=ui, origin=origin["ui_url"])
     return Settings(project_root=root, origin=origin, **values)
+
+
+def run_tags(env: dict | None = None) -> dict:
+    """``MLOPS_RUN_TAGS``: a JSON object of tags added to every run a kernel records (e.g. a CI job's id;
+    ``mlops reproduce`` marks its runs so)."""
+    raw = (os.environ if env is None else env).get("MLOPS_RUN_TAGS")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"MLOPS_RUN_TAGS is not valid JSON ({exc}); give an object of tag names to values, "
+                          "e.g. {\"ci.job\": \"1234\"}.") from None
+    if not isinstance(tags, dict):
+        raise ConfigError(f"MLOPS_RUN_TAGS must be a JSON object of tag names to values, got {type(tags).__name__}.")
+    return {str(k): str(v) for k, v in tags.items()}
 
 
 def ensure_state_dir(root: str | os.PathLike) -> Path:

@@ -1,139 +1,46 @@
-"""``%mlops`` / ``%%mlops``: argument parsing and display only; the work happens in the core."""
+"""``%mlops`` / ``%%mlops``: argument parsing and display only; the work happens in the core.
+
+The verbs' arguments are declared once in ``commands`` (shared with the ``mlops`` command line), and so is
+the hint each typed error gets here."""
 
 from __future__ import annotations
 
-import argparse
-import shlex
+import functools
+import os
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from . import _render
+from . import _render, commands
+from .commands import MAGIC, HelpShown, UsageProblem
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
 
-VERBS = ("init", "run", "autotrack", "runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "sweep",
-         "serve", "export")
-CELL_VERBS = {"run": "[--name N] [--metrics acc,loss]",
-              "sweep": '--space "lr=loguniform(1e-4,1e-1)" --metric acc --mode max [--samples N]'}
+VERBS = tuple(v.name.split()[0] for v in commands.verbs(MAGIC))
+CELL_VERBS = {v.name: v for v in commands.verbs(MAGIC) if v.cell}
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes become one clean UsageError naming the argument and the right form."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}. Right form: {self.format_usage().strip()[len('usage: '):]}")
-
-    def exit(self, status=0, message=None):  # --help
-        if message:
-            raise UsageError(message)
-        raise UsageError(self.format_help())
+@functools.cache
+def _parser():
+    return commands.parser(MAGIC)  # built on first use: %load_ext stays fast
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. team=vision)")
-    return key.strip(), value.strip()
-
-
-def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if not n.isidentifier()]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated variable names, e.g. acc,loss")
-    return names
-
-
-def _number(cast, ok, what: str):
-    """An argparse type: ``cast`` the text and check it with ``ok``, else say what was expected."""
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    return parse
-
-
-_positive = _number(int, lambda v: v >= 1, "a positive whole number")
-_amount = _number(float, lambda v: v >= 0, "a number >= 0 (fractions such as 0.5 are allowed)")
-
-
-def _identifier(text: str) -> str:
-    if not text.isidentifier():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a variable name")
-    return text
-
-
-def _parsers() -> dict:
-    p = {}
-    p["init"] = _Parser(prog="%mlops init", add_help=False)
-    p["init"].add_argument("--experiment", metavar="NAME")
-    p["init"].add_argument("--tracking-uri", metavar="URI")
-    p["run"] = _Parser(prog="%%mlops run", add_help=False)
-    p["run"].add_argument("--name", metavar="N")
-    p["run"].add_argument("--metrics", type=_names, default=[], metavar="acc,loss")
-    p["run"].add_argument("--tag", type=_key_value, action="append", default=[], metavar="k=v")
-    p["run"].add_argument("--param", type=_key_value, action="append", default=[], metavar="k=v")
-    p["autotrack"] = _Parser(prog="%mlops autotrack", add_help=False)
-    p["autotrack"].add_argument("state", choices=["on", "off"])
-    p["runs"] = _Parser(prog="%mlops runs", add_help=False)
-    p["runs"].add_argument("--last", type=_positive, metavar="N")
-    p["runs"].add_argument("--all", action="store_true", help="every tracked run of the project's store")
-    p["compare"] = _Parser(prog="%mlops compare", add_help=False)
-    p["compare"].add_argument("run_ids", nargs="*", metavar="RUN_ID")
-    p["compare"].add_argument("--last", type=_positive, metavar="N", help="the N newest runs of this notebook")
-    p["snapshot"] = _Parser(prog="%mlops snapshot", add_help=False)
-    p["snapshot"].add_argument("path", metavar="PATH")
-    p["snapshot"].add_argument("-m", "--message", metavar="MSG")
-    p["snapshot"].add_argument("--push", action="store_true")
-    p["snapshots"] = _Parser(prog="%mlops snapshots", add_help=False)
-    p["snapshots"].add_argument("path", nargs="?", metavar="PATH")
-    p["restore"] = _Parser(prog="%mlops restore", add_help=False)
-    p["restore"].add_argument("path", metavar="PATH")
-    which = p["restore"].add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", metavar="RUN_ID")
-    which.add_argument("--rev", metavar="REV")
-    p["restore"].add_argument("--force", action="store_true")
-    p["reproduce"] = _Parser(prog="%mlops reproduce", add_help=False)
-    p["reproduce"].add_argument("run_id", metavar="RUN_ID")
-    p["sweep"] = _Parser(prog="%%mlops sweep", add_help=False)
-    space = p["sweep"].add_mutually_exclusive_group(required=True)
-    space.add_argument("--space", metavar='"lr=loguniform(1e-4,1e-1); depth=choice(3,5,8)"')
-    space.add_argument("--space-from", type=_identifier, metavar="VAR")
-    p["sweep"].add_argument("--metric", type=_identifier, required=True, metavar="NAME")
-    p["sweep"].add_argument("--mode", choices=["max", "min"], required=True)
-    p["sweep"].add_argument("--samples", type=_positive, metavar="N")
-    p["sweep"].add_argument("--cpus-per-trial", type=_amount, default=1.0, metavar="C")
-    p["sweep"].add_argument("--gpus-per-trial", type=_amount, default=0.0, metavar="G")
-    p["sweep"].add_argument("--concurrency", type=_positive, metavar="K")
-    p["sweep"].add_argument("--scheduler", choices=["asha"])
-    p["sweep"].add_argument("--address", metavar="ray://host:10001")
-    p["sweep"].add_argument("--retries", type=int, choices=range(0, 11), default=0, metavar="N")
-    p["sweep"].add_argument("--name", metavar="N")
-    p["serve"] = _Parser(prog="%mlops serve", add_help=False)  # only generate: `serve run` would block the kernel
-    p["serve"].add_argument("action", choices=["generate"])
-    p["serve"].add_argument("model_uri", metavar="MODEL_URI")
-    p["serve"].add_argument("--out", required=True, metavar="DIR")
-    p["serve"].add_argument("--name", metavar="NAME")
-    p["export"] = _Parser(prog="%mlops export", add_help=False)
-    p["export"].add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="default: this notebook")
-    p["export"].add_argument("--out", required=True, metavar="DIR")
-    return p
-
-
-PARSERS = _parsers()
+def _parse(words: list[str]):
+    """The namespace for ``%mlops WORDS``; None when it only asked for help (printed)."""
+    try:
+        return _parser().parse_args(words)
+    except HelpShown:
+        return None
+    except UsageProblem as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _split(line: str) -> list[str]:
     try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"%mlops: cannot read the arguments ({exc}); check the quotes in: {line}") from None
+        return commands.split(line)
+    except UsageProblem as exc:
+        raise UsageError(f"%mlops: {exc}") from None
 
 
 def _run_header(raw: str):
@@ -144,10 +51,14 @@ def _run_header(raw: str):
         return None
     first, _, body = text.partition("\n")
     words = _split(first[len("%%mlops"):])
-    if not words or words[0] != "run":
+    if not words or words[0] != "run" or "-h" in words or "--help" in words:
         return None
-    ns = PARSERS["run"].parse_args(words[1:])
-    return RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param)), body, first
+    ns = _parse(words)
+    return _options(ns), body, first
+
+
+def _options(ns) -> RunOptions:
+    return RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param), models=ns.model)
 
 
 def _trackable(raw: str) -> bool:
@@ -220,21 +131,28 @@ class MlopsMagics(Magics):
     # ---- %mlops VERB ... --------------------------------------------------------------------
     @line_cell_magic
     def mlops(self, line: str, cell: str | None = None):
-        """%mlops init|autotrack|runs|compare ... and %%mlops run: see the README."""
         words = _split(line)
+        if words and words[0] in ("-h", "--help", "help"):
+            print(commands.overview(MAGIC))
+            return None
         if not words or words[0] not in VERBS:
             got = f"unknown verb {words[0]!r}" if words else "a verb is missing"
-            raise UsageError(f"%mlops: {got}; use one of: {', '.join(VERBS)} (e.g. `%mlops runs --last 5`).")
-        verb, args = words[0], words[1:]
-        if (verb in CELL_VERBS) != (cell is not None):
-            raise UsageError(f"%mlops {verb} is a cell magic: put `%%mlops {verb} {CELL_VERBS[verb]}` "
-                             "on the first line of the cell." if verb in CELL_VERBS else
+            raise UsageError(f"%mlops: {got}; use one of: {', '.join(VERBS)} (e.g. `%mlops runs --last 5`; "
+                             "`%mlops?` lists what each does).")
+        verb, asks_help = words[0], "-h" in words or "--help" in words
+        if (verb in CELL_VERBS) != (cell is not None) and not asks_help:
+            raise UsageError(f"%mlops {verb} is a cell magic: put `%%mlops {verb} ...` on the first line of the "
+                             f"cell (`%mlops {verb} --help` shows its arguments)." if verb in CELL_VERBS else
                              f"%%mlops {verb} is a line magic: write `%mlops {verb} ...` on a line of its own.")
-        ns = PARSERS[verb].parse_args(args)
+        ns = _parse(words)
+        if ns is None:
+            return None
         try:
-            return getattr(self, f"_{verb}")(ns, cell)
+            return getattr(self, "_" + ns.spec.name.replace(" ", "_"))(ns, cell)
+        except UsageProblem as exc:
+            raise UsageError(f"{commands.command(MAGIC, ns.spec)}: {exc}") from None
         except MlopsError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(commands.explain(exc, MAGIC)) from None
         except OSError as exc:
             raise UsageError(f"mlops: cannot write the project's tracking state: {exc}") from None
 
@@ -246,8 +164,7 @@ class MlopsMagics(Magics):
 
     def _run(self, ns, cell):
         # reached only when the input transformer did not run (e.g. run_cell_magic called directly)
-        opts = RunOptions(name=ns.name, metrics=ns.metrics, tags=dict(ns.tag), params=dict(ns.param))
-        self.tracker.begin(cell, opts)
+        self.tracker.begin(cell, _options(ns))
         self._nested = True
         try:
             result = self.shell.run_cell(cell, store_history=False)
@@ -259,53 +176,32 @@ class MlopsMagics(Magics):
         from IPython.display import Image, display
 
         from . import sweep
-        from .sweep import live, view
+        from .sweep import tracked, view
 
         space = (sweep.from_mapping(self.shell.user_ns.get(ns.space_from), ns.space_from, ns.metric)
                  if ns.space_from else sweep.parse(ns.space, ns.metric))
         spec = sweep.SweepSpec(cell, space, ns.metric, ns.mode, ns.samples, ns.cpus_per_trial, ns.gpus_per_trial,
                                ns.concurrency, ns.scheduler, ns.address, ns.retries)
-        plan = sweep.prepare(spec, self.shell.user_ns, self.shell.user_ns_hidden)  # bad input: no run recorded
-        params = {f"space.{k}": t.describe() for k, t in space.items()}
-        params.update(samples=spec.num_samples, trials=plan.total, metric=ns.metric, mode=ns.mode,
-                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial,
-                      concurrency=ns.concurrency or "auto", scheduler=ns.scheduler or "fifo", retries=ns.retries)
-        rec = self.tracker.begin(cell, RunOptions(name=ns.name or "sweep", params=params,
-                                                  tags={"mlops.kind": "sweep", "mlops.ray.nodes": len(plan.nodes)}))
-        progress = view.Progress(total=plan.total)
-        with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
-            handle = display(progress, display_id=True)
-        # the sidebar's live trial table (MLflow only hears of a trial when it ends)
-        table = live.ProgressFile(self.tracker.settings.state_dir, rec.key, self.tracker.notebook_path(),
-                                  ns.name or "sweep", ns.metric, ns.mode, plan.total)
+        recording = tracked.Recording(
+            begin=lambda params, tags: self.tracker.begin(cell, RunOptions(name=ns.name or "sweep", params=params,
+                                                                           tags=tags)),
+            child=self.tracker.child,
+            place=lambda: (self.tracker.settings.state_dir, self.tracker.notebook_path()))
+        shown: dict = {}
 
-        def update(result):
-            progress.result = result
-            table.update(result, rec.run_id)
+        def start(total):
+            shown["progress"] = view.Progress(total=total)
+            with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
+                shown["handle"] = display(shown["progress"], display_id=True)
+
+        def progress(result):
+            shown["progress"].result = result
             with self.tracker.unrecorded():
-                handle.update(progress)
+                shown["handle"].update(shown["progress"])
 
-        def ended(t):
-            texts = {"trial/traceback.txt": t.error, "trial/output.txt": t.output}
-            self.tracker.child(rec, f"trial-{t.number}", t.params, t.metrics, status=t.status,
-                               start_ms=int(t.start * 1000), end_ms=int((t.end or t.start) * 1000),
-                               tags={"mlops.node": t.node, "mlops.gpu_ids": t.gpu_ids, "mlops.attempts": t.attempts,
-                                     "mlops.restarts": t.restarts, "mlops.stopped_early": t.stopped_early},
-                               texts={k: v for k, v in texts.items() if v})
-
-        try:
-            result = sweep.execute(plan, on_update=update, on_trial_end=ended)
-        except BaseException:
-            table.finish(status="FAILED")
-            raise
-        update(result)
-        table.finish(result, rec.run_id, status="KILLED" if result.interrupted else "FINISHED")
-        best, df = result.best, view.frame(result)
-        self.shell.user_ns.update(best_params=dict(best.params) if best else {}, sweep=df)
-        if best:
-            rec.params.update({f"best.{k}": v for k, v in best.params.items()})
-            rec.metrics[f"best_{ns.metric}"] = best.metrics[ns.metric]
-        png = view.parallel_plot(df, list(space), ns.metric)
+        result = tracked.run(spec, self.shell.user_ns, self.shell.user_ns_hidden, recording, name=ns.name,
+                             on_progress=progress, on_start=start)
+        png = view.parallel_plot(self.shell.user_ns["sweep"], list(space), ns.metric)
         if png:
             display(Image(png))
         print(view.summary(result))
@@ -318,14 +214,24 @@ class MlopsMagics(Magics):
         print(f"mlops: autotrack {ns.state}" + (": every code cell you run becomes a run in experiment "
                                                 f"'{self.tracker.experiment}'" if ns.state == "on" else ""))
 
+    def _scope(self, ns):
+        """(settings, notebook) a listing reads: --project's store or this notebook's; --notebook, this
+        notebook (the default, unless --all or --project), or every run (None)."""
+        waiting = self._flushed()
+        settings = commands.project_settings(ns.project) if ns.project else self.tracker.settings
+        if ns.notebook:
+            return settings, os.path.abspath(ns.notebook), waiting
+        return settings, (None if ns.all or ns.project else self.tracker.notebook_path()), waiting
+
     def _runs(self, ns, _cell):
         from .tracking import query
 
-        waiting = self._flushed()
-        nb = None if ns.all else self.tracker.notebook_path()
-        runs = query.list_runs(self.tracker.settings, notebook=nb, last=ns.last)
+        settings, nb, waiting = self._scope(ns)
+        runs = query.list_runs(settings, notebook=nb, last=ns.last, kind=ns.kind, children=True)
+        if ns.json:
+            return runs
         header, rows = _render.runs_rows(runs)
-        caption = f"{len(runs)} runs of {nb or 'this project'}"
+        caption = f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'}"
         if waiting:
             caption += f" · {waiting} more still being written ({self.tracker.degraded or 'store busy'})"
         return _render.Table(header, rows, caption=caption)
@@ -333,14 +239,8 @@ class MlopsMagics(Magics):
     def _compare(self, ns, _cell):
         from .tracking import query
 
-        self._flushed()
-        ids = ns.run_ids
-        if ns.last:
-            if ids:
-                raise MlopsError("give run ids or --last N, not both (e.g. `%mlops compare --last 2`).")
-            ids = [r["run_id"] for r in query.list_runs(self.tracker.settings, self.tracker.notebook_path(),
-                                                        last=ns.last)][::-1]
-        cmp = query.compare_runs(self.tracker.settings, ids)
+        settings, nb, _ = self._scope(ns)
+        cmp = query.compare_runs(settings, commands.compared(ns, settings, nb))
         header, rows, marks = _render.compare_rows(cmp)
         n = sum(marks)
         return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
@@ -389,11 +289,10 @@ class MlopsMagics(Magics):
         print(f"mlops: restored {snap.path} to snapshot {snap.id} (md5 {snap.md5}); its .dvc file now points "
               "there: snapshot again to keep working from it, or restore another revision.")
 
-
     def _reproduce(self, ns, _cell):
         from .tracking.reproduce import reproduce
 
-        settings = self._settings()
+        settings = commands.project_settings(ns.project) if ns.project else self._settings()
         self._flushed()
         print(f"mlops: reproducing run {ns.run_id}: code, data and parameters as recorded (papermill)...")
         result = _render.in_worker(reproduce, settings, ns.run_id)
@@ -408,17 +307,26 @@ class MlopsMagics(Magics):
 
         nb = ns.notebook or self.tracker.notebook_path()
         if not nb:
-            raise UsageError("%mlops export: this kernel does not know its notebook's path; name it: "
-                             "%mlops export path/to/notebook.ipynb --out DIR (save the notebook first).")
-        pipe = pipeline.export(nb, ns.out)
-        print(f"mlops: pipeline {pipe.name}: {len(pipe.steps)} steps ({', '.join(s['name'] for s in pipe.steps)}) "
-              f"in {pipe.folder} · run it from a terminal: mlops pipeline run {ns.out}{pipe.serving_note()}")
+            raise UsageProblem("this kernel does not know its notebook's path; name it: "
+                               "%mlops export path/to/notebook.ipynb (save the notebook first).")
+        pipe = pipeline.check(nb, ns.out) if ns.check else pipeline.export(nb, ns.out or pipeline.default_folder(nb))
+        for warning in pipe.warnings:
+            print(f"mlops: warning: {warning}")
+        if ns.check:
+            print(f"mlops: {commands.checked(pipe)}")
+        else:
+            print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
 
-    def _serve(self, ns, _cell):
-        from .serving import generate_package
+    def _serve_generate(self, ns, _cell):
+        from .serving import generate_package, model_of_run
 
-        out = generate_package(ns.model_uri, ns.out, name=ns.name, settings=self._settings())
-        print(f"mlops: serving package for {ns.model_uri} in {out} · start it from a terminal: mlops serve run {out}")
+        settings = commands.project_settings(ns.project) if ns.project else self._settings()
+        uri = ns.model_uri or model_of_run(settings, ns.run)
+        out = generate_package(uri, ns.out, name=ns.name, settings=settings)
+        print(f"mlops: serving package for {uri} in {out} · start it from a terminal: mlops serve run {out}")
+
+
+MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 
 
 def load(shell) -> None:

@@ -197,3 +197,51 @@ def text_of(msgs: list) -> str:
         elif m["msg_type"] == "error":
             parts.append(f"{c['ename']}: {c['evalue']}")
     return "\n".join(parts)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finished_runs(root: Path, n: int, uri: str | None = None, timeout: float = 60):
+    """At least ``n`` runs in the store, none RUNNING (waits for the recorders)."""
+    def ready():
+        runs = all_runs(root, uri)
+        return runs if len(runs) >= n and all(r.info.status != "RUNNING" for r in runs) else None
+    return wait_for(ready, timeout=timeout, what=f"{n} finished runs")
+
+
+def http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def mlflow_server(folder: Path, port: int | None = None):
+    """A real ``mlflow server`` on loopback (its own SQLite store and artifact folder under ``folder``), in a
+    process group of its own, stopped with it. Yields its URI."""
+    import sys
+
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"http://127.0.0.1:{port}"
+    log = open(folder / "server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
+        stdout=log, stderr=log)
+    try:
+        wait_for(lambda: http_ok(f"{uri}/health"), timeout=120, interval=0.3, what="mlflow server")
+        yield uri
+    finally:
+        stop_group(proc)
+        log.close()

@@ -9,15 +9,8 @@ import sys
 import time
 
 import pytest
-from harness import (all_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
+from harness import (all_runs, finished_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
                      text_of, wait_for)
-
-
-def finished_runs(root, n, uri=None):
-    def ready():
-        runs = all_runs(root, uri)
-        return runs if len(runs) >= n and all(r.info.status != "RUNNING" for r in runs) else None
-    return wait_for(ready, timeout=60, what=f"{n} finished runs")
 
 
 def test_lab_session_records_notebook_cell_parameters_and_figure(project):
@@ -74,7 +67,7 @@ def test_papermill_run_records_injected_parameters(project):
 def test_sigkilled_kernel_leaves_no_run_running(project, recorder_dies_too):
     with kernel(project) as k:
         k.run("%load_ext mlops_jupyter\n%mlops init")
-        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker._recorder.pid)")
+        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker.link.proc.pid)")
         recorder = int(text_of(msgs).strip())
         k.run("%%mlops run --name long\nimport time\ntime.sleep(120)", wait=False)
         wait_for(lambda: [r for r in all_runs(project) if r.info.status == "RUNNING"], timeout=60,

@@ -14,6 +14,7 @@ from harness import all_runs, notebook
 
 from mlops_jupyter import pipeline
 from mlops_jupyter.pipeline import analysis, serializers, tags
+from mlops_jupyter.errors import InvalidInput
 from mlops_jupyter.pipeline.tags import PipelineError
 
 IMPORTS = ("import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklearn.linear_model import "
@@ -180,9 +181,10 @@ def test_kale_aliases_export_like_our_tags(project):
     params = yaml.safe_load((project / "p2" / "params.yaml").read_text())
     assert params == {"k": 2, "rate": 0.5, "label": "a", "flag": True, "sizes": [1, 2], "cfg": {"a": 1}}
     assert "scratch" not in (project / "p2" / "steps" / "one.ipynb").read_text()
-    with pytest.raises(PipelineError, match="rate holds a number"):
+    with pytest.raises(InvalidInput, match="rate holds a number") as err:
         pipeline.run(project / "p2", params=["rate=fast"])
-    with pytest.raises(PipelineError, match="no parameter 'nope'"):
+    assert err.value.param == "rate"
+    with pytest.raises(InvalidInput, match="no parameter 'nope'"):
         pipeline.run(project / "p2", params=["nope=1"])
 
 
@@ -194,8 +196,12 @@ def test_kale_aliases_export_like_our_tags(project):
 ])
 def test_export_errors_name_the_cell(project, cells, message):
     nb = notebook(project / "bad.ipynb", cells)
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PipelineError, match=message) as err:
         pipeline.export(nb, "pipe")
+    # the fields point at the cell: its index in the notebook and its id
+    index = err.value.cell_index
+    assert err.value.notebook == str(nb) and index in (0, 1)
+    assert err.value.cell_id == json.loads(nb.read_text())["cells"][index]["id"]
     out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "export", "bad.ipynb", "--out", "pipe"],
                          capture_output=True, text=True, cwd=project)
     assert out.returncode == 2 and "mlops export:" in out.stderr and "Traceback" not in out.stderr
@@ -230,22 +236,45 @@ def test_magic_exports_a_notebook(ip, project, monkeypatch):
 
 
 def test_dvc_repro_runs_the_exported_pipeline(project):
+    """dvc.yaml holds the steps, their params, the data they read and the files they write: `dvc repro`
+    re-runs the same steps as `mlops pipeline run` and reaches the same metrics."""
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    (project / "offset.txt").write_text("0\n")
     nb = notebook(project / "d.ipynb", [
         ("import numpy as np", ["imports"]), ("count = 4", ["parameters"]),
-        ("arr = np.arange(count)", ["step:make"]), ("total = int(arr.sum())", ["step:sum"]),
+        ("arr = np.arange(count)\nnp.savetxt('doubled.txt', arr * 2)", ["step:make"]),
+        ("total = int(np.loadtxt('doubled.txt').sum()) // 2 + int(np.loadtxt('offset.txt'))\nsize = len(arr)",
+         ["step:sum"]),
         ("total", ["metrics"])])
     pipeline.export(nb, "pipe")
+    folder = project / "pipe"
+    stages = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]
+    assert "../offset.txt" in stages["sum"]["deps"] and "../doubled.txt" in stages["sum"]["deps"]
+    assert {"../doubled.txt": {"cache": False, "persist": True}} in stages["make"]["outs"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project / "pipe", capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert metrics(project / "pipe", "sum") == {"total": 6}
-    assert (project / "pipe" / "artifacts" / "make" / "arr.npy").is_file()
-    (project / "pipe" / "params.yaml").write_text("count: 5\n")
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project / "pipe", capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0 and metrics(project / "pipe", "sum") == {"total": 10}
+
+    def repro() -> str:
+        out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=folder, capture_output=True, text=True,
+                             env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    repro()
+    assert metrics(folder, "sum") == {"total": 6}
+    assert (folder / "artifacts" / "make" / "arr.npy").is_file()
+    (folder / "params.yaml").write_text("count: 5\n")
+    repro()
+    assert metrics(folder, "sum") == {"total": 10}
+    assert pipeline.run(folder, echo=lambda s: None).ok and metrics(folder, "sum") == {"total": 10}
+
+    # a data file changed: both re-run only the step reading it, to the same result
+    (project / "offset.txt").write_text("100\n")
+    out = repro()
+    assert "Running stage 'sum'" in out and "Running stage 'make'" not in out, out
+    assert metrics(folder, "sum") == {"total": 110}
+    assert "Running stage" not in repro()
+    again = pipeline.run(folder, echo=lambda s: None)
+    assert ran(again) == {"sum"} and metrics(folder, "sum") == {"total": 110}
 
 
 def test_a_new_default_only_touches_the_steps_reading_it(project):

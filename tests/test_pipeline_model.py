@@ -124,7 +124,7 @@ def test_a_model_that_cannot_be_logged_fails_its_step(project):
     cli = [PY, "-m", "mlops_jupyter.cli", "pipeline", "run", "pipe"]
     out = subprocess.run(cli, capture_output=True, text=True, cwd=project)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "model:m of step 'fit' is a __main__.Mean, which the pipeline cannot log" in out.stdout
+    assert "model:m of step 'fit' is a __main__.Mean, which cannot be logged" in out.stdout
     assert "not run: fit did not finish" in out.stdout and "Traceback" not in out.stdout + out.stderr
     status = dict((n, st) for n, st, _ in pipeline.status(project / "pipe"))
     assert status["fit"] == "failed" and not (project / "pipe" / "serving" / "m").exists()

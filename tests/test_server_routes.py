@@ -273,6 +273,7 @@ async def test_restore_by_run_and_by_rev_and_refusal_of_unsnapshotted_changes(jp
     args = {"path": "analysis/train.ipynb", "target": "data/train.csv", "rev": proj["v2"].rev}
     code, body = await call(jp_fetch, "restore", body=args)
     assert code == 409 and "not in any snapshot" in body["message"] and "force" in body["message"]
+    assert body["error"] == "unsnapshotted_changes"
     assert csv.read_bytes() == b"unsaved work\n"
     code, body = await call(jp_fetch, "restore", body={**args, "force": True})
     assert code == 200 and csv.read_bytes() == b"x,y\n1,2\n3,4\n" and body["rev"] == proj["v2"].rev
@@ -287,8 +288,8 @@ async def test_restore_by_run_and_by_rev_and_refusal_of_unsnapshotted_changes(jp
     ({"path": "analysis/train.ipynb", "target": "data/train.csv", "rev": "HEAD", "force": "yes"}, 400,
      "`force` must be a bool"),
     ({"path": "analysis/train.ipynb", "target": "data/train.csv", "run_id": "0123abcd"}, 404, "no run"),
-    ({"path": "analysis/train.ipynb", "target": "data/train.csv", "rev": "0" * 40}, 400, "holds no snapshot"),
-    ({"path": "analysis/train.ipynb", "target": "data/train.csv", "run_id": "sweep"}, 400, "used no snapshot"),
+    ({"path": "analysis/train.ipynb", "target": "data/train.csv", "rev": "0" * 40}, 404, "holds no snapshot"),
+    ({"path": "analysis/train.ipynb", "target": "data/train.csv", "run_id": "sweep"}, 404, "used no snapshot"),
 ])
 async def test_bad_restore_requests(jp_fetch, proj, body, status, words):
     code, reply = await call(jp_fetch, "restore", body=body)
@@ -402,10 +403,11 @@ async def test_export_status_run_and_one_run_per_folder(jp_fetch, proj):
     assert code == 200 and body == {"folder": "analysis/pipe-pipeline", "exported": False, "outdated": False,
                                     "steps": [], "models": [], "run": None}
     code, body = await call(jp_fetch, "pipeline/run", body={"path": "analysis/pipe.ipynb"})
-    assert code == 400 and "not an exported pipeline" in body["message"]
+    assert code == 404 and "not an exported pipeline" in body["message"] and body["error"] == "not_found"
 
     code, body = await call(jp_fetch, "pipeline/export", body={"path": "analysis/pipe.ipynb"})
-    assert code == 200 and body == {"folder": "analysis/pipe-pipeline", "steps": ["prep", "train"], "models": []}
+    assert code == 200 and body == {"folder": "analysis/pipe-pipeline", "steps": ["prep", "train"], "models": [],
+                                   "warnings": []}
     code, body = await call(jp_fetch, "pipeline", path="analysis/pipe.ipynb")
     assert body["exported"] and not body["outdated"]
     assert [(s["name"], s["state"]) for s in body["steps"]] == [("prep", "never"), ("train", "never")]
@@ -442,7 +444,7 @@ async def test_export_into_a_chosen_folder_lists_the_tagged_models(jp_fetch, pro
     args = {"path": "analysis/modelled.ipynb", "out": "pipes/modelled"}
     code, body = await call(jp_fetch, "pipeline/export", body=args)
     assert code == 200 and body == {"folder": "pipes/modelled", "steps": ["fit"],
-                                    "models": [{"name": "clf", "step": "fit"}]}
+                                    "models": [{"name": "clf", "step": "fit"}], "warnings": []}
     code, body = await call(jp_fetch, "pipeline", path=args["path"], out=args["out"])
     assert body["exported"] and body["models"] == [{"name": "clf", "step": "fit"}] and body["run"] is None
 
@@ -451,7 +453,7 @@ async def test_export_into_a_chosen_folder_lists_the_tagged_models(jp_fetch, pro
     ({"path": "analysis/pipe.ipynb", "params": {"bad key": 1}}, 400, "`params` maps parameter names"),
     ({"path": "analysis/pipe.ipynb", "params": {"n": [1]}}, 400, "`params` maps parameter names"),
     ({"path": "analysis/pipe.ipynb", "params": [1]}, 400, "`params` must be a dict"),
-    ({"path": "analysis/pipe.ipynb", "out": "analysis/nowhere"}, 400, "not an exported pipeline"),
+    ({"path": "analysis/pipe.ipynb", "out": "analysis/nowhere"}, 404, "not an exported pipeline"),
 ])
 async def test_bad_pipeline_run_requests(jp_fetch, body, status, words):
     code, reply = await call(jp_fetch, "pipeline/run", body=body)
@@ -463,7 +465,7 @@ async def test_export_tag_errors_are_400_naming_the_cell(jp_fetch, proj):
     code, body = await call(jp_fetch, "pipeline/export", body={"path": "analysis/broken.ipynb"})
     assert code == 400 and "cell 0" in body["message"] and "step:ghost" in body["message"]
     code, body = await call(jp_fetch, "pipeline/export", body={"path": "analysis/missing.ipynb"})
-    assert code == 400 and "does not exist" in body["message"]
+    assert code == 404 and "does not exist" in body["message"]
 
 
 # ---- serving -------------------------------------------------------------------------------------
@@ -487,14 +489,14 @@ async def test_generate_from_a_model_uri_and_refusals_with_the_fix(jp_fetch, pro
                                                                 "out": "served-b"})
     assert code == 400 and "signature" in body["message"] and "input_example" in body["message"]
     code, body = await call(jp_fetch, "serving/generate", body={**base, "run_id": proj["ids"][0], "out": "served-c"})
-    assert code == 400 and "logged no model" in body["message"]
+    assert code == 404 and "logged no model" in body["message"]
     code, body = await call(jp_fetch, "serving/generate", body={**base, "model_uri": f"runs:/{models}/model",
                                                                 "out": "served", "name": "iris"})
     assert code == 200 and body == {"folder": "served", "model_uri": f"runs:/{models}/model", "name": "iris-serving"}
     assert (proj["root"] / "served" / "Dockerfile").is_file()
     code, body = await call(jp_fetch, "serving/generate", body={**base, "model_uri": f"runs:/{models}/model",
                                                                 "out": "served"})
-    assert code == 400 and "not an empty folder" in body["message"]
+    assert code == 409 and "not an empty folder" in body["message"] and body["error"] == "conflict"
 
 
 @pytest.mark.parametrize("body, words", [

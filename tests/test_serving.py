@@ -191,7 +191,7 @@ def test_model_without_signature_is_refused_with_the_fix(store, tmp_path, capsys
     root, info = store
     assert generate(root, f"runs:/{info['run_id']}/nosig", "--out", str(tmp_path / "p")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlops serve: ") and err.count("\n") == 1
+    assert err.startswith("mlops serve generate: ") and err.count("\n") == 1
     assert "without a signature" in err and "input_example" in err
     assert not (tmp_path / "p").exists()
 

@@ -79,7 +79,7 @@ def test_space_grammar_reads_every_form():
     ("a.b=1", "a.b=1", "not name=value"),
     ("x=foo", "x=foo", "neither a search function nor a literal"),
     ("x=1; x=2", "x=2", "given twice"),
-    ("acc=choice(1, 2)", "acc=choice(1, 2)", "--metric"),
+    ("acc=choice(1, 2)", "acc=choice(1, 2)", "the sweep's metric"),
 ])
 def test_each_bad_space_term_is_quoted_with_the_valid_forms(text, quoted, why):
     with pytest.raises(SweepError) as err:
@@ -198,7 +198,7 @@ def test_a_metric_missing_at_run_time_fails_that_trial_only(ip, project, local_r
     assert result.success, result.error_in_exec
     df = ip.user_ns["sweep"].set_index("x")
     assert df.loc[1, "status"] == "FINISHED" and df.loc[2, "status"] == "FAILED"
-    assert "did not assign the --metric variable `acc`" in df.loc[2, "error"]
+    assert "did not assign the sweep's metric variable `acc`" in df.loc[2, "error"]
     assert ip.user_ns["best_params"] == {"x": 1}
 
 

@@ -16,12 +16,27 @@ export interface IPipelineTags {
   after: string[];
   model: string;
   flags: Flag[];
+  /** deps:PATH: files or folders the step reads that export cannot see in its code. */
+  deps: string[];
+  /** resources:gpu=1,cpu=4,memory=8G (ours), without the `resources:` prefix. */
+  resources: string;
+  /** Kale's limit:KEY:VALUE tags, kept as they are (pipeline/tags.py reads them as resources). */
+  limits: string[];
   /** Tags that are not the pipeline's (Jupyter's own, other tools'): kept as they are. */
   other: string[];
 }
 
 export function parseTags(tags: readonly string[]): IPipelineTags {
-  const parsed: IPipelineTags = { step: '', after: [], model: '', flags: [], other: [] };
+  const parsed: IPipelineTags = {
+    step: '',
+    after: [],
+    model: '',
+    flags: [],
+    deps: [],
+    resources: '',
+    limits: [],
+    other: []
+  };
   for (const raw of tags) {
     const tag = String(raw).trim();
     const colon = tag.indexOf(':');
@@ -34,6 +49,12 @@ export function parseTags(tags: readonly string[]): IPipelineTags {
       parsed.after.push(arg);
     } else if (colon >= 0 && name === 'model') {
       parsed.model = arg;
+    } else if (colon >= 0 && name === 'deps') {
+      parsed.deps.push(arg);
+    } else if (colon >= 0 && name === 'resources') {
+      parsed.resources = parsed.resources ? `${parsed.resources},${arg}` : arg;
+    } else if (colon >= 0 && name === 'limit') {
+      parsed.limits.push(tag);
     } else if (colon < 0 && (FLAGS as readonly string[]).includes(name)) {
       parsed.flags.push(name as Flag);
     } else {
@@ -55,6 +76,13 @@ export function formatTags(parsed: IPipelineTags): string[] {
   if (parsed.model.trim()) {
     tags.push(`model:${parsed.model.trim()}`);
   }
+  for (const dep of parsed.deps.map(d => d.trim()).filter(Boolean)) {
+    tags.push(`deps:${dep}`);
+  }
+  if (parsed.resources.trim()) {
+    tags.push(`resources:${parsed.resources.replace(/\s+/g, '')}`);
+  }
+  tags.push(...parsed.limits);
   for (const flag of FLAGS) {
     if (parsed.flags.includes(flag)) {
       tags.push(flag);
@@ -63,9 +91,18 @@ export function formatTags(parsed: IPipelineTags): string[] {
   return tags;
 }
 
+export type TagField = 'step' | 'after' | 'model' | 'deps' | 'resources' | 'flags';
+
 /** Which field of the editor a validation message is about (shown beside it). */
-export function fieldOf(message: string): 'step' | 'after' | 'model' | 'flags' {
+export function fieldOf(message: string): TagField {
   const text = message.toLowerCase();
+  // before step/after: their messages say "the step reads", "both for step 'a'"
+  if (/\bdeps:/.test(text)) {
+    return 'deps';
+  }
+  if (/\bresources\b|\blimit:|\b(gpu|cpu|memory) '|asks for (gpu|cpu|memory)\b/.test(text)) {
+    return 'resources';
+  }
   if (/\bafter\b|\bprev\b|cycle/.test(text)) {
     return 'after';
   }

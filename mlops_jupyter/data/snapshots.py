@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import STATE_DIR, ensure_state_dir, find_project_root
-from ..errors import MlopsError
+from ..errors import Conflict, InvalidInput, MlopsError, NotFound, StoreError, UnsnapshottedChanges
 from .scope import in_scope, read_dvc_file, tag_key
 
 LOCAL_REMOTE = "mlops-local"
@@ -98,15 +98,16 @@ def open_repo(root: Path, create: bool = False):
                          "(e.g. `apt-get install git`) and try again.")
     if not (root / ".git").exists():
         if not create:
-            raise MlopsError(f"{root} is not a git repository, so it holds no snapshots yet.")
+            raise NotFound(f"{root} is not a git repository, so it holds no snapshots yet.", what="snapshots",
+                           project=str(root))
         _git(root, "init", "-q")
         notes.append(f"initialised a git repository in {root} (there was none)")
     from dvc.repo import Repo
 
     if not (root / ".dvc").is_dir():
         if not create:
-            raise MlopsError(f"{root} has no DVC repository, so it holds no snapshots yet; "
-                             "`%mlops snapshot PATH` makes the first one.")
+            raise NotFound(f"{root} has no DVC repository, so it holds no snapshots yet.", what="snapshots",
+                           project=str(root))
         with _quiet():
             repo = Repo.init(str(root))
         files = [f for f in (".dvc/config", ".dvc/.gitignore", ".dvcignore") if (root / f).exists()]
@@ -142,11 +143,13 @@ def _resolve(root: Path, path: str | os.PathLike) -> tuple[Path, str]:
         target = (Path.cwd() if Path.cwd().resolve().is_relative_to(root) else root) / target
     target = target.resolve()
     if not target.is_relative_to(root):
-        raise MlopsError(f"{path} is outside the project {root}; snapshot paths inside it "
-                         "(the project root is the nearest folder with pyproject.toml or .git).")
+        raise InvalidInput(f"{path} is outside the project {root}; snapshot paths inside it "
+                           "(the project root is the nearest folder with pyproject.toml or .git).", path=str(path),
+                           project=str(root))
     rel = target.relative_to(root).as_posix()
     if rel == "." or rel.split("/")[0] in (".git", ".dvc", STATE_DIR):
-        raise MlopsError(f"{path} is the project itself or its own state; snapshot a data file or folder in it.")
+        raise InvalidInput(f"{path} is the project itself or its own state; snapshot a data file or folder in it.",
+                           path=str(path), project=str(root))
     return target, rel
 
 
@@ -160,8 +163,9 @@ def _root_of(path: str | os.PathLike) -> Path:
     root = find_project_root(target.parent)
     if (root / "pyproject.toml").is_file() or (root / ".git").exists():
         return root
-    raise MlopsError(f"{path} is outside the project {here}; snapshot paths inside it (the project root is "
-                     "the nearest folder with pyproject.toml or .git, else the folder you work in).")
+    raise InvalidInput(f"{path} is outside the project {here}; snapshot paths inside it (the project root is "
+                       "the nearest folder with pyproject.toml or .git, else the folder you work in).", path=str(path),
+                       project=str(here))
 
 
 def _signature(target: Path) -> str:
@@ -220,10 +224,12 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
     root = Path(root).resolve() if root else _root_of(path)
     target, rel = _resolve(root, path)
     if not target.exists():
-        raise MlopsError(f"{path} does not exist; give a file or folder inside the project {root}.")
+        raise NotFound(f"{path} does not exist; give a file or folder inside the project {root}.", what="path",
+                       path=str(path))
     if (root / ".git").exists() and shutil.which("git") and _tracked_by_git(root, rel):
-        raise MlopsError(f"{rel} is tracked by git itself; DVC versions it instead. Stop tracking it in git "
-                         f"first: `git rm -r --cached {rel} && git commit -m 'move {rel} to DVC'`, then snapshot.")
+        raise Conflict(f"{rel} is tracked by git itself; DVC versions it instead. Stop tracking it in git "
+                       f"first: `git rm -r --cached {rel} && git commit -m 'move {rel} to DVC'`, then snapshot.",
+                       what="tracked by git", path=rel)
     ensure_state_dir(root)  # before DVC: its local remote lives in .mlops/ too
     repo, notes = open_repo(root, create=True)
     dvcfile, ignore = root / f"{rel}.dvc", target.parent / ".gitignore"
@@ -307,8 +313,8 @@ def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
         tmp.unlink(missing_ok=True)
         if failed:
             raise failed[0]
-        raise MlopsError(f"{target.name} changed while it was being snapshotted; snapshot it again when "
-                         "whatever writes it has finished.")
+        raise Conflict(f"{target.name} changed while it was being snapshotted; snapshot it again when "
+                       "whatever writes it has finished.", what="changing", path=str(target))
     oid = md5.hexdigest()
     dest = Path(repo.cache.local.oid_to_path(oid))
     if dest.exists():
@@ -378,9 +384,9 @@ def push_snapshot(root: Path, rel: str) -> str:
             repo.push(targets=[str(root / f"{rel}.dvc")], remote=_remote(repo))
     except Exception as exc:  # noqa: BLE001 - DVC raises many kinds; the user needs one sentence
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MlopsError(f"the snapshot of {rel} is committed locally, but pushing it to the DVC remote "
-                         f"{url} failed ({first}). Check the remote (`dvc remote list`) and push again with "
-                         f"`%mlops snapshot {rel} --push`.") from None
+        raise StoreError(f"the snapshot of {rel} is committed locally, but pushing it to the DVC remote "
+                         f"{url} failed ({first}). Check the remote (`dvc remote list`) and push again.",
+                         what="dvc remote", path=rel, remote=url) from None
     finally:
         repo.close()
     return url
@@ -397,7 +403,7 @@ def list_snapshots(path: str | os.PathLike | None = None, root: str | os.PathLik
     else:
         _, rel = _resolve(root, path)
         if not (root / f"{rel}.dvc").exists() and not _last_commit(root, f"{rel}.dvc"):
-            raise MlopsError(f"{rel} has no snapshots; `%mlops snapshot {rel}` makes the first one.")
+            raise NotFound(f"{rel} has no snapshots.", what="snapshots", path=rel)
         rels = [rel]
     snaps = []
     for rel in rels:
@@ -426,8 +432,8 @@ def restore(path: str | os.PathLike, run_id: str | None = None, rev: str | None 
             root: str | os.PathLike | None = None, settings=None) -> Snapshot:
     """Put back the exact bytes of ``path`` that run ``run_id`` used, or that git ``rev`` recorded."""
     if (run_id is None) == (rev is None):
-        raise MlopsError("restore needs exactly one of --run RUN_ID (the data a run used) or --rev REV "
-                         "(the data a git revision recorded).")
+        raise InvalidInput("restore needs exactly one of a run (the data it used) or a git revision (the data it "
+                           "recorded).", path=str(path))
     root = Path(root).resolve() if root else _root_of(path)
     target, rel = _resolve(root, path)
     dvc_rel = f"{rel}.dvc"
@@ -438,14 +444,14 @@ def restore(path: str | os.PathLike, run_id: str | None = None, rev: str | None 
         md5 = run.data.tags.get(tag_key(rel))
         if md5 is None:
             used = sorted(k[len(tag_key("")):] for k in run.data.tags if k.startswith(tag_key("")))
-            raise MlopsError(f"run {run.info.run_id} used no snapshot of {rel}; "
-                             + (f"it used: {', '.join(used)}." if used else "it used no snapshots at all."))
+            raise NotFound(f"run {run.info.run_id} used no snapshot of {rel}; "
+                           + (f"it used: {', '.join(used)}." if used else "it used no snapshots at all."),
+                           what="snapshot of run", run=run.info.run_id, path=rel, used=used)
         rev = _commit_with(root, dvc_rel, md5)
     text = _git(root, "show", f"{rev}:{dvc_rel}", check=False)
     wanted = read_dvc_file(text) if text else None
     if wanted is None:
-        raise MlopsError(f"git revision {rev} holds no snapshot of {rel}; `%mlops snapshots {rel}` lists "
-                         "the revisions that do.")
+        raise NotFound(f"git revision {rev} holds no snapshot of {rel}.", what="revision", rev=rev, path=rel)
     repo, _ = open_repo(root)
     dvcfile = root / dvc_rel
     before = dvcfile.read_text() if dvcfile.exists() else None
@@ -461,8 +467,8 @@ def restore(path: str | os.PathLike, run_id: str | None = None, rev: str | None 
                 pass
             missing = repo.status(targets=[str(dvcfile)], cloud=False)
         if any("not in cache" in str(v) for v in missing.values()):
-            raise MlopsError(f"the data of {rel} at {rev[:8]} is neither in the local DVC cache nor on the "
-                             f"remote {_remote_url(repo)}; nothing was changed.")
+            raise NotFound(f"the data of {rel} at {rev[:8]} is neither in the local DVC cache nor on the "
+                           f"remote {_remote_url(repo)}; nothing was changed.", what="data", path=rel, rev=rev)
         with _quiet():
             repo.checkout(targets=[str(dvcfile)], force=True)
     except BaseException as exc:
@@ -495,16 +501,17 @@ def _commit_with(root: Path, dvc_rel: str, md5: str) -> str:
         info = read_dvc_file(_git(root, "show", f"{rev}:{dvc_rel}", check=False))
         if info and info["md5"] == md5:
             return rev
-    raise MlopsError(f"no commit of {dvc_rel} records md5 {md5}: the snapshot that run used is not in this "
-                     "repository's history (was it made on another branch or clone?).")
+    raise NotFound(f"no commit of {dvc_rel} records md5 {md5}: the snapshot that run used is not in this "
+                   "repository's history (was it made on another branch or clone?).", what="commit", path=dvc_rel[:-4],
+                   md5=md5)
 
 
 def _refuse_uncommitted(repo, root: Path, target: Path, rel: str, dvc_text: str | None) -> None:
     if not target.exists():
         return
     if dvc_text is None:
-        raise MlopsError(f"{rel} holds data that was never snapshotted; restoring would overwrite it. "
-                         f"Snapshot it first (`%mlops snapshot {rel}`) or pass --force to overwrite.")
+        raise UnsnapshottedChanges(f"{rel} holds data that was never snapshotted; restoring would overwrite it.",
+                                   path=rel)
     known = _index(root).get(rel)
     current = read_dvc_file(dvc_text)
     if known and current and known["md5"] == current["md5"] and known["signature"] == _signature(target):
@@ -513,5 +520,5 @@ def _refuse_uncommitted(repo, root: Path, target: Path, rel: str, dvc_text: str 
         status = repo.status(targets=[str(root / f"{rel}.dvc")])
     # "not in cache" only means the cache lost the object; "modified" means unsaved work
     if {"modified", "new", "deleted"} & set(_leaves(status)):
-        raise MlopsError(f"{rel} has changes that are not in any snapshot; restoring would overwrite them. "
-                         f"Snapshot them first (`%mlops snapshot {rel}`) or pass --force to overwrite.")
+        raise UnsnapshottedChanges(f"{rel} has changes that are not in any snapshot; restoring would overwrite "
+                                   "them.", path=rel)

@@ -5,13 +5,16 @@ steps), ``models`` (model:NAME -> MLflow model + serving package), ``emit`` (ste
 params.yaml, dvc.yaml, README, CI workflow), ``execute`` (incremental, parallel execution),
 ``kernels`` / ``forkserver`` (step kernels forked from a template that has the imports loaded),
 ``track`` (the MLflow process), ``state`` (hashes behind skip / status), ``serializers`` (the
-runtime save/load the step notebooks call). Importing this package is cheap: papermill and
+runtime save/load the step notebooks call), ``source`` (the notebook behind an export: is the export
+outdated, checks that write nothing). Importing this package is cheap: papermill and
 mlflow are imported only when a step actually executes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .source import check, check_cells, default_folder, notebook_of, outdated
 
 
 def export(notebook, out):
@@ -58,4 +61,5 @@ def running(folder) -> bool:
     return False
 
 
-__all__ = ["export", "run", "status", "load", "running"]
+__all__ = ["export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
+           "default_folder"]

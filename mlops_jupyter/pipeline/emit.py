@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidInput, NotFound, PipelineError
 from . import analysis, models, tags
-from .tags import PipelineError
+from .source import notebook_hash
 
 DEFINITION = "pipeline.json"
 FORMAT = 1
@@ -26,11 +27,14 @@ FORMAT = 1
 class Pipeline:
     folder: Path
     name: str
-    steps: list        # [{name, deps, inputs, outputs, params, modules, metrics, notebook}]
+    steps: list        # [{name, deps, inputs, outputs, params, modules, metrics, data, data_params, writes,
+                       #   resources, models, model_examples, notebook}]
     params: dict
     root: str          # the notebook's folder, relative to ``folder``
     kernel: str
     source: str = ""   # the original notebook, relative to ``folder``
+    source_hash: str = ""  # what export read of it (source.notebook_hash), to tell an outdated export
+    warnings: list = field(default_factory=list)  # export's warnings, one line each, naming the cell
 
     def serving_note(self) -> str:
         """What a run of this pipeline serves, for the export message ('' when no cell is tagged model:NAME)."""
@@ -45,8 +49,8 @@ class Pipeline:
         for s in self.steps:
             if s["name"] == name:
                 return s
-        raise PipelineError(f"the pipeline in {self.folder} has no step {name!r}; its steps are: "
-                            f"{', '.join(s['name'] for s in self.steps)}.")
+        raise NotFound(f"the pipeline in {self.folder} has no step {name!r}; its steps are: "
+                       f"{', '.join(s['name'] for s in self.steps)}.", what="step", step=name, folder=str(self.folder))
 
 
 def _plain(value):
@@ -110,21 +114,28 @@ def _step_notebook(nb, parsed, step, spec: dict, rel_dir: str):
     return out
 
 
-def _dvc_yaml(pipe: Pipeline) -> dict:
+def _dvc_yaml(pipe: Pipeline, outs: dict) -> dict:
+    """dvc.yaml's stages; ``outs``: step -> the files it writes that DVC may own as its outputs."""
+    def here(path: str) -> str:  # a path relative to the notebook's folder, seen from the pipeline folder
+        return Path(os.path.normpath(os.path.join(pipe.root, path))).as_posix()
+
     stages = {}
     for s in pipe.steps:
         cmd = (f"papermill {s['notebook']} runs/dvc-{s['name']}.ipynb -f params.yaml "
                f"--cwd {shlex.quote(pipe.root)} --log-level WARNING")
         if s["models"]:  # its models go to MLflow and become serving packages, as `mlops pipeline run` does
             cmd += f" && python -m mlops_jupyter.pipeline.models . {s['name']}"
-        deps = [s["notebook"]] + [f"{pipe.root}/{m}" if pipe.root != "." else m for m in s["modules"]]
+        data = dict.fromkeys(here(p) for p in s["data"] + [pipe.params[k] for k in s["data_params"]])
+        deps = [s["notebook"]] + [here(m) for m in s["modules"]] + list(data)
         deps += sorted({f"artifacts/{src}" for src in s["inputs"].values()})
         stage = {"cmd": cmd, "deps": deps}
         if s["params"]:
             stage["params"] = list(s["params"])
         # a serving package is regenerated from the logged model, so DVC need not cache it
         served = [{f"{models.SERVING_DIR}/{m}": {"cache": False}} for m in s["models"]]
-        stage["outs"] = [f"artifacts/{s['name']}"] + served
+        # files the step writes stay where the code puts them: DVC tracks them without caching or deleting them
+        written = [{here(p): {"cache": False, "persist": True}} for p in outs.get(s["name"], [])]
+        stage["outs"] = [f"artifacts/{s['name']}"] + served + written
         if s["metrics"]:
             stage["metrics"] = [{f"metrics/{s['name']}.json": {"cache": False}}]
         stages[s["name"]] = stage
@@ -141,7 +152,8 @@ def _readme(pipe: Pipeline, source: str) -> str:
                   "on) and writes:\n\n" + served)
     rows = "\n".join(f"| `{s['name']}` | {', '.join(s['deps']) or '-'} | "
                      f"{', '.join(f'{v} ({p})' for v, p in s['inputs'].items()) or '-'} | "
-                     f"{', '.join(s['outputs']) or '-'} | {', '.join(s['params']) or '-'} |" for s in pipe.steps)
+                     f"{', '.join(s['outputs']) or '-'} | {', '.join(s['params']) or '-'} | "
+                     f"{', '.join(s['data'] + [f'${k}' for k in s['data_params']]) or '-'} |" for s in pipe.steps)
     params = "\n".join(f"- `{k}` = `{v!r}`" for k, v in pipe.params.items()) or "- (none)"
     return f"""# Pipeline `{pipe.name}`
 
@@ -164,8 +176,8 @@ each run is one MLflow run with a child run per step.
 
 ## Steps
 
-| step | after | loads (from step) | hands on | params |
-|---|---|---|---|---|
+| step | after | loads (from step) | hands on | params | reads files ($param: the file it names) |
+|---|---|---|---|---|---|
 {rows}
 
 ## Parameters (params.yaml)
@@ -203,8 +215,9 @@ jobs:
 """
 
 
-def export_notebook(notebook, out) -> Pipeline:
-    """Write the pipeline for a tagged ``notebook`` into ``out``; raises PipelineError naming the cell."""
+def export_notebook(notebook, out, write: bool = True) -> Pipeline:
+    """Write the pipeline for a tagged ``notebook`` into ``out``; raises PipelineError naming the cell.
+    With ``write`` False, only check: every error an export would raise, and no file written."""
     import nbformat
     import yaml
 
@@ -212,18 +225,24 @@ def export_notebook(notebook, out) -> Pipeline:
 
     src = Path(notebook).resolve()
     if not src.is_file():
-        raise PipelineError(f"notebook {notebook} does not exist; give the path of a .ipynb file.")
+        raise NotFound(f"notebook {notebook} does not exist; give the path of a .ipynb file.", what="notebook",
+                       notebook=str(notebook))
     try:
         nb = nbformat.read(src, as_version=4)
     except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds for a broken file
-        raise PipelineError(f"{notebook} is not a readable notebook ({exc}).") from None
-    parsed = tags.parse(nb)
+        raise PipelineError(f"{notebook} is not a readable notebook ({exc}).", notebook=str(src)) from None
     folder = Path(out).resolve()
     if folder == src.parent:
-        raise PipelineError(f"--out {out} is the notebook's own folder; export into a folder of its own, "
-                            "e.g. --out pipeline.")
-    flow = analysis.flow(parsed, src.parent)
-    fits = models.examples(parsed)
+        raise InvalidInput(f"the pipeline folder {out} is the notebook's own folder; export into a folder of its "
+                           "own.", what="export folder", out=str(out))
+    try:
+        parsed = tags.parse(nb)
+        flow = analysis.flow(parsed, src.parent, exclude=folder)
+        fits = models.examples(parsed)
+    except PipelineError as exc:  # the parser names the cell; the notebook is ours to add
+        exc.fields.setdefault("notebook", str(src))
+        exc.notebook = exc.fields["notebook"]
+        raise
     root = os.path.relpath(src.parent, folder)
     rel_dir = os.path.relpath(folder, src.parent)
     steps = []
@@ -231,8 +250,13 @@ def export_notebook(notebook, out) -> Pipeline:
         n = step.name
         steps.append({"name": n, "deps": flow.deps[n], "inputs": flow.inputs[n], "outputs": flow.outputs[n],
                       "params": flow.params[n], "modules": flow.modules[n], "metrics": flow.metrics[n],
-                      "models": step.models, "model_examples": fits[n], "notebook": f"steps/{n}.ipynb"})
-    pipe = Pipeline(folder, src.stem, steps, _plain(parsed.params), root, parsed.kernel)
+                      "data": flow.data[n], "data_params": flow.data_params[n], "writes": flow.writes[n],
+                      "resources": step.resources, "models": step.models, "model_examples": fits[n],
+                      "notebook": f"steps/{n}.ipynb"})
+    pipe = Pipeline(folder, src.stem, steps, _plain(parsed.params), root, parsed.kernel,
+                    os.path.relpath(src, folder), notebook_hash(src) or "", warnings=flow.warnings)
+    if not write:
+        return pipe
     (folder / "steps").mkdir(parents=True, exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)
     wanted = {f"{s['name']}.ipynb" for s in steps}
@@ -243,9 +267,10 @@ def export_notebook(notebook, out) -> Pipeline:
         _write_if_changed(folder / spec["notebook"],
                           nbformat.writes(_step_notebook(nb, parsed, step, spec, rel_dir)) + "\n")
     _write_if_changed(folder / "params.yaml", yaml.safe_dump(pipe.params, sort_keys=False) if pipe.params else "{}\n")
-    _write_if_changed(folder / "dvc.yaml", yaml.safe_dump(_dvc_yaml(pipe), sort_keys=False))
-    definition = {"format": FORMAT, "name": pipe.name, "notebook": os.path.relpath(src, folder), "root": root,
-                  "kernel": pipe.kernel, "params": pipe.params, "steps": steps}
+    _write_if_changed(folder / "dvc.yaml", yaml.safe_dump(_dvc_yaml(pipe, _dvc_outs(flow, src.parent)),
+                                                          sort_keys=False))
+    definition = {"format": FORMAT, "name": pipe.name, "notebook": pipe.source, "source_hash": pipe.source_hash,
+                  "root": root, "kernel": pipe.kernel, "params": pipe.params, "steps": steps}
     _write_if_changed(folder / DEFINITION, json.dumps(definition, indent=1) + "\n")
     source = os.path.relpath(src, folder)
     _write_if_changed(folder / "README.md", _readme(pipe, source))
@@ -255,6 +280,17 @@ def export_notebook(notebook, out) -> Pipeline:
     _write_if_changed(folder / "runs" / ".gitignore", "*\n!.gitignore\n")
     _write_if_changed(folder / ".gitignore", "/.mlops-pipeline/\n")
     return pipe
+
+
+def _dvc_outs(flow: analysis.Flow, root: Path) -> dict:
+    """step -> the files it writes that can be its outputs in dvc.yaml: written by that step alone, and in no
+    DVC-tracked file or folder (DVC refuses an output that another stage or .dvc file already owns)."""
+    places = analysis.Places(root)
+    count: dict = {}
+    for paths in flow.writes.values():
+        for p in paths:
+            count[p] = count.get(p, 0) + 1
+    return {step: [p for p in paths if count[p] == 1 and not places.tracked(p)] for step, paths in flow.writes.items()}
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -270,9 +306,14 @@ def load_pipeline(folder) -> Pipeline:
     try:
         d = json.loads(path.read_text())
     except OSError:
-        raise PipelineError(f"{folder} holds no {DEFINITION}: it is not an exported pipeline. Create one with "
-                            f"`mlops export NOTEBOOK --out {folder}`.") from None
+        raise NotFound(f"{folder} holds no {DEFINITION}: it is not an exported pipeline.", what="pipeline",
+                       folder=str(folder)) from None
     except ValueError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}); export the notebook again.") from None
+        raise PipelineError(f"{path} is not valid JSON ({exc}); export the notebook again.", folder=str(folder)) \
+            from None
+    for step in d["steps"]:  # a pipeline exported before data inputs and resources were known
+        for key in ("data", "data_params", "writes"):
+            step.setdefault(key, [])
+        step.setdefault("resources", {})
     return Pipeline(folder, d["name"], d["steps"], d.get("params", {}), d["root"], d.get("kernel", "python3"),
-                    d.get("notebook", ""))
+                    d.get("notebook", ""), d.get("source_hash", ""))

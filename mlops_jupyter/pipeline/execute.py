@@ -4,9 +4,10 @@ each driving papermill), a step skipped when its fingerprint equals its last suc
 Speed: each step gets a kernel process of its own, forked from a template that has imported ipykernel
 and the notebook's ``imports`` cell (``kernels``, ``forkserver``), so no step pays for those imports
 again; a step's kernel is started and connected while the steps it waits on still run (papermill passes
-``km`` through to nbclient, and finds the client ready); MLflow is written by a process of its own
-(``track``), and kernels are shut down off the critical path. A run where nothing changed starts no
-kernel and imports neither papermill nor mlflow.
+``km`` through to nbclient, and finds the client ready); the MLflow records go through the journal to a
+recorder process (the one writer, tracking.records), models are built by a worker process of their own
+(``model_worker``), and kernels are shut down off the critical path. A run where nothing changed starts
+no kernel and imports neither papermill nor mlflow.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import config
+from ..errors import Busy
+from ..tracking.records import Recording
 from . import kernels as K
+from . import resources
 from . import state as S
 from .emit import Pipeline, load_pipeline
+from .model_worker import ModelWorker
 from .tags import PipelineError
-from .track import Tracking
 
 FINAL = ("ran", "skipped", "failed", "blocked")
 
@@ -107,7 +112,10 @@ class _Runner:
         self.likely = likely_to_run(pipe, params, forced, self.state)
         self.root = (pipe.folder / pipe.root).resolve()
         self.runs_dir: Path | None = None
-        self.tracking: Tracking | None = None
+        self.recording: Recording | None = None
+        self.parent: str | None = None  # the pipeline run's key in the recording
+        self.children: dict = {}  # step -> its run's key
+        self.worker: ModelWorker | None = None
         self._echo_lock = threading.Lock()
         self.width = max(len(s["name"]) for s in pipe.steps)
         self.kernels = K.Kernels(pipe.kernel, self.root)
@@ -156,13 +164,21 @@ class _Runner:
                     path = self.pipe.folder / "runs" / f"{stamp}-{i}"
                 path.mkdir(parents=True)
                 self.runs_dir = path
-                # papermill's import overlaps the first kernel's start-up; MLflow gets a process of its own
+                # papermill's import overlaps the first kernel's start-up; the recorder and the model worker
+                # import MLflow in processes of their own
                 threading.Thread(target=_import_papermill, daemon=True).start()
-                self.tracking = Tracking({"pipeline": self.pipe.name, "folder": str(self.pipe.folder),
-                                          "root": str(self.root), "params": self.params,
-                                          "models": any(s.get("models") for s in self.pipe.steps
-                                                        if s["name"] in self.likely),
-                                          "start_ms": int(time.time() * 1000)})
+                models = any(s.get("models") for s in self.pipe.steps if s["name"] in self.likely)
+                settings = config.resolve(self.root)
+                # niced, unless a step will wait for its model: it writes in the gaps the kernels leave
+                self.recording = Recording(settings, settings.experiment or f"pipeline-{self.pipe.name}",
+                                           nice=not models)
+                self.parent = self.recording.start_run(
+                    f"pipeline {self.pipe.name}", params=self.params, start_ms=int(time.time() * 1000),
+                    tags={"mlops.kind": "pipeline", "mlops.pipeline": self.pipe.name,
+                          "mlops.pipeline.folder": str(self.pipe.folder)})
+                if models:
+                    self.worker = ModelWorker({"folder": str(self.pipe.folder), "root": str(self.root),
+                                               "blobs": str(self.recording.link.blobs)})
             return self.runs_dir
 
     # -- one step -------------------------------------------------------------------------------
@@ -229,7 +245,9 @@ class _Runner:
             err = f"{type(exc).__name__}: {exc}"
             self.echo("✗", name, f"failed: {err}")
             self._record_failure(name, err, None)
-            self.set(name, "failed", StepResult(name, "failed", error=err))
+            result = StepResult(name, "failed", error=err)
+            self._track(result, time.time())  # its run, if it has one by now, ends FAILED
+            self.set(name, "failed", result)
         finally:
             if ahead:
                 self.ahead_slots.release()
@@ -238,6 +256,24 @@ class _Runner:
                 stopper.start()
                 with self.cond:
                     self.stoppers.append(stopper)
+
+    def end_records(self, status: str, wait: bool = True) -> tuple:
+        """End the pipeline's run and hand the rest to the recorder: (its MLflow id, a note when its records
+        wait in the journal), waiting for the store only when ``wait``."""
+        if self.recording is None:
+            return None, None
+        if self.worker is not None:
+            self.worker.close()
+        skipped = [n for n, st in self.status.items() if st == "skipped"]
+        if skipped:
+            self.recording.log(self.parent, tags={"mlops.pipeline.skipped": ",".join(skipped)})
+        self.recording.end_run(self.parent, status)
+        if not wait:  # an interrupted run: the recorder ends it (and any step still open) on its own
+            self.recording.link.close()
+            return None, None
+        self.recording.unnice()  # nothing else runs now
+        outcome = self.recording.close()
+        return outcome.run_ids.get(self.parent), outcome.note("the pipeline's MLflow run")
 
     def stop_all(self) -> None:
         with self.cond:
@@ -286,8 +322,8 @@ class _Runner:
                 self.live.add(km)
         except Exception as exc:  # noqa: BLE001 - e.g. no such kernel
             raise PipelineError(f"kernel {self.pipe.kernel!r} could not start ({_first_line(str(exc))}); register "
-                                f"it with `python -m ipykernel install --sys-prefix --name {self.pipe.kernel}`.") \
-                from None
+                                f"it with `python -m ipykernel install --sys-prefix --name {self.pipe.kernel}`.",
+                                kernel=self.pipe.kernel) from None
         return km
 
     def _warm(self, km, spec: dict) -> None:
@@ -333,6 +369,9 @@ class _Runner:
         name = spec["name"]
         out = runs / f"{name}.ipynb"
         start = time.time()
+        self.children[name] = self.recording.start_run(
+            name, parent=self.parent, start_ms=int(start * 1000),
+            tags={"mlops.kind": "pipeline-step", "mlops.pipeline": self.pipe.name, "mlops.step": name})
         try:
             pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
                                 kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
@@ -354,12 +393,14 @@ class _Runner:
             except (OSError, ValueError):
                 metrics = {}
         served = []
-        if spec.get("models"):  # the step is done once its models are in MLflow and their packages written
-            reply = self.tracking.request({"models": {"step": name, "names": spec["models"],
-                                                      "start_ms": int(start * 1000)}})
+        if spec.get("models"):  # the step is done once its models are built and their packages written
+            run_id = self.recording.run_id(self.children[name], timeout=5)  # made while the step ran, if the store answers
+            reply = self.worker.request(name, spec["models"], run_id)
             if "error" in reply:
                 return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), metrics,
                                                error=reply["error"]), start, "failed", reply["error"])
+            for model, where in reply["models"].items():
+                self.recording.model(self.children[name], model, Path(where["dir"]))
             served = [f"serving package {Path(v['package']).relative_to(self.pipe.folder)}"
                       for v in reply["models"].values()]
         res = StepResult(name, "ran", time.time() - start, why, str(out), metrics)
@@ -411,12 +452,17 @@ class _Runner:
         self.state.save()
 
     def _track(self, res: StepResult, start: float) -> None:
-        if self.tracking is not None:
-            spec = self.pipe.step(res.name)
-            self.tracking.send({"step": res.name, "status": res.status, "start_ms": int(start * 1000),
-                                "end_ms": int(time.time() * 1000), "metrics": res.metrics, "why": res.why,
-                                "error": res.error, "notebook": res.notebook,
-                                "params": {k: self.params.get(k) for k in spec["params"]}})
+        key = self.children.get(res.name)
+        if key is None:
+            return
+        spec, rec = self.pipe.step(res.name), self.recording
+        tags = {"mlops.step.reason": "; ".join(res.why)[:5000]}
+        if res.error:
+            tags["mlops.error"] = res.error[:5000]
+        rec.log(key, params={k: self.params.get(k) for k in spec["params"]}, metrics=res.metrics, tags=tags)
+        if res.notebook and os.path.isfile(res.notebook):
+            rec.files(key, [(res.notebook, "notebook")])
+        rec.end_run(key, "FINISHED" if res.status == "ran" else "FAILED")
 
 
 def _import_papermill() -> None:
@@ -439,7 +485,8 @@ def _lock(folder: Path):
         pass
     except OSError:
         fh.close()
-        raise PipelineError(f"another `mlops pipeline run` is running on {folder}; wait for it to finish.") from None
+        raise Busy(f"another run of this pipeline is going on in {folder}; wait for it to finish, then run it again.",
+                   what="pipeline", folder=str(folder)) from None
     return fh
 
 
@@ -459,26 +506,23 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     try:
         echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
         runner = _Runner(pipe, values, forced, echo, workers)
+        resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
         try:
             runner.run()
         except BaseException:
             runner.stop_all()  # no kernel outlives an interrupted run; finished steps stay recorded
-            if runner.tracking is not None:
-                runner.tracking.send({"end": "KILLED"})  # it ends the MLflow run so, on its own
+            runner.end_records("KILLED", wait=False)
             raise
         notes, run_id = [], None
         try:
-            runner.kernels.close(wait=False)
-            if runner.tracking is not None:  # the kernels stop while MLflow catches up
-                skipped = [n for n, st in runner.status.items() if st == "skipped"]
-                failed = any(st in ("failed", "blocked") for st in runner.status.values())
-                runner.tracking.finish({"end": "FAILED" if failed else "FINISHED", "skipped": skipped})
-                run_id = runner.tracking.run_id
-                if runner.tracking.error:
-                    notes.append(f"the pipeline's MLflow run could not be written ({runner.tracking.error}); the "
-                                 "steps' results and executed notebooks are kept in the pipeline folder.")
+            runner.kernels.close(wait=False)  # the kernels stop while MLflow catches up
+            failed = any(st in ("failed", "blocked") for st in runner.status.values())
+            run_id, note = runner.end_records("FAILED" if failed else "FINISHED")
+            if note:
+                notes.append(note)
         finally:
             runner.wait_for_kernels()
+            runner.state.save_cache()  # hashes learnt by a run that skipped every step, too
     finally:
         lock.close()
     steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]

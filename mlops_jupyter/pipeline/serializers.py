@@ -11,7 +11,6 @@ import os
 import sys
 
 MANIFEST = "_manifest.json"
-EXAMPLE_ROWS = 5  # rows of a tagged model's training data kept as its input example
 
 
 class HandoffError(Exception):
@@ -135,7 +134,7 @@ def example_key(name: str) -> str:
 
 def model_values(namespace: dict, models: dict, step: str) -> dict:
     """For each model:NAME of ``step`` ({NAME: source of the data it is fit on}): {NAME: the model,
-    "NAME.example": the first EXAMPLE_ROWS rows of that data as a DataFrame}, for ``save``."""
+    "NAME.example": the first rows of that data as a DataFrame}, for ``save``."""
     out = {}
     for name, data_src in models.items():
         if name not in namespace:
@@ -158,22 +157,13 @@ def model_values(namespace: dict, models: dict, step: str) -> dict:
 
 
 def _example(data, model, name: str, step: str):
-    import pandas as pd
+    from ..errors import InvalidInput
+    from ..tracking.models import example_frame
 
-    if isinstance(data, pd.DataFrame):
-        frame = data.iloc[:EXAMPLE_ROWS].reset_index(drop=True)
-    else:
-        import numpy as np
-
-        rows = data[:EXAMPLE_ROWS]
-        rows = np.asarray(rows.toarray() if hasattr(rows, "toarray") else rows)  # scipy sparse -> dense
-        if rows.ndim != 2:
-            raise HandoffError(f"model:{name} of step {step!r} is fit on data of shape {np.shape(rows)}; a served "
-                               "model takes rows of columns (a 2-D array or a DataFrame).")
-        names = list(getattr(model, "feature_names_in_", [])) or [f"x{i}" for i in range(rows.shape[1])]
-        frame = pd.DataFrame(rows, columns=names)
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
+    try:
+        return example_frame(data, model, name)
+    except InvalidInput as exc:
+        raise HandoffError(f"step {step!r}: {exc}") from None
 
 
 def _scalar(value):

@@ -7,13 +7,10 @@ one core function off the event loop (``asyncio.to_thread``); a pipeline run is 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import json
-import os
 import re
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 
 import tornado.web
@@ -21,7 +18,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .. import config
-from ..errors import MlopsError, StoreError
+from ..errors import MlopsError, UnsnapshottedChanges
 from ..tracking import query
 from .runs import PipelineRuns
 
@@ -38,14 +35,19 @@ class HTTPProblem(Exception):
         self.code = code
 
 
+# this door's hint for a typed error, by type (the magics and the CLI have theirs in commands.HINTS)
+HINTS = {UnsnapshottedChanges: "restore with force to overwrite them, or snapshot them first"}
+
+
 def error_body(exc: BaseException) -> dict:
-    """The one mapping from an exception to ``{code, message}``: user mistakes are 4xx, the rest 500."""
+    """The one mapping from an exception to ``{code, message}``: a typed error's status and stable name come
+    from its type (``http_status``, ``code`` as ``error``), never from its text; anything else is a 500."""
     if isinstance(exc, HTTPProblem):
         return {"code": exc.code, "message": str(exc)}
-    if isinstance(exc, StoreError):  # the store is down: not the client's mistake
-        return {"code": 503, "message": str(exc)}
-    if isinstance(exc, MlopsError):  # ConfigError, PipelineError, SweepError included
-        return {"code": 400, "message": str(exc)}
+    if isinstance(exc, MlopsError):
+        hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), "")
+        message = f"{str(exc).rstrip('.')}; {hint}." if hint else str(exc)
+        return {"code": exc.http_status, "message": message, "error": exc.code}
     if isinstance(exc, tornado.web.HTTPError):
         return {"code": exc.status_code, "message": exc.log_message or exc.reason or "HTTP error"}
     return {"code": 500, "message": f"{type(exc).__name__}: {exc}"}
@@ -155,19 +157,6 @@ def _ui(settings: config.Settings) -> dict:
     return {"tracking_uri": settings.tracking_uri, "ui": settings.where_to_look(), "ui_url": settings.ui_base()}
 
 
-@contextmanager
-def unknown_run_is_404():
-    """The core's "no run X" (an id the store lacks) is a 404; its other refusals stay 400s."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except MlopsError as exc:
-        if str(exc).startswith("no run"):
-            raise HTTPProblem(404, str(exc)) from None
-        raise
-
-
 def _models(steps: list) -> list[dict]:
     """Cells tagged model:NAME, by step."""
     return [{"name": m, "step": s["name"]} for s in steps for m in s.get("models", [])]
@@ -209,8 +198,7 @@ class CompareHandler(GetRoute):
         return {"settings": settings, "ids": ids}
 
     def work(self, settings, ids):
-        with unknown_run_is_404():
-            cmp = query.compare_runs(settings, ids)
+        cmp = query.compare_runs(settings, ids)
         cmp["history"] = query.metric_history(settings, [r["run_id"] for r in cmp["runs"]], list(cmp["metrics"]))
         return cmp
 
@@ -255,17 +243,9 @@ class RestoreHandler(PostRoute):
     def work(self, settings, target, body):
         from .. import data
 
-        try:
-            with unknown_run_is_404():
-                snap = data.restore(target, run_id=body.get("run_id"), rev=body.get("rev"),
-                                    force=bool(body.get("force")), root=settings.project_root, settings=settings)
-        except HTTPProblem:
-            raise
-        except MlopsError as exc:
-            if "pass --force" not in str(exc):
-                raise
-            # unsnapshotted work in the way: the sidebar offers "discard and restore" (force)
-            raise HTTPProblem(409, str(exc).replace("pass --force", "restore with force")) from None
+        # unsnapshotted work in the way is a 409: the sidebar offers "discard and restore" (force)
+        snap = data.restore(target, run_id=body.get("run_id"), rev=body.get("rev"), force=bool(body.get("force")),
+                            root=settings.project_root, settings=settings)
         return {"target": snap.path, "rev": snap.rev, "md5": snap.md5,
                 "message": f"restored {snap.path} to {snap.rev[:8]} (md5 {snap.md5})"}
 
@@ -285,59 +265,11 @@ class SweepsHandler(GetRoute):
 
 
 # ---- pipelines -----------------------------------------------------------------------------------
-def _tags_error(exc: MlopsError, cells: list) -> dict:
-    """A tag parser error as {cell_id, index, message}: the parser names cells by index, the one at
-    fault last ("defined in cell 0 and again in cell 3")."""
-    found = re.findall(r"\bcell (\d+)\b", str(exc))
-    index = int(found[-1]) if found else None
-    cell_id = next((c.get("id") for c in cells if c.get("index") == index), None)
-    return {"cell_id": cell_id, "index": index, "message": str(exc).replace(" ('')", "")}
-
-
 class PipelineMixin:
     def folder(self, nb: Path, out) -> Path:
-        if out is None or out == "":
-            return nb.parent / f"{nb.stem}-pipeline"
-        return self.inside(out, "out")
+        from .. import pipeline
 
-    def notebook_hash(self, nb: Path) -> str | None:
-        """What export reads of the notebook: its code cells' sources and tags."""
-        try:
-            cells = json.loads(nb.read_text()).get("cells", [])
-        except (OSError, ValueError):
-            return None
-        seen = [(c.get("source"), (c.get("metadata") or {}).get("tags")) for c in cells
-                if c.get("cell_type") == "code"]
-        return hashlib.sha1(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest()
-
-    def exports_file(self, settings: config.Settings) -> Path:
-        return settings.state_dir / "server" / "exports.json"
-
-    def remember_export(self, settings: config.Settings, nb: Path, folder: Path) -> None:
-        path = self.exports_file(settings)
-        config.ensure_state_dir(settings.project_root)  # .mlops/ keeps itself out of git
-        path.parent.mkdir(exist_ok=True)
-        try:
-            known = json.loads(path.read_text())
-        except (OSError, ValueError):
-            known = {}
-        known[str(folder)] = {"notebook": str(nb), "hash": self.notebook_hash(nb)}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
-
-    def outdated(self, settings: config.Settings, nb: Path, folder: Path, definition: Path) -> bool:
-        """The notebook changed since its export: by content when this server exported it, else by time."""
-        try:
-            known = json.loads(self.exports_file(settings).read_text()).get(str(folder))
-        except (OSError, ValueError):
-            known = None
-        if known and known.get("notebook") == str(nb):
-            return known.get("hash") != self.notebook_hash(nb)
-        try:
-            return nb.stat().st_mtime > definition.stat().st_mtime
-        except OSError:
-            return False
+        return pipeline.default_folder(nb) if out is None or out == "" else self.inside(out, "out")
 
 
 class PipelineHandler(PipelineMixin, GetRoute):
@@ -345,21 +277,21 @@ class PipelineHandler(PipelineMixin, GetRoute):
 
     def read(self):
         nb = self.notebook_path()
-        return {"nb": nb, "settings": self.project(nb), "folder": self.folder(nb, self.get_query_argument("out", None))}
+        return {"nb": nb, "folder": self.folder(nb, self.get_query_argument("out", None))}
 
-    def work(self, nb, settings, folder):
+    def work(self, nb, folder):
         from .. import pipeline
-        from ..pipeline.tags import PipelineError
+        from ..errors import NotFound
 
         runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
         out = {"folder": self.rel(folder), "exported": False, "outdated": False, "steps": [], "models": [],
                "run": runs.state(folder)}
         try:
             pipe = pipeline.load(folder)
-        except PipelineError:
+        except NotFound:
             return out
         out["exported"] = True
-        out["outdated"] = self.outdated(settings, nb, folder, folder / "pipeline.json")
+        out["outdated"] = pipeline.outdated(folder) is not None
         out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why}
                         for name, state, why in pipeline.status(folder)]
         out["models"] = _models(pipe.steps)
@@ -372,14 +304,14 @@ class PipelineExportHandler(PipelineMixin, PostRoute):
     def read(self):
         body = self.body(path=str, out=str)
         nb = self.notebook_path(body.get("path"))
-        return {"nb": nb, "settings": self.project(nb), "folder": self.folder(nb, body.get("out"))}
+        return {"nb": nb, "folder": self.folder(nb, body.get("out"))}
 
-    def work(self, nb, settings, folder):
+    def work(self, nb, folder):
         from .. import pipeline
 
         pipe = pipeline.export(nb, folder)
-        self.remember_export(settings, nb, folder)
-        return {"folder": self.rel(folder), "steps": [s["name"] for s in pipe.steps], "models": _models(pipe.steps)}
+        return {"folder": self.rel(folder), "steps": [s["name"] for s in pipe.steps], "models": _models(pipe.steps),
+                "warnings": pipe.warnings}
 
 
 class PipelineRunHandler(PipelineMixin, PostRoute):
@@ -400,7 +332,7 @@ class PipelineRunHandler(PipelineMixin, PostRoute):
         from .. import pipeline
 
         runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
-        pipeline.load(folder)  # not exported: a clear 400
+        pipeline.load(folder)  # not exported: a clear 404
         pairs = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (body.get("params") or {}).items()]
         # the folder's own lock covers runs started from a terminal too
         started = None if pipeline.running(folder) else runs.start(folder, pairs, bool(body.get("force")),
@@ -430,23 +362,9 @@ class PipelineValidateHandler(PostRoute):
         return {"cells": cells}
 
     def work(self, cells):
-        import nbformat
+        from .. import pipeline
 
-        from ..pipeline import tags
-
-        nb = nbformat.v4.new_notebook()
-        by_index = {c["index"]: c for c in cells}
-        for i in range(max(by_index, default=-1) + 1):  # markdown fillers keep the parser's indices ours
-            c = by_index.get(i)
-            cell = nbformat.v4.new_code_cell(c.get("source", "")) if c else nbformat.v4.new_markdown_cell("")
-            if c:
-                cell.metadata["tags"] = c.get("tags", [])
-            nb.cells.append(cell)
-        try:
-            parsed = tags.parse(nb)
-        except tags.PipelineError as exc:
-            return {"ok": False, "steps": [], "errors": [_tags_error(exc, cells)]}
-        return {"ok": True, "steps": [s.name for s in parsed.steps], "errors": []}
+        return pipeline.check_cells(cells)
 
 
 # ---- serving -------------------------------------------------------------------------------------
@@ -467,21 +385,9 @@ class ServingGenerateHandler(PostRoute):
         return {"settings": settings, "out": out, "body": body}
 
     def work(self, settings, out, body):
-        from ..serving import generate_package
+        from ..serving import generate_package, model_of_run
 
-        model_uri = body.get("model_uri")
-        if not model_uri:
-            with unknown_run_is_404():
-                models = query.run_models(settings, body["run_id"])
-            if not models:
-                raise HTTPProblem(400, f"run {body['run_id']} logged no model; log one in the cell (e.g. "
-                                       "mlflow.sklearn.log_model(model, name='model', input_example=X[:5])) "
-                                       "or give `model_uri`.")
-            if len(models) > 1:
-                raise HTTPProblem(400, f"run {body['run_id']} logged {len(models)} models "
-                                       f"({', '.join(m['name'] for m in models)}); say which with `model_uri`, "
-                                       f"e.g. {models[0]['model_uri']}.")
-            model_uri = models[0]["model_uri"]
+        model_uri = body.get("model_uri") or model_of_run(settings, body["run_id"])
         folder = generate_package(model_uri, out, name=body.get("name"), settings=settings)
         with open(folder / "pyproject.toml", "rb") as fh:
             name = tomllib.load(fh)["project"]["name"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from string import Template
 
 from .. import config
-from ..errors import MlopsError
+from ..errors import Conflict, InvalidInput, MlopsError, NotFound
 
 TEMPLATES = Path(__file__).parent / "templates"
 # template -> where it lands in the package ({module} is the import name)
@@ -59,16 +59,17 @@ URI_HELP = ("MODEL_URI is runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@
 
 
 def generate_package(model_uri: str, out: str | Path, name: str | None = None,
-                     settings: config.Settings | None = None) -> Path:
+                     settings: config.Settings | None = None, source: str | None = None) -> Path:
     """Write a serving package for ``model_uri`` into ``out`` (new or empty) and return its path.
-    Models are resolved against the project's tracking store (``settings``, default config.resolve())."""
+    Models are resolved against the project's tracking store (``settings``, default config.resolve()).
+    ``source``: the URI the package names as its model's origin when ``model_uri`` is a local copy of it."""
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MlopsError(f"{out} already exists and is not an empty folder; give the package a new folder "
-                         "(the generator never overwrites files).")
+        raise Conflict(f"{out} already exists and is not an empty folder; the generator never overwrites files.",
+                       what="package folder", path=str(out))
     with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
         model_dir = _fetch(model_uri, Path(tmp) / "model", settings)
-        spec = _describe(model_uri, model_dir, name)
+        spec = _describe(source or model_uri, model_dir, name)
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -93,17 +94,18 @@ def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
         local = Path(uri.removeprefix("file://")).expanduser()
         if not (local / "MLmodel").is_file():
             why = f"no MLmodel file in {local}" if local.is_dir() else f"no folder {local}"
-            raise MlopsError(f"{uri!r} is not an MLflow model: {why}. {URI_HELP}.")
+            raise InvalidInput(f"{uri!r} is not an MLflow model: {why}. {URI_HELP}.", uri=uri)
         shutil.copytree(local, dest)
         return dest
     if not uri.startswith(("runs:/", "models:/")):
-        raise MlopsError(f"cannot read the model URI {uri!r}; {URI_HELP}.")
+        raise InvalidInput(f"cannot read the model URI {uri!r}; {URI_HELP}.", uri=uri)
     settings = settings or config.resolve()
     if settings.is_local_sqlite:
         db = Path(settings.tracking_uri[len("sqlite:///"):])
         if not db.is_file():
-            raise MlopsError(f"there is no tracking store at {db} to resolve {uri} from; log the model first "
-                             "(mlflow.sklearn.log_model inside a tracked cell), or set the project's tracking URI.")
+            raise NotFound(f"there is no tracking store at {db} to resolve {uri} from; log the model first "
+                           "(mlflow.sklearn.log_model inside a tracked cell), or set the project's tracking URI.",
+                           uri=uri, store=str(db))
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -120,10 +122,11 @@ def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
                                                        registry_uri=settings.tracking_uri)
     except MlflowException as exc:
         first = str(exc.message).strip().splitlines()[0][:300]
-        raise MlopsError(f"cannot fetch {uri} from {settings.tracking_uri}: {first}. Check the run id, model "
-                         f"name and version or alias (mlflow ui: {settings.where_to_look()}).") from None
+        raise NotFound(f"cannot fetch {uri} from {settings.tracking_uri}: {first}. Check the run id, model "
+                       f"name and version or alias (mlflow ui: {settings.where_to_look()}).", uri=uri,
+                       store=settings.tracking_uri) from None
     except OSError as exc:
-        raise MlopsError(f"cannot fetch {uri}: {exc}. Check that the run's artifacts are readable.") from None
+        raise MlopsError(f"cannot fetch {uri}: {exc}. Check that the run's artifacts are readable.", uri=uri) from None
     finally:
         if quiet is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
@@ -131,8 +134,8 @@ def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
     path = Path(path)
     if not (path / "MLmodel").is_file():
-        raise MlopsError(f"{uri} holds no MLmodel file, so it is not an MLflow model; point at the model's "
-                         "folder (runs:/RUN_ID/model), not at the run or a file inside the model.")
+        raise InvalidInput(f"{uri} holds no MLmodel file, so it is not an MLflow model; point at the model's "
+                           "folder (runs:/RUN_ID/model), not at the run or a file inside the model.", uri=uri)
     return path
 
 
@@ -144,8 +147,8 @@ def _describe(uri: str, model_dir: Path, name: str | None) -> dict:
     flavors = mlmodel.get("flavors") or {}
     pyfunc, sk = flavors.get("python_function"), flavors.get("sklearn")
     if pyfunc is None:
-        raise MlopsError(f"{uri} has no python_function flavor ({', '.join(flavors) or 'no flavors'}), so it "
-                         "cannot be served from Python; log it with an MLflow flavor that has one.")
+        raise InvalidInput(f"{uri} has no python_function flavor ({', '.join(flavors) or 'no flavors'}), so it "
+                           "cannot be served from Python; log it with an MLflow flavor that has one.", uri=uri)
     columns = _columns(uri, mlmodel.get("signature"))
     if sk and sk.get("serialization_format") in SKLEARN_FORMATS and not sk.get("code"):
         loader, model_file = sk["serialization_format"], sk["pickled_model"]
@@ -188,21 +191,23 @@ def _describe(uri: str, model_dir: Path, name: str | None) -> dict:
 
 def _columns(uri: str, signature: dict | None) -> list[dict]:
     if not signature or not signature.get("inputs"):
-        raise MlopsError(
+        raise InvalidInput(
             f"{uri} was logged without a signature, so the server cannot know its columns and types. Log it "
             "again with one, e.g. mlflow.sklearn.log_model(model, name='model', input_example=X_train[:5]) "
             "(MLflow infers the signature from the example) or signature=infer_signature(X_train, "
-            "model.predict(X_train)), then generate again.")
+            "model.predict(X_train)), then generate again.", uri=uri)
     inputs = json.loads(signature["inputs"])
     tensors = [c for c in inputs if c.get("type") == "tensor" or "name" not in c]
     if tensors:
-        raise MlopsError(f"{uri} has a tensor signature (unnamed arrays); the generated server needs named "
-                         "columns. Log the model with a DataFrame input_example so its signature names the columns.")
+        raise InvalidInput(f"{uri} has a tensor signature (unnamed arrays); the generated server needs named "
+                           "columns. Log the model with a DataFrame input_example so its signature names the columns.",
+                           uri=uri)
     cols = []
     for c in inputs:
         kind = c["type"] if isinstance(c["type"], str) else "object"
         if kind not in COLUMN_TYPES and kind not in ("array", "object", "map"):
-            raise MlopsError(f"column {c['name']!r} of {uri} has type {kind!r}, which the generator does not know.")
+            raise InvalidInput(f"column {c['name']!r} of {uri} has type {kind!r}, which the generator does not know.",
+                               uri=uri, column=c["name"])
         cols.append({"name": c["name"], "type": kind, "required": c.get("required", True)})
     return cols
 

@@ -133,9 +133,9 @@ def connect(address: str | None) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure to start or reach Ray is the user's to fix
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SweepError(f"could not reach {where}: {first}. Check --address / RAY_ADDRESS "
-                         "(e.g. ray://head:10001 for Ray Client, or host:6379 for a cluster this machine "
-                         "belongs to); leave both unset to run on this machine.") from None
+        raise SweepError(f"could not reach {where}: {first}. A cluster's address is ray://head:10001 for Ray "
+                         "Client, or host:6379 for a cluster this machine belongs to.", what="address",
+                         address=address or "", reason=first) from None
     _connected = address
 
 
@@ -154,13 +154,12 @@ def check_resources(spec: SweepSpec, nodes: list[dict]) -> None:
     """A trial must fit on one node; otherwise Tune would wait forever, so fail now and say why."""
     c, g = spec.cpus_per_trial, spec.gpus_per_trial
     if g > 1 and g != int(g):
-        raise SweepError(f"--gpus-per-trial {g:g}: above 1, GPUs per trial must be a whole number "
-                         "(fractions such as 0.5 share one GPU between trials).")
+        raise SweepError(f"{g:g} GPUs per trial: above 1, GPUs per trial must be a whole number "
+                         "(fractions such as 0.5 share one GPU between trials).", what="gpus", gpus_per_trial=g)
     if not any(n["cpu"] >= c and n["gpu"] >= g for n in nodes):
-        raise SweepError(f"each trial asks for {c:g} CPU and {g:g} GPU (--cpus-per-trial/--gpus-per-trial), "
-                         f"but no node of the Ray cluster has that much. The cluster has: {describe_nodes(nodes)}. "
-                         "Ask for less, or connect to a cluster that has them with --address ray://head:10001 "
-                         "or RAY_ADDRESS.")
+        raise SweepError(f"each trial asks for {c:g} CPU and {g:g} GPU, but no node of the Ray cluster has that "
+                         f"much. The cluster has: {describe_nodes(nodes)}.", what="resources", cpus_per_trial=c,
+                         gpus_per_trial=g, nodes=nodes)
 
 
 # ---- a sweep ----------------------------------------------------------------------------------
@@ -169,9 +168,9 @@ def prepare(spec: SweepSpec, user_ns: dict, hidden: dict) -> Plan:
     resources. Raises SweepError; nothing is recorded yet."""
     tree = ship.parse_body(spec.body)
     if not ship.assigns(tree, spec.metric) and "report" not in spec.body and spec.metric not in user_ns:
-        raise SweepError(f"--metric {spec.metric}: the cell never assigns `{spec.metric}`, so no trial would have "
-                         f"a result. End the cell with e.g. `{spec.metric} = model.score(X_test, y_test)`, or "
-                         f"call mlops_jupyter.report({spec.metric}=...).")
+        raise SweepError(f"the cell never assigns `{spec.metric}`, the sweep's metric, so no trial would have a "
+                         f"result. End the cell with e.g. `{spec.metric} = model.score(X_test, y_test)`, or call "
+                         f"mlops_jupyter.report({spec.metric}=...).", what="metric", metric=spec.metric)
     shipment = ship.collect(tree, user_ns, hidden, exclude=set(spec.space))
     connect(spec.address)
     nodes = cluster_nodes()
@@ -331,7 +330,7 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
             folded.kill_running()
         elif "error" in box:
             exc = box["error"]
-            raise SweepError(f"Ray Tune stopped the sweep: {type(exc).__name__}: {exc}") from exc
+            raise SweepError(f"Ray Tune stopped the sweep: {type(exc).__name__}: {exc}", what="tune") from exc
         result.trials = sorted(folded.trials.values(), key=lambda t: t.number)
         return result
     finally:

@@ -31,7 +31,8 @@ def parse_body(body: str) -> ast.Module:
     except SyntaxError as exc:
         line = (exc.text or "").strip()
         raise SweepError(f"the sweep cell's body is not plain Python (line {exc.lineno}: {line!r}: {exc.msg}); "
-                         "it runs in Ray workers, where IPython magics and !shell commands do not exist.") from None
+                         "it runs in Ray workers, where IPython magics and !shell commands do not exist.", what="body",
+                         line=exc.lineno) from None
 
 
 def _positions(tree: ast.AST) -> tuple[dict, dict, set]:

@@ -14,8 +14,8 @@ from ..errors import SweepError
 
 VALID_FORMS = ("name=choice(a, b, ...)", "name=uniform(low, high)", "name=loguniform(low, high) with low > 0",
                "name=randint(low, high) (whole numbers, high excluded)", "name=quniform(low, high, q)",
-               "name=grid(a, b, ...) (every value, times --samples)", "name=<literal> such as 3, 0.1 or 'adam'")
-EXAMPLE = '--space "lr=loguniform(1e-4, 1e-1); depth=choice(3, 5, 8)"'
+               "name=grid(a, b, ...) (every value, in each sample)", "name=<literal> such as 3, 0.1 or 'adam'")
+EXAMPLE = "lr=loguniform(1e-4, 1e-1); depth=choice(3, 5, 8)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _describe_tune(obj) -> str:
 
 def _bad(term: str, why: str) -> SweepError:
     return SweepError(f"search space term {term!r} is not valid: {why}. Valid forms: {'; '.join(VALID_FORMS)}. "
-                      f"Terms are separated by ';', e.g. {EXAMPLE}.")
+                      f"Terms are separated by ';', e.g. {EXAMPLE!r}.", what="term", term=term)
 
 
 def _split(text: str) -> list[str]:
@@ -139,7 +139,7 @@ def _add(space: dict, term: Term, text: str, metric: str | None) -> None:
     if term.name in space:
         raise _bad(text, f"{term.name!r} is given twice")
     if term.name == metric:
-        raise _bad(text, f"{term.name!r} is the --metric variable the cell computes, so it cannot also be searched")
+        raise _bad(text, f"{term.name!r} is the sweep's metric, which the cell computes, so it cannot also be searched")
     space[term.name] = term
 
 
@@ -149,17 +149,17 @@ def parse(text: str, metric: str | None = None) -> dict[str, Term]:
     for piece in _split(text or ""):
         _add(space, _term(piece), piece, metric)
     if not space:
-        raise SweepError(f"the search space is empty; give terms such as {EXAMPLE} or --space-from VAR "
-                         f"(a dict in the notebook). Valid forms: {'; '.join(VALID_FORMS)}.")
+        raise SweepError(f"the search space is empty; give terms such as {EXAMPLE!r}, or a dict of the notebook. "
+                         f"Valid forms: {'; '.join(VALID_FORMS)}.", what="space")
     return space
 
 
 def from_mapping(mapping, var: str, metric: str | None = None) -> dict[str, Term]:
-    """``--space-from VAR``: values are grammar strings ("loguniform(1e-4, 1e-1)"), lists (a choice),
+    """A space from a dict of the notebook: values are grammar strings ("loguniform(1e-4, 1e-1)"), lists (a choice),
     Ray Tune domains or grid_search dicts, or constants."""
     if not isinstance(mapping, dict) or not mapping:
-        raise SweepError(f"--space-from {var}: {var} must be a non-empty dict of parameter name -> search "
-                         f"function, e.g. {var} = {{'lr': 'loguniform(1e-4, 1e-1)', 'depth': [3, 5, 8]}}.")
+        raise SweepError(f"{var} must be a non-empty dict of parameter name -> search function, e.g. "
+                         f"{var} = {{'lr': 'loguniform(1e-4, 1e-1)', 'depth': [3, 5, 8]}}.", what="space from", var=var)
     space: dict[str, Term] = {}
     for name, value in mapping.items():
         text = f"{name}={value!r}"

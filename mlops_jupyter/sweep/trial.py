@@ -88,12 +88,12 @@ def run(config: dict, job: dict) -> None:
             elif metric in last:
                 value = last[metric]
             else:
-                raise _MissingMetric(f"the cell did not assign the --metric variable `{metric}`; "
+                raise _MissingMetric(f"the cell did not assign the sweep's metric variable `{metric}`; "
                                      f"end the cell with e.g. `{metric} = model.score(X_test, y_test)`.")
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise _MissingMetric(f"the --metric variable `{metric}` is a {type(value).__name__}, "
+                raise _MissingMetric(f"the sweep's metric variable `{metric}` is a {type(value).__name__}, "
                                      "not a number") from None
             extra = {k: v for k, v in last.items() if k != metric}
             tune.report({**extra, metric: value, **where, "mlops_status": "FINISHED", "mlops_attempts": attempt,

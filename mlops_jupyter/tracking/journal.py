@@ -34,6 +34,12 @@ def side_file(journal: Path, suffix: str) -> Path:
     return journal.with_name(journal.stem + suffix)
 
 
+def blob_dir(journal: Path) -> Path:
+    """Where a writer puts files its records refer to (e.g. a saved model) until the recorder has logged
+    them; removed with the journal."""
+    return side_file(journal, ".blobs")
+
+
 def try_lock(path: Path):
     """An open file holding an exclusive lock on ``path``, or None when someone else holds it."""
     fh = open(path, "a+")
@@ -100,6 +106,42 @@ def orphans(state_dir: Path) -> list[Path]:
     return found
 
 
+def pending_records(state_dir: Path) -> int:
+    """Records written to the project's journals that no recorder has applied yet."""
+    folder = journal_dir(state_dir)
+    total = 0
+    for journal in folder.glob("*.jsonl") if folder.is_dir() else []:
+        try:
+            offset = json.loads(side_file(journal, ".state").read_text()).get("offset", 0)
+        except (OSError, ValueError):
+            offset = 0
+        try:
+            with open(journal, "rb") as fh:
+                fh.seek(offset)
+                total += fh.read().count(b"\n")
+        except OSError:
+            continue
+    return total
+
+
+def settle(state_dir: Path, timeout: float) -> int:
+    """Wait (up to ``timeout`` s, and only while recorders make progress) until every record written to the
+    project's journals is in the store, so a listing right after a notebook ends sees its runs; returns how
+    many are still pending."""
+    import time
+
+    finish_orphans(Path(state_dir))
+    deadline, last, stalled_since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        left = pending_records(state_dir)
+        now = time.monotonic()
+        if left != last:
+            last, stalled_since = left, now
+        if not left or now > deadline or now - stalled_since > 8.0:  # no progress for 8 s: the store is down
+            return left
+        time.sleep(0.05)
+
+
 def recorder_command(journal: Path, follow: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mlops_jupyter.tracking.recorder", str(journal)]
     return cmd + (["--follow"] if follow else [])
@@ -111,6 +153,21 @@ def recorder_env() -> dict:
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     return env
+
+
+_finished: set = set()
+
+
+def finish_orphans_once(state_dir: Path) -> None:
+    """``finish_orphans`` the first time this process touches the project: any process of ours that reads
+    or writes a project's runs picks up the records a dead writer left behind."""
+    key = str(state_dir)
+    if key not in _finished:
+        _finished.add(key)
+        try:
+            finish_orphans(Path(state_dir))
+        except OSError:
+            pass
 
 
 def finish_orphans(state_dir: Path) -> list[Path]:

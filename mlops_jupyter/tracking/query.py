@@ -1,5 +1,5 @@
-"""Reading runs back from the store: the one code path behind ``%mlops runs``, ``mlops runs``,
-``%mlops compare`` and the server's /mlops/runs route."""
+"""Reading runs back from the store: the one code path behind the runs listings and comparisons of every
+front door (the magics, the CLI, the server's /mlops/runs route)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ import threading
 from contextlib import contextmanager
 
 from ..config import Settings
-from ..errors import MlopsError, StoreError
+from ..errors import InvalidInput, MlopsError, RunNotFound, StoreUnavailable
+from . import store
+from .journal import finish_orphans_once
 from . import tags as T
 from .sqlite_reader import RunRow, path_of, search as sqlite_search
 
 
 def _client(settings: Settings):
-    import warnings
-
-    with warnings.catch_warnings():  # mlflow's import of tqdm.auto warns in kernels without ipywidgets
-        warnings.simplefilter("ignore")
-        from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri)
+    return store.client(settings.tracking_uri)
 
 
 # the tags a run's summary shows; a listing reads only these
@@ -60,16 +56,18 @@ def _quote(value: str) -> str:
 
 
 def _reading(fn):
-    """A store that cannot be read becomes one clear StoreError, not a traceback from deep in MLflow."""
+    """A store that cannot be read becomes one clear StoreUnavailable, not a traceback from deep in MLflow."""
     def wrapper(settings: Settings, *args, **kwargs):
+        finish_orphans_once(settings.state_dir)  # records a dead writer left behind are written on the way
         try:
             return fn(settings, *args, **kwargs)
         except MlopsError:
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy and HTTP errors alike
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise StoreError(f"the tracking store {settings.tracking_uri} could not be read ({first}); check that "
-                             "it is running and reachable, or point MLOPS_TRACKING_URI at the right one.") from None
+            raise StoreUnavailable(f"the tracking store {settings.tracking_uri} could not be read ({first}); check "
+                                   "that it is running and reachable, or point MLOPS_TRACKING_URI at the right one.",
+                                   uri=settings.tracking_uri, reason=first) from None
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
 
@@ -154,7 +152,7 @@ def _search(settings: Settings, key: str, value: str | None, last: int | None = 
     (None: all). A local SQLite store is read directly; any other store, or a schema this reader
     does not know, through MLflow."""
     db = path_of(settings.tracking_uri)
-    if db is not None:
+    if db is not None and store.looks_sound(settings.tracking_uri):
         rows = sqlite_search(db, key, value, experiment_ids=experiment_ids, order=order, limit=last,
                              top_level_tag=T.PARENT if top_level else None, tag_keys=tag_keys)
         if rows is not None:
@@ -182,24 +180,82 @@ def _mlflow_search(settings: Settings, key: str, value: str | None, last: int | 
                 return runs[:last] if last else runs
 
 
+KINDS = ("cell", "sweep", "pipeline")
+PIPELINE_FOLDER = "mlops.pipeline.folder"  # on a pipeline's parent run: the exported folder it ran
+
+
+def kind_of(run: dict) -> str:
+    """A top-level run's kind: "sweep", "pipeline" (a pipeline run, or a step ``dvc repro`` ran on its own),
+    or "cell" (a tracked cell, autotracked or not)."""
+    kind = run.get("kind")
+    return "pipeline" if kind in ("pipeline", "pipeline-step") else "sweep" if kind == "sweep" else "cell"
+
+
+def _newest_first(rows: list[RunRow]) -> list[RunRow]:
+    """Rows of several searches as one listing, in MLflow's order (no start time last, run id breaks ties)."""
+    unique = {r.run_id: r for r in rows}.values()
+    return sorted(unique, key=lambda r: (r.start_time is None, -(r.start_time or 0), r.run_id))
+
+
+def _pipelines(settings: Settings, notebook: str | None, last: int | None) -> list[RunRow]:
+    """Pipeline parent runs: all of them, or those of the pipelines exported from ``notebook``."""
+    from .. import pipeline
+
+    rows = _search(settings, T.KIND, "pipeline", last=None if notebook else last,
+                   tag_keys=(*SUMMARY_TAGS, PIPELINE_FOLDER))
+    if notebook is None:
+        return rows
+    sources: dict = {}
+    for r in rows:
+        folder = r.tags.get(PIPELINE_FOLDER)
+        if folder not in sources:
+            sources[folder] = pipeline.notebook_of(folder) if folder else None
+    return [r for r in rows if sources[r.tags.get(PIPELINE_FOLDER)] == notebook]
+
+
+def _top_level(settings: Settings, notebook: str | None, last: int | None = None) -> list[RunRow]:
+    """Tracked cells and sweeps (of ``notebook``, or every tracked one) and pipeline runs, newest first."""
+    key, value = (T.NOTEBOOK, notebook) if notebook else (T.RECORD, None)
+    rows = _newest_first(_search(settings, key, value, last=last) + _pipelines(settings, notebook, last))
+    return rows[:last] if last else rows
+
+
 @_reading
-def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, last: int | None = None) -> list[dict]:
-    """Tracked top-level runs, newest first: those of ``notebook`` (an absolute path) or all tracked
-    runs. A local store's answer is cached until the store changes; treat the dicts as read-only."""
+def list_runs(settings: Settings, notebook: str | os.PathLike | None = None, last: int | None = None,
+              kind: str | None = None, children: bool = False) -> list[dict]:
+    """Top-level runs, newest first: tracked cells, sweeps and pipeline runs; those of ``notebook`` (an
+    absolute path: its cells, its sweeps, the pipelines exported from it) or of the whole store. ``kind``
+    keeps one kind (see ``KINDS``); ``children`` adds each sweep's trials and each pipeline's steps as
+    ``children`` (oldest first). A local store's answer is cached until the store changes; treat the
+    dicts as read-only."""
     if last is not None and last < 1:
-        raise MlopsError(f"--last must be a positive number of runs, got {last}.")
+        raise InvalidInput(f"the number of runs to list must be positive, got {last}.", last=last)
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput(f"{kind!r} is not a kind of run; the kinds are: {', '.join(KINDS)}.", kind=kind)
     if not store_ready(settings.tracking_uri):
         return []
-    key, value = (T.NOTEBOOK, os.fspath(notebook)) if notebook else (T.RECORD, None)
+    notebook = os.fspath(notebook) if notebook else None
+    cache_key = ("runs", notebook)
+    if kind is None and last is not None and _fresh(settings, cache_key)[2] is None:
+        runs = [_summary(r, settings) for r in _top_level(settings, notebook, last)]
+    else:
+        runs = list(_cached(settings, cache_key,
+                            lambda: [_summary(r, settings) for r in _top_level(settings, notebook)]))
+        if kind is not None:
+            runs = [r for r in runs if kind_of(r) == kind]
+        runs = runs[:last] if last else runs
+    if children:
+        runs = [{**r, "children": child_runs(settings, r["run_id"], r["experiment_id"])}
+                if kind_of(r) != "cell" else r for r in runs]
+    return runs
 
-    def every():
-        return [_summary(r, settings) for r in _search(settings, key, value)]
 
-    cache_key = ("runs", os.fspath(notebook) if notebook else None)
-    if last is None or _fresh(settings, cache_key)[2] is not None:
-        runs = _cached(settings, cache_key, every)
-        return runs[:last] if last else list(runs)
-    return [_summary(r, settings) for r in _search(settings, key, value, last=last)]
+@_reading
+def runs_tagged(settings: Settings, key: str, value: str) -> list[dict]:
+    """Top-level runs whose tag ``key`` is ``value``, newest first (summaries, as ``list_runs`` gives)."""
+    if not store_ready(settings.tracking_uri):
+        return []
+    return [_summary(r, settings) for r in _search(settings, key, value)]
 
 
 @_reading
@@ -261,7 +317,8 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
     from mlflow.exceptions import MlflowException
 
     if not store_ready(settings.tracking_uri):  # never create (or race the creation of) a store to read it
-        raise MlopsError(f"no run {run_ids[0]!r}: the tracking store {settings.tracking_uri} holds no runs yet.")
+        raise RunNotFound(f"no run {run_ids[0]!r}: the tracking store {settings.tracking_uri} holds no runs yet.",
+                          run=run_ids[0], uri=settings.tracking_uri)
     client, runs, known = _client(settings), [], None
     for rid in run_ids:
         if len(rid) < 32:  # a prefix of a run id, or a run's name
@@ -269,14 +326,14 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
             matches = [k["run_id"] for k in known if k["run_id"].startswith(rid.lower())] \
                 or [k["run_id"] for k in known if k["run_name"] == rid][:1]  # a name: its newest run
             if len(matches) > 1:
-                raise MlopsError(f"{rid!r} names {len(matches)} runs ({', '.join(m[:8] for m in matches[:5])}); "
-                                 "give a longer run id prefix.")
+                raise InvalidInput(f"{rid!r} names {len(matches)} runs ({', '.join(m[:8] for m in matches[:5])}).",
+                                   what="ambiguous run", run=rid, matches=matches)
             rid = matches[0] if matches else rid
         try:
             runs.append(client.get_run(rid))
         except MlflowException:
-            raise MlopsError(f"no run {rid!r} in the tracking store {settings.tracking_uri}; "
-                             "`%mlops runs` lists the run ids of this notebook.") from None
+            raise RunNotFound(f"no run {rid!r} in the tracking store {settings.tracking_uri}.", run=rid,
+                              uri=settings.tracking_uri) from None
     return runs
 
 
@@ -296,7 +353,8 @@ def metric_history(settings: Settings, run_ids: list[str], keys: list[str]) -> d
 def compare_runs(settings: Settings, run_ids: list[str]) -> dict:
     """Params and metrics of several runs side by side; ``differs`` lists keys whose values differ."""
     if len(run_ids) < 2:
-        raise MlopsError("compare needs two or more runs: give their ids (the 8-character prefixes `%mlops runs` shows will do), e.g. `%mlops compare 3f2a9c81 81be07aa`, or `%mlops compare --last 2`.")
+        raise InvalidInput(f"compare needs two or more runs, got {len(run_ids)}: give their ids (the 8-character "
+                           "prefixes the runs table shows will do).", what="compare", given=len(run_ids))
     runs = get_runs(settings, run_ids)
 
     def table(kind):

@@ -6,6 +6,13 @@ the kernel: when stdin closes (kernel exit or SIGKILL) it writes what is left, e
 cell never finished as KILLED, and removes the journal. If the store is down it retries with
 backoff; whatever it cannot write stays in the journal for the next recorder.
 
+Every MLflow record the product makes comes through here (the one writer): cells ("start"/"end",
+"dataset"), and runs of any other writer (sweeps, pipelines, models, reproductions) as generic ops:
+"run" (create, optionally under a parent), "log" (params, metrics, tags), "files", "text", "model" (an
+MLflow model folder becomes a logged model of the run) and "finish". Each op names its run by the
+writer's key; creating a run is idempotent on that key (tag ``mlops.record``), and an op's steps that
+already succeeded are not repeated, so a replay never duplicates anything.
+
     python -m mlops_jupyter.tracking.recorder JOURNAL [--follow]
 """
 
@@ -15,6 +22,7 @@ import base64
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -23,9 +31,10 @@ import time
 from pathlib import Path
 
 from .. import data
-from . import capture
+from ..errors import StoreBroken
+from . import capture, store
 from . import tags as T
-from .journal import dumps, side_file, try_lock
+from .journal import blob_dir, dumps, side_file, try_lock
 
 EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # retrying a failing store after the kernel is gone
 SLOW_OP_S = 3.0  # an op slower than this is reported as "store not answering"
@@ -40,29 +49,42 @@ class StoreDown(Exception):
     pass
 
 
+class Unwritable(Exception):
+    """A record that can never be written (what it refers to is gone): skipped with a warning."""
+
+    error_code = "INVALID_PARAMETER_VALUE"  # treated like MLflow's own permanent refusals
+
+
 class Recorder:
     def __init__(self, journal: Path, follow: bool):
         self.journal = journal
         self.follow = follow
         self.state_path = side_file(journal, ".state")
         self.state = {"offset": 0, "step": 0, "attempting": None, "runs": {}, "open": {},
-                      "env_run": None}
+                      "env_run": None, "models": {}}
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text()))
         self.clients, self.experiments = {}, {}
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
         self._initializing = False
+        self.events = None
+        if follow:
+            # events go to the writer through a private copy of stdout; sys.stdout itself goes to the log, so
+            # nothing MLflow prints (e.g. "View run ... at" for a tracking server) can hit a pipe whose reader
+            # has exited and fail a store write with BrokenPipeError
+            self.events = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+            sys.stdout = sys.stderr
 
-    # ---- talking to the kernel -------------------------------------------------------------
+    # ---- talking to the writer (a kernel, a pipeline run, ...) -----------------------------
     def emit(self, **event) -> None:
-        if not self.follow:
+        if self.events is None:
             return
         try:
-            sys.stdout.write(json.dumps(event, default=str) + "\n")
-            sys.stdout.flush()
+            self.events.write(json.dumps(event, default=str) + "\n")
+            self.events.flush()
         except (BrokenPipeError, OSError, ValueError):
-            pass  # the kernel is gone; the journal still holds everything
+            self.events = None  # the writer is gone; the journal still holds everything
 
     def _read_stdin(self) -> None:
         try:
@@ -133,11 +155,12 @@ class Recorder:
             watchdog.start()
             try:
                 fn(op)
-            except StoreDown as exc:
+            except (StoreDown, StoreBroken) as exc:
                 self._report_down(exc)
             except Exception as exc:  # noqa: BLE001 - classify below, never die on a store error
                 if getattr(exc, "error_code", None) in PERMANENT:
-                    self.emit(event="warning", key=op.get("key"), message=f"{type(exc).__name__}: {exc}")
+                    said = str(exc) if isinstance(exc, Unwritable) else f"{type(exc).__name__}: {exc}"
+                    self.emit(event="warning", key=op.get("key"), message=said)
                     print(f"mlops recorder: skipped part of {op.get('op')}: {exc}", file=sys.stderr)
                     return True
                 self._report_down(exc)
@@ -179,25 +202,17 @@ class Recorder:
             if i < self.state["step"]:
                 continue
             fn()
-            self.state["step"] = i + 1
+            self.state["step"] = max(self.state["step"], i + 1)  # a step may mark later ones done
             self.save()
 
     # ---- MLflow ----------------------------------------------------------------------------
     def client(self, uri: str):
         if uri not in self.clients:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=uri)
-            if uri.startswith("sqlite:///"):
-                # two recorders creating one new SQLite store would run its migrations twice at once
-                self._initializing = True
-                try:
-                    with open(uri[len("sqlite:///"):].split("?")[0] + ".init-lock", "a") as fh:
-                        fcntl.flock(fh, fcntl.LOCK_EX)
-                        client.search_experiments(max_results=1)
-                finally:
-                    self._initializing = False
-            self.clients[uri] = client
+            self._initializing = True  # creating a new store (or waiting for another process to) is slow, not down
+            try:
+                self.clients[uri] = store.client(uri)
+            finally:
+                self._initializing = False
         return self.clients[uri]
 
     def experiment_id(self, uri: str, name: str, artifact_location: str | None) -> str:
@@ -222,19 +237,177 @@ class Recorder:
 
     def apply(self, op: dict) -> None:
         kind = op.get("op")
-        if kind == "start":
-            self.start(op)
-        elif kind == "end":
-            self.end(op)
-        elif kind == "child":
-            self.child(op)
-        elif kind == "dataset":
-            self.dataset(op)
+        handler = getattr(self, f"op_{kind}", None) if isinstance(kind, str) else None
+        if handler is not None:
+            handler(op)
         elif kind == "experiment":
             self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
             self.emit(event="experiment", experiment=op["experiment"])
 
-    def start(self, op: dict) -> None:
+    def _create_run(self, key: str, uri: str, exp_id: str, **create) -> str:
+        """Create the run for journal key ``key`` once: a retry or replay finds the run an earlier attempt
+        made (by its ``mlops.record`` tag) instead of making a second one."""
+        if key in self.state["runs"]:
+            return self.state["runs"][key]
+        client = self.client(uri)
+        # a replay of a journal (no live writer) may hold records an earlier recorder already wrote; a live
+        # writer's records are new, unless an attempt at this very record was cut off
+        if not self.follow or self.state["attempting"] == self.state["offset"]:
+            found = client.search_runs([exp_id], filter_string=f"tags.`{T.RECORD}` = '{key}'", max_results=1)
+            if found:
+                self.state["runs"][key] = found[0].info.run_id
+                return found[0].info.run_id
+        self.state["attempting"] = self.state["offset"]
+        self.save()
+        create["tags"] = {**{k: str(v) for k, v in create.get("tags", {}).items()}, T.RECORD: key}  # a server wants strings
+        run = client.create_run(exp_id, **create)
+        self.state["runs"][key] = run.info.run_id
+        self.emit(event="run", key=key, run_id=run.info.run_id, experiment_id=exp_id)
+        return run.info.run_id
+
+    def _run_of(self, op: dict) -> str | None:
+        """The run an op is about: a run made through the journal (its key), or an existing run by id."""
+        return op.get("run_id") or self.state["runs"].get(op.get("key"))
+
+    # ---- generic ops: any writer's runs (sweeps, pipelines, models, reproductions) ---------
+    def op_run(self, op: dict) -> None:
+        uri, key = op["tracking_uri"], op["key"]
+        parent = op.get("parent")
+        if parent is not None and parent not in self.state["runs"]:
+            return  # its parent was skipped as permanently invalid
+
+        def create():
+            from mlflow.entities import Param
+
+            exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
+            tags = dict(op.get("tags", {}))
+            if parent is not None:
+                tags[T.PARENT] = self.state["runs"][parent]
+            run_id = self._create_run(key, uri, exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
+            self.state["open"][key] = {"uri": uri}
+            if op.get("params"):
+                self.client(uri).log_batch(run_id, params=[Param(k, str(v)) for k, v in op["params"].items()])
+
+        self.steps(create)
+
+    def op_log(self, op: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id = self._run_of(op)
+        if run_id is None:
+            return
+        client, t = self.client(op["tracking_uri"]), op.get("t") or int(time.time() * 1000)
+        existing = client.get_run(run_id).data.params if op.get("params") else {}
+        params = [Param(k, str(v)) for k, v in op.get("params", {}).items() if k not in existing]
+        metrics = [Metric(k, float(v), t, int(op.get("step", 0))) for k, v in op.get("metrics", {}).items()]
+        tags = [RunTag(k, str(v)) for k, v in op.get("tags", {}).items()]
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+    def op_files(self, op: dict) -> None:
+        """Files or folders as artifacts of the run (``[{"src", "dest"}]``); a source that is gone by now is
+        noted on the run rather than failing the whole record."""
+        run_id = self._run_of(op)
+        if run_id is None:
+            return
+        client, missing = self.client(op["tracking_uri"]), []
+        for item in op.get("files", []):
+            src = Path(item["src"])
+            if src.is_dir():
+                client.log_artifacts(run_id, str(src), item.get("dest"))
+            elif src.is_file():
+                client.log_artifact(run_id, str(src), item.get("dest"))
+            else:
+                missing.append(str(src))
+        if missing:
+            client.set_tag(run_id, "mlops.missing_artifacts", ", ".join(missing)[:5000])
+
+    def op_text(self, op: dict) -> None:
+        run_id = self._run_of(op)
+        if run_id is not None:
+            client = self.client(op["tracking_uri"])
+            for path, text in op.get("texts", {}).items():
+                client.log_text(run_id, text, path)
+
+    def op_model(self, op: dict) -> None:
+        """An MLflow model folder (``dir``, written by the producer with ``save_model``) becomes a logged model
+        of the run, as ``log_model`` makes one: ``runs:/RUN/NAME`` and ``models:/m-...`` resolve to it."""
+        run_id = self._run_of(op)
+        if run_id is None:
+            return
+        from . import models
+
+        client, key, name = self.client(op["tracking_uri"]), f"{op['key']}/{op['name']}", op["name"]
+        source = Path(op["dir"]) if op.get("dir") else Path(op["staged"]) / "mlflow-model"
+
+        def create():
+            from mlflow.entities import LoggedModelStatus
+
+            if key in self.state["models"]:
+                return
+            run = client.get_run(run_id)
+            replay = not self.follow or self.state["attempting"] == self.state["offset"]
+            found = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                            filter_string=f"source_run_id = '{run_id}'")
+                     if m.tags.get(T.RECORD) == key] if replay else []
+            if found and found[0].status == LoggedModelStatus.READY:
+                self.state["models"][key] = found[0].model_id
+                self.state["step"] = 3  # written before: nothing left to do
+                return
+            if op.get("staged") and Path(op["staged"], "model.pkl").is_file():
+                self._build(op["staged"], name, run_id)
+            if not source.is_dir():
+                raise Unwritable(f"the model folder {source} is gone, so model {name!r} of run {run_id} cannot be "
+                                 "logged")
+            self.state["attempting"] = self.state["offset"]
+            self.save()
+            model = found[0] if found else client.create_logged_model(
+                run.info.experiment_id, name=name, source_run_id=run_id, tags={T.RECORD: key, **op.get("tags", {})},
+                params={k: v[:6000] for k, v in run.data.params.items()})
+            self.state["models"][key] = model.model_id
+
+        def upload():
+            from mlflow.entities import LoggedModelOutput
+
+            model = client.get_logged_model(self.state["models"][key])
+            client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)])
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = models.stamp_copy(source, Path(tmp) / name, run_id, model.model_id, model.artifact_location)
+                client.log_model_artifacts(model.model_id, str(folder))
+
+        def ready():
+            from mlflow.entities import LoggedModelStatus
+
+            client.finalize_logged_model(self.state["models"][key], LoggedModelStatus.READY)
+            self.emit(event="model", key=op["key"], name=name, model_id=self.state["models"][key],
+                      uri=f"runs:/{run_id}/{name}")
+
+        self.steps(create, upload, ready)
+
+    def _build(self, staged: str, name: str, run_id: str) -> None:
+        """A model a kernel kept (tracking.models.stage) as an MLflow model folder: slow work, not the store's."""
+        from ..errors import InvalidInput
+        from . import models
+
+        self._initializing = True  # building takes seconds: the store is not slow because of it
+        try:
+            models.save_staged(Path(staged), name, run_id)
+        except InvalidInput as exc:
+            raise Unwritable(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the model's class cannot be imported here
+            raise Unwritable(f"model {name!r} could not be made an MLflow model ({type(exc).__name__}: "
+                             f"{str(exc)[:300]})") from None
+        finally:
+            self._initializing = False
+
+    def op_finish(self, op: dict) -> None:
+        run_id = self._run_of(op)
+        if run_id is None:
+            return
+        self.client(op["tracking_uri"]).set_terminated(run_id, op["status"], end_time=op.get("t"))
+        self.state["open"].pop(op.get("key"), None)
+        self.emit(event="done", key=op.get("key"), run_id=run_id, status=op["status"], counts={})
+
+    def op_start(self, op: dict) -> None:
         key, uri = op["key"], op["tracking_uri"]
         client = self.client(uri)
         root = op.get("project_root") or os.getcwd()
@@ -251,20 +424,10 @@ class Recorder:
         params.update({k: str(v) for k, v in op.get("params", {}).items()})
 
         def create():
-            if key in self.state["runs"]:
-                return
             exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
-            if self.state["attempting"] == self.state["offset"]:
-                # a previous attempt may have created the run before we could save its id
-                found = client.search_runs([exp_id], filter_string=f"tags.`{T.RECORD}` = '{key}'")
-                if found:
-                    self.state["runs"][key] = found[0].info.run_id
-                    return
-            self.state["attempting"] = self.state["offset"]
-            self.save()
             notebook = op.get("notebook") or ""
             run_tags = {
-                T.RECORD: key, T.KERNEL: op.get("kernel", ""), T.HOST: socket.gethostname(),
+                T.KERNEL: op.get("kernel", ""), T.HOST: socket.gethostname(),
                 T.CELL_KEY: op.get("cell_key", ""), T.SOURCE_HASH: capture.source_hash(op.get("source", "")),
                 "mlflow.user": op.get("user", ""), "mlflow.source.type": "NOTEBOOK",
                 "mlflow.note.content": f"Cell [{op.get('execution_count')}] of `{notebook or 'an unsaved notebook'}`"
@@ -281,11 +444,9 @@ class Recorder:
                                  T.GIT_DIRTY: str(git["dirty"]).lower()})
             run_tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
             run_tags.update(op.get("tags", {}))
-            run = client.create_run(exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
-            self.state["runs"][key] = run.info.run_id
+            self._create_run(key, uri, exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
             self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
                                        "source": op.get("source", "")}
-            self.emit(event="run", key=key, run_id=run.info.run_id, experiment_id=exp_id)
 
         def files():
             run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
@@ -323,7 +484,7 @@ class Recorder:
                                tags=[InputTag("mlflow.data.context", "snapshot")]) for d in snapshots]
         client.log_inputs(run_id, datasets=inputs)
 
-    def dataset(self, op: dict) -> None:
+    def op_dataset(self, op: dict) -> None:
         """A snapshot taken while a tracked cell runs joins that cell's run."""
         run_id = self.state["runs"].get(op["key"])
         if run_id is None:
@@ -333,7 +494,7 @@ class Recorder:
         client.set_tag(run_id, data.tag_key(op["path"]), op["md5"])
         self.log_datasets(client, run_id, [snap], op.get("project_root", ""))
 
-    def end(self, op: dict) -> None:
+    def op_end(self, op: dict) -> None:
         key = op["key"]
         run_id = self.state["runs"].get(key)
         if run_id is None:
@@ -363,30 +524,24 @@ class Recorder:
 
         self.steps(values, files, terminate)
 
-    def child(self, op: dict) -> None:
+    def op_child(self, op: dict) -> None:
+        """A finished child run in one record (a sweep trial): run, values, texts, end."""
         parent = self.state["runs"].get(op["parent"])
         if parent is None:
             return  # the parent's start was skipped as permanently invalid
-        key, client = op["key"], self.client(op["tracking_uri"])
+        key, uri = op["key"], op["tracking_uri"]
 
         def create():
             from mlflow.entities import Metric, Param
 
-            exp_id = self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
-            tags = {**op.get("tags", {}), "mlflow.parentRunId": parent, T.RECORD: key}
-            run = client.create_run(exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
-            self.state["runs"][key] = run.info.run_id
-            client.log_batch(run.info.run_id, metrics=[Metric(k, v, op["end_t"], 0) for k, v in op["metrics"].items()],
-                             params=[Param(k, v) for k, v in op["params"].items()])
+            exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
+            tags = {**op.get("tags", {}), T.PARENT: parent}
+            run_id = self._create_run(key, uri, exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
+            self.client(uri).log_batch(run_id, metrics=[Metric(k, v, op["end_t"], 0) for k, v in op["metrics"].items()],
+                                       params=[Param(k, v) for k, v in op["params"].items()])
 
-        def files():
-            for path, text in op.get("texts", {}).items():
-                client.log_text(self.state["runs"][key], text, path)
-
-        def terminate():
-            client.set_terminated(self.state["runs"][key], op["status"], end_time=op["end_t"])
-
-        self.steps(create, files, terminate)
+        self.steps(create, lambda: self.op_text(op),
+                   lambda: self.client(uri).set_terminated(self.state["runs"][key], op["status"], end_time=op["end_t"]))
 
     def write_outputs(self, client, run_id: str, op: dict) -> int:
         with tempfile.TemporaryDirectory() as tmp:
@@ -423,7 +578,9 @@ class Recorder:
 
             def kill(_op, run_id=run_id, info=info):
                 client = self.client(info["uri"])
-                client.set_tag(run_id, "mlops.end_reason", "the kernel exited before the cell finished")
+                why = "the kernel exited before the cell finished" if "source" in info else \
+                    "the process that made this run exited before ending it"
+                client.set_tag(run_id, "mlops.end_reason", why)
                 client.set_terminated(run_id, "KILLED")
 
             if not self.retrying(kill, {"op": "kill", "key": key}, deadline):
@@ -433,6 +590,7 @@ class Recorder:
         return True
 
     def cleanup(self) -> None:
+        shutil.rmtree(blob_dir(self.journal), ignore_errors=True)
         for suffix in (".jsonl", ".state", ".lock", ".log", ".recorder.lock"):
             try:
                 side_file(self.journal, suffix).unlink()

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,12 +109,14 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
         params = {k: _value(v) for k, v in run.data.params.items() if k in names}
         out_nb = ensure_state_dir(root) / "reproduce" / f"{rid}.ipynb"
         out_nb.parent.mkdir(exist_ok=True)
-        _execute(wt_nb, out_nb, params, settings, timeout)
+        token = uuid.uuid4().hex
+        # the new run names the original notebook (not the scratch copy) and the run it reproduces
+        run_tags = {"mlops.reproduces": rid, "mlops.reproduction": token, T.NOTEBOOK: notebook,
+                    "mlflow.source.name": notebook}
+        _execute(wt_nb, out_nb, params, settings, timeout, run_tags)
         result.notebook = str(out_nb)
-        new = _new_run(settings, str(wt_nb), worktree)
-        from mlflow import MlflowClient
-
-        MlflowClient(settings.tracking_uri).set_tag(new.info.run_id, "mlops.reproduces", rid)
+        new = _new_run(settings, token, worktree)
+        _keep_executed(settings, new.info.run_id, out_nb)
         result.new = new.info.run_id
         result.metrics = {k: (v, new.data.metrics.get(k)) for k, v in sorted(run.data.metrics.items())}
         result.verdict = verdict(result.metrics)
@@ -192,10 +195,11 @@ def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str:
     raise MlopsError(f"no commit holds the snapshot of {dvc_rel[:-4]} with md5 {md5}; it cannot be restored.")
 
 
-def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float) -> None:
+def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float, run_tags: dict) -> None:
     import papermill
 
-    env = {"MLOPS_TRACKING_URI": settings.tracking_uri, "MLOPS_NOTEBOOK": str(nb)}
+    env = {"MLOPS_TRACKING_URI": settings.tracking_uri, "MLOPS_NOTEBOOK": str(nb),
+           "MLOPS_RUN_TAGS": json.dumps(run_tags)}
     if settings.artifact_location:
         env["MLOPS_ARTIFACT_LOCATION"] = settings.artifact_location
     saved = {k: os.environ.get(k) for k in env}
@@ -214,17 +218,26 @@ def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: flo
                 os.environ[k] = v
 
 
-def _new_run(settings: Settings, notebook: str, worktree: Path):
+def _new_run(settings: Settings, token: str, worktree: Path):
     """The reproduction's run, once its recorder has written it (it finishes after the kernel exits)."""
-    from .query import list_runs
+    from .query import runs_tagged
 
     journal = worktree / ".mlops" / "journal"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         pending = list(journal.glob("*.jsonl")) if journal.exists() else []
-        runs = list_runs(settings, notebook=notebook)
+        runs = runs_tagged(settings, "mlops.reproduction", token)
         if runs and not pending and all(r["status"] != "RUNNING" for r in runs):
             return get_runs(settings, [runs[0]["run_id"]])[0]
         time.sleep(0.2)
     raise MlopsError("the re-executed notebook recorded no finished run within 2 minutes; is its cell tracked "
                      "(%%mlops run)?")
+
+
+def _keep_executed(settings: Settings, run_id: str, executed: Path) -> None:
+    """The executed copy of the notebook, as an artifact of the reproduction's run (through the journal)."""
+    from .records import Recording
+
+    rec = Recording(settings)
+    rec.files(None, [(executed, "reproduction")], run_id=run_id)
+    rec.close(timeout=60)

@@ -1,5 +1,6 @@
 """Kernel side of cell tracking: what a tracked cell observes, written to the journal in
-microseconds; the recorder process does the MLflow writes.
+microseconds; the recorder process does the MLflow writes (tracking/link.py, recorder.py). Which notebook
+the kernel runs is notebook.py's concern, the summary line display.py's.
 
 Stdlib only at import time: this module loads with ``%load_ext``.
 """
@@ -10,9 +11,7 @@ import atexit
 import base64
 import getpass
 import hashlib
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -23,14 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
-from ..errors import MlopsError
+from ..errors import StoreUnavailable
+from . import display
 from . import journal as J
+from .link import RecorderLink
+from .notebook import NotebookInfo
 
-PARAM_TAGS = {"parameters", "pipeline-parameters", "injected-parameters"}
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
 RUN_ID_WAIT_S = 30.0
-MAX_RECORDER_STARTS = 5  # per kernel: a recorder that cannot even start must not be respawned per cell
+HEADLESS_WAIT_S = 30.0  # headless: how long a tracked cell waits for its run to be written (while the store answers)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunOptions:
     metrics: list = field(default_factory=list)
     tags: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    models: list = field(default_factory=list)  # variables holding fitted models, logged when the cell ends
 
 
 @dataclass
@@ -55,6 +57,9 @@ class CellRecord:
     ready: threading.Event = field(default_factory=threading.Event)
     line: object = None  # the display handle of the cell's summary line
     summary: str = ""
+    source: str = ""
+    models: list = field(default_factory=list)  # (name, staged folder) of models to log in the run
+    done: threading.Event = field(default_factory=threading.Event)  # the recorder has written the whole run
 
 
 class _Tee:
@@ -77,45 +82,32 @@ class _Tee:
         return getattr(self._stream, name)
 
 
-class _Line:
-    """The one-line summary printed under a tracked cell (text for terminals, HTML for Lab)."""
+_ACTIVE: list = []  # the kernel's tracker, once the extension is loaded (for mlops_jupyter.log_model)
 
-    def __init__(self, text: str, warn: bool = False):
-        self.text, self.warn = text, warn
 
-    def __repr__(self):
-        return self.text
-
-    def _repr_html_(self):
-        import html
-
-        color = "#b45309" if self.warn else "#4b5563"
-        return f'<div class="mlops-run-line" style="font-family:monospace;font-size:12px;color:{color}">' \
-               f"{html.escape(self.text)}</div>"
+def active_tracker():
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 class Tracker:
     """One per kernel: turns cells into MLflow runs through the journal and the recorder."""
 
     def __init__(self, shell):
+        _ACTIVE[:] = [self]
         self.shell = shell
         self.settings: config.Settings | None = None
         self.experiment: str | None = None
         self.autotrack = False
         self.current: CellRecord | None = None
         self.records: dict[str, CellRecord] = {}
-        self.param_sources: dict[str, str] = {}
         self.degraded: str | None = None
-        self.journal: J.JournalWriter | None = None
-        self._recorder = None
-        self._notebook = None
-        self._parent_notebook = ...
-        self._nb_cache = (None, None)
+        self.run_tags: dict = {}
+        self.link: RecorderLink | None = None
+        self.notebook = NotebookInfo(shell)
         self._saved_streams = None
         self._pending = None
         self._mutex = threading.Lock()
         self._local = threading.local()
-        self._restarts = 0
         self._snapshots: dict[str, dict] = {}
         self._snapshot_roots: set[Path] = set()
         self._experiment_ready = threading.Event()
@@ -126,14 +118,19 @@ class Tracker:
     def configured(self) -> bool:
         return self.settings is not None
 
+    @property
+    def journal(self) -> J.JournalWriter | None:
+        return self.link.journal if self.link else None
+
     def configure(self, experiment: str | None = None, tracking_uri: str | None = None) -> config.Settings:
         """Resolve settings for this notebook's project and get the recorder going."""
         nb = self.notebook_path()
         start = Path(nb).parent if nb else Path.cwd()
         settings = config.resolve(start, {"tracking_uri": tracking_uri, "experiment": experiment})
         config.ensure_state_dir(settings.project_root)
-        if self.journal is None:  # before anything is marked configured: it is what can fail here
-            self.journal = J.JournalWriter(settings.state_dir)
+        self.run_tags = config.run_tags()
+        if self.link is None:  # before anything is marked configured: it is what can fail here
+            self.link = RecorderLink(settings.state_dir, self._on_event)
             atexit.register(self.close)
         self.settings = settings
         self.experiment = settings.experiment or (Path(nb).stem if nb else settings.project_root.name)
@@ -143,7 +140,7 @@ class Tracker:
         if "mlflow" in sys.modules:
             sys.modules["mlflow"].set_tracking_uri(settings.tracking_uri)
         J.finish_orphans(settings.state_dir)
-        self._collect_param_history()
+        self.notebook.collect_param_history()
         self.rescan_snapshots()
         self._send({"op": "experiment", **self._store_fields()})
         return settings
@@ -153,132 +150,32 @@ class Tracker:
                 "artifact_location": self.settings.artifact_location}
 
     def _send(self, op: dict) -> None:
-        self.journal.append(op)
-        self._wake()
-
-    def _wake(self) -> None:
-        proc = self._recorder
-        if proc is None or proc.poll() is not None:
-            if self._restarts >= MAX_RECORDER_STARTS:
-                self.degraded = f"the recorder keeps exiting; see {J.side_file(self.journal.path, '.log')}"
-                return  # records stay in the journal; the next %load_ext in the project finishes them
-            self._restarts += 1
-            proc = self._start_recorder()
-        try:
-            proc.stdin.write(b"\n")
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            self._recorder = None  # restarted on the next record; the journal kept everything
-
-    def _start_recorder(self):
-        log = open(J.side_file(self.journal.path, ".log"), "ab")
-        proc = subprocess.Popen(J.recorder_command(self.journal.path, follow=True), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, env=J.recorder_env(),
-                                start_new_session=True, close_fds=True)  # survives the kernel's process group
-        log.close()
-        self._recorder = proc
-        threading.Thread(target=self._listen, args=(proc,), daemon=True, name="mlops-recorder-events").start()
-        return proc
+        self.link.send(op)
+        if self.link.failed:
+            self.degraded = self.link.failed
 
     def close(self) -> None:
-        """Kernel exit: a cell still in flight ends KILLED; the recorder finishes on its own."""
+        """Kernel exit (or the extension unloaded): a cell still in flight ends KILLED; the recorder finishes
+        on its own."""
+        if active_tracker() is self:
+            _ACTIVE.clear()
         if self.current is not None:
             self.finish(None, interrupted=True)
-        if self._recorder is not None:
-            try:
-                self._recorder.stdin.close()
-            except OSError:
-                pass
-        if self.journal is not None:
-            self.journal.close()
+        if self.link is not None:
+            self.link.close()
 
-    # ---- which notebook, which parameters --------------------------------------------------
+    # ---- which notebook, which parameters (notebook.py) ------------------------------------
     def notebook_path(self) -> str | None:
-        """The notebook this kernel runs: JupyterLab's session name, papermill's input path, or
-        MLOPS_NOTEBOOK; never the kernel's own argv."""
-        if self._notebook:
-            return self._notebook
-        ns = self.shell.user_ns
-        for cand in (os.environ.get("MLOPS_NOTEBOOK"), os.environ.get("JPY_SESSION_NAME"),
-                     ns.get("__vsc_ipynb_file__"), ns.get("PAPERMILL_INPUT_PATH"), self._papermill_input()):
-            if isinstance(cand, str) and cand.endswith(".ipynb"):
-                self._notebook = os.path.abspath(cand)
-                return self._notebook
-        return None
-
-    def _papermill_input(self) -> str | None:
-        """papermill starts the kernel itself: its input notebook is on the parent's command line."""
-        if self._parent_notebook is ...:
-            self._parent_notebook = None
-            try:
-                import psutil
-
-                parent = psutil.Process(os.getppid())
-                argv = parent.cmdline()
-                if any(Path(a).name in ("papermill", "papermill.exe") or a == "papermill" for a in argv[:3]):
-                    first = next((a for a in argv[1:] if a.endswith(".ipynb")), None)
-                    # papermill chdirs to --cwd while it runs: the shell's PWD is where the path started
-                    bases = [os.environ.get("PWD"), parent.cwd()]
-                    found = [os.path.join(b, first) for b in bases if b and first]
-                    self._parent_notebook = next((f for f in found if os.path.isfile(f)), None)
-            except Exception:  # noqa: BLE001 - no psutil, no permission: just unknown
-                pass
-        return self._parent_notebook
-
-    def _notebook_params(self) -> tuple[set, set]:
-        """(cell ids, sources) of the cells tagged as parameters in the saved notebook."""
-        return self._notebook_index()[:2]
+        return self.notebook.path()
 
     def cell_id_for(self, raw: str, cell_id: str | None) -> str | None:
-        """The cell's id: from the frontend when it sends one (JupyterLab), else by finding the
-        source in the saved notebook (papermill and nbclient send none)."""
-        return cell_id or self._notebook_index()[2].get(raw)
-
-    def _notebook_index(self) -> tuple[set, set, dict]:
-        nb = self.notebook_path()
-        try:
-            st = os.stat(nb) if nb else None
-        except OSError:
-            st = None
-        if st is None:
-            return set(), set(), {}
-        stamp = (st.st_mtime_ns, st.st_size)
-        if self._nb_cache[0] != stamp:
-            ids, sources, by_source = set(), set(), {}
-            try:
-                with open(nb, encoding="utf-8") as fh:
-                    cells = json.load(fh).get("cells", [])
-                for cell in cells:
-                    src = cell.get("source", "")
-                    src = "".join(src) if isinstance(src, list) else src
-                    if cell.get("id") and cell.get("cell_type") == "code":
-                        by_source.setdefault(src, cell["id"])
-                    if PARAM_TAGS & set(cell.get("metadata", {}).get("tags", [])):
-                        sources.add(src)
-                        if cell.get("id"):
-                            ids.add(cell["id"])
-            except (OSError, ValueError, AttributeError):
-                pass
-            self._nb_cache = (stamp, (ids, sources, by_source))
-        return self._nb_cache[1]
+        return self.notebook.cell_id_for(raw, cell_id)
 
     def is_parameters_cell(self, raw: str, cell_id: str | None) -> bool:
-        if raw.lstrip().startswith("# Parameters"):  # papermill's injected-parameters cell
-            return True
-        ids, sources = self._notebook_params()
-        return (cell_id is not None and cell_id in ids) or raw in sources
+        return self.notebook.is_parameters_cell(raw, cell_id)
 
     def note_cell(self, raw: str, cell_id: str | None) -> None:
-        """Remember the latest source of each parameters cell, in execution order."""
-        if self.is_parameters_cell(raw, cell_id):
-            key = cell_id or ("injected" if raw.lstrip().startswith("# Parameters") else raw)
-            self.param_sources.pop(key, None)
-            self.param_sources[key] = raw
-
-    def _collect_param_history(self) -> None:
-        for raw in self.shell.user_ns.get("In", [])[1:]:
-            if isinstance(raw, str):
-                self.note_cell(raw, None)
+        self.notebook.note_cell(raw, cell_id)
 
     # ---- a tracked cell --------------------------------------------------------------------
     def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
@@ -289,16 +186,17 @@ class Tracker:
         nb = self.notebook_path()
         count = self.shell.execution_count if count is None else count
         key = uuid.uuid4().hex
-        rec = CellRecord(key=key, opts=opts, started=time.time())
+        rec = CellRecord(key=key, opts=opts, started=time.time(), source=source)
         cell_key = f"name:{opts.name}" if opts.name else cell_id or "source:" + hashlib.sha1(source.encode()).hexdigest()[:12]
         stem = Path(nb).stem if nb else "notebook"
         self._send({
             "op": "start", "key": key, "t": int(rec.started * 1000), **self._store_fields(),
             "run_name": opts.name or f"{stem} [{count}]", "notebook": nb, "cell_id": cell_id,
             "cell_key": cell_key, "execution_count": count, "source": source, "magic": magic,
-            "param_sources": list(self.param_sources.values()), "params": opts.params, "tags": opts.tags,
+            "param_sources": list(self.notebook.param_sources.values()), "params": opts.params,
+            "tags": {**self.run_tags, **opts.tags},
             "metric_names": opts.metrics,
-            "kernel": self.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
+            "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
             "snapshots": self._snapshots_now(),
         })
         with self._mutex:
@@ -421,10 +319,14 @@ class Tracker:
                 metrics[name] = float(ns[name])
             except (TypeError, ValueError):
                 problems.append(f"metric {name!r} is a {type(ns[name]).__name__}, not a number")
-        shown = " · ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        rec.summary = f"{status}" + (f" · {shown}" if shown else "") + "".join(f" · {p}" for p in problems)
+        if status == "FINISHED":
+            for name in rec.opts.models:
+                problems += self._stage_named_model(rec, name)
+        rec.summary = display.summary(status, metrics, problems)
         if result is not None:
             self._show(rec, first=True)  # before the record is sent, so the recorder's reply finds the line
+        for name, folder in rec.models:  # before the run ends, so it ends with its models
+            self._send({"op": "model", "key": rec.key, **self._store_fields(), "name": name, "staged": str(folder)})
         self._send({
             "op": "end", "key": rec.key, "t": int(time.time() * 1000), "status": status, "metrics": metrics,
             "params": {k: str(v) for k, v in rec.params.items()},
@@ -432,18 +334,66 @@ class Tracker:
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
         })
         self._rescan_later()
+        if result is not None and self.headless:
+            # nobody updates a saved notebook later: its summary line names the run and its counts now
+            rec.done.wait(HEADLESS_WAIT_S if not self.degraded else 0)
 
-    def _line(self, rec: CellRecord, counts: dict | None = None) -> _Line:
+    @property
+    def headless(self) -> bool:
+        """Run by papermill (or with MLOPS_HEADLESS=1): the saved notebook is the only place the line lives."""
+        return os.environ.get("MLOPS_HEADLESS") == "1" or self.notebook.papermill_input() is not None
+
+    # ---- models logged from a cell ---------------------------------------------------------
+    def log_model(self, model, data, name: str = "model") -> None:
+        """Log ``model``, fitted on ``data``, in the run of the tracked cell now running: a signature and an
+        input example from the first rows of ``data``, pinned requirements, the types skops must trust.
+        It is copied now (later changes to it are not logged); MLflow writes it off the cell's path."""
+        from ..errors import InvalidInput
+
+        if self.current is None:
+            raise InvalidInput("mlops_jupyter.log_model(model, X) logs into the run of the tracked cell that calls "
+                               "it, and this cell is not tracked: run it as a tracked cell (%%mlops run, or any cell "
+                               "with autotrack on).", model=name)
+        self._stage(self.current, model, data, name)
+
+    def _stage(self, rec: CellRecord, model, data, name: str) -> None:
+        from ..errors import InvalidInput
+        from . import models
+
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidInput(f"the model's name {name!r} must be a plain name such as 'model' or 'clf': it becomes "
+                               "the path of the model in the run (runs:/RUN_ID/NAME).", model=name)
+        if any(n == name for n, _ in rec.models):
+            raise InvalidInput(f"this cell already logs a model named {name!r}; give each model its own name.",
+                               model=name)
+        folder = self.link.blobs / rec.key / name
+        models.stage(model, models.example_frame(data, model, name), folder)
+        rec.models.append((name, folder))
+
+    def _stage_named_model(self, rec: CellRecord, name: str) -> list:
+        """``--model NAME``: the variable NAME and the data it was fit on in this cell; problems as text."""
+        from ..errors import InvalidInput
+        from . import capture, models
+
+        ns = self.shell.user_ns
+        if name not in ns:
+            return [f"model {name!r} is not defined after the cell"]
+        expr = models.fit_expression(capture.to_python(rec.source), name)
+        if expr is None:
+            return [f"model {name!r} is not fit in this cell ({name}.fit(X, y)), so its input example is unknown: "
+                    f"call mlops_jupyter.log_model({name}, X) instead"]
+        try:
+            self._stage(rec, ns[name], eval(expr, ns), name)  # noqa: S307 - the cell's own expression, by its AST
+        except InvalidInput as exc:
+            return [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - the cell ran fine: its run is kept, with the problem said
+            return [f"model {name!r} could not be kept ({type(exc).__name__}: {exc})"]
+        return []
+
+    def _line(self, rec: CellRecord, counts: dict | None = None) -> display.Line:
         if self.degraded and counts is None:
-            return _Line(f"mlops: the tracking store is not answering ({self.degraded}); this cell's run "
-                         f"({rec.summary}) waits in {self.journal.path} and is written when the store is back.",
-                         warn=True)
-        run = rec.run_id or "(id pending)"
-        what = rec.summary
-        if counts:
-            what += f" · {counts.get('params', 0)} params · {counts.get('metrics', 0)} metrics" \
-                    f" · {counts.get('artifacts', 0)} artifacts"
-        return _Line(f"mlops: run {run} {what} · see {self.settings.where_to_look()}")
+            return display.waiting_line(self.degraded, rec.summary, self.link.path)
+        return display.run_line(rec.run_id, rec.summary, self.settings.where_to_look(), counts)
 
     def _show(self, rec: CellRecord, first: bool = False, counts: dict | None = None) -> None:
         self._local.showing = True
@@ -469,95 +419,64 @@ class Tracker:
                 waiting = sum(1 for r in self.records.values() if r is not self.current)
             if not waiting or time.monotonic() > deadline:
                 return waiting
-            if self._recorder is None or self._recorder.poll() is not None:
-                self._wake()
+            if not self.link.alive():
+                self.link.wake()
             time.sleep(0.01)
 
     # ---- events from the recorder ----------------------------------------------------------
-    def _listen(self, proc) -> None:
-        for raw in proc.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            kind = event.get("event")
+    def _on_event(self, event: dict) -> None:
+        kind = event.get("event")
+        with self._mutex:
+            rec = self.records.get(event.get("key"))
+        if kind == "run" and rec is not None:
+            rec.run_id = event["run_id"]
+            rec.ready.set()
+            if rec.line is not None:
+                self._show(rec)
+        elif kind == "done" and rec is not None:
+            rec.run_id = event["run_id"]
+            rec.ready.set()
+            self._show(rec, counts=event.get("counts", {}))
             with self._mutex:
-                rec = self.records.get(event.get("key"))
-            if kind == "run" and rec is not None:
-                rec.run_id = event["run_id"]
-                rec.ready.set()
-                if rec.line is not None:
-                    self._show(rec)
-            elif kind == "done" and rec is not None:
-                rec.run_id = event["run_id"]
-                rec.ready.set()
-                self._show(rec, counts=event.get("counts", {}))
-                with self._mutex:
-                    self.records.pop(rec.key, None)
-            elif kind == "degraded":
-                self.degraded = event.get("error", "unknown error")
-                for pending in list(self.records.values()):
-                    self._show(pending)
-            elif kind == "recovered":
-                self.degraded = None
-            elif kind == "experiment":
-                self._experiment_ready.set()
+                self.records.pop(rec.key, None)
+            rec.done.set()
+        elif kind == "degraded":
+            self.degraded = event.get("error", "unknown error")
+            for pending in list(self.records.values()):
+                self._show(pending)
+                pending.done.set()  # a headless cell waits no longer: its line says where the run waits
+        elif kind == "warning" and rec is not None:  # part of the run could not be written (e.g. a model)
+            rec.summary += f" · {event.get('message')}"
+            self._show(rec)
+        elif kind == "recovered":
+            self.degraded = None
+        elif kind == "experiment":
+            self._experiment_ready.set()
 
     def wait_run_id(self, rec: CellRecord) -> str:
         if not rec.ready.wait(RUN_ID_WAIT_S):
-            raise MlopsError(
-                f"mlops: the tracking store {self.settings.tracking_uri} did not answer within "
-                f"{RUN_ID_WAIT_S:.0f} s ({self.degraded or 'no reply'}), so mlflow.* calls inside this tracked cell "
-                f"cannot reach its run. The cell's own record waits in {self.journal.path}.")
+            raise StoreUnavailable(
+                f"the tracking store {self.settings.tracking_uri} did not answer within {RUN_ID_WAIT_S:.0f} s "
+                f"({self.degraded or 'no reply'}), so mlflow.* calls inside this tracked cell cannot reach its run. "
+                f"The cell's own record waits in {self.link.path}.", uri=self.settings.tracking_uri,
+                journal=str(self.link.path), reason=self.degraded or "no reply")
         return rec.run_id
 
-    # ---- the cell's run as MLflow's active run ---------------------------------------------
+    # ---- the cell's run as MLflow's active run (active_run.py) -----------------------------
     def _push_pending(self, rec: CellRecord, source: str) -> None:
         if "start_run(" in source and "nested" not in source and "parent_run_id" not in source:
             return  # the cell manages its own top-level run
-        from mlflow.tracking import fluent
+        from . import active_run, store
 
-        self._pending = _pending_run_class()(self, rec)
-        fluent._active_run_stack.get().append(self._pending)
+        self._pending = active_run.push(lambda: store.client(self.settings.tracking_uri).get_run(
+            self.wait_run_id(rec)))
 
     def _pop_pending(self) -> None:
-        if self._pending is None:
-            return
-        from mlflow.tracking import fluent
+        if self._pending is not None:
+            from . import active_run
 
-        stack = fluent._active_run_stack.get()
-        stack[:] = [r for r in stack if r is not self._pending]
-        self._pending = None
-
-
-_PENDING = None
-
-
-def _pending_run_class():
-    """An mlflow ActiveRun whose id resolves when the recorder has created the run, so that a
-    cell that never touches mlflow never waits for it."""
-    global _PENDING
-    if _PENDING is None:
-        from mlflow.tracking import MlflowClient
-        from mlflow.tracking.fluent import ActiveRun
-
-        class PendingRun(ActiveRun):
-            def __init__(self, tracker, rec):  # noqa: D107 - resolved lazily, see _resolve
-                self._tracker, self._rec, self._run = tracker, rec, None
-
-            def _resolve(self):
-                if self._run is None:
-                    run_id = self._tracker.wait_run_id(self._rec)
-                    self._run = MlflowClient(self._tracker.settings.tracking_uri).get_run(run_id)
-                return self._run
-
-            info = property(lambda self: self._resolve().info)
-            data = property(lambda self: self._resolve().data)
-            inputs = property(lambda self: self._resolve().inputs)
-            outputs = property(lambda self: self._resolve().outputs)
-
-        _PENDING = PendingRun
-    return _PENDING
+            active_run.remove(self._pending)
+            self._pending = None
 
 
 def _user() -> str:

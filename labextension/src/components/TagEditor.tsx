@@ -4,9 +4,27 @@ import * as React from 'react';
 
 import { MlopsModel } from '../model';
 import { revealCell } from '../notebook';
-import { fieldOf, FLAGS, formatTags, IPipelineTags, parseTags } from '../tags';
+import { fieldOf, FLAGS, formatTags, IPipelineTags, parseTags, TagField } from '../tags';
 import { IValidateCell, IValidation } from '../tokens';
 import { ErrorLine, Field } from './common';
+
+/** The editor's text fields, as typed. */
+interface IDraft {
+  step: string;
+  after: string;
+  model: string;
+  deps: string;
+  resources: string;
+}
+
+/** The editor's text fields, in order; lists are typed comma separated. */
+const TEXT_FIELDS: { key: keyof IDraft; label: string; placeholder: string }[] = [
+  { key: 'step', label: 'step', placeholder: 'name (starts a step here)' },
+  { key: 'after', label: 'after', placeholder: 'step names, comma separated' },
+  { key: 'model', label: 'model', placeholder: 'model name (serving)' },
+  { key: 'deps', label: 'reads', placeholder: 'files it reads that its code does not name (deps:)' },
+  { key: 'resources', label: 'resources', placeholder: 'gpu=1,cpu=4,memory=8G' }
+];
 
 function tagsOf(cell: Cell | null): string[] {
   const tags = cell?.model.getMetadata('tags');
@@ -65,11 +83,7 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
   const cell = tracker.activeCell;
   const tags = tagsOf(cell);
   const parsed = parseTags(tags);
-  const [draft, setDraft] = React.useState<{ step: string; after: string; model: string }>({
-    step: '',
-    after: '',
-    model: ''
-  });
+  const [draft, setDraft] = React.useState<IDraft>({ step: '', after: '', model: '', deps: '', resources: '' });
   const [validation, setValidation] = React.useState<IValidation | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const tagKey = JSON.stringify(tags);
@@ -77,7 +91,13 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
 
   // the text fields follow the cell (another cell selected, tags changed elsewhere)
   React.useEffect(() => {
-    setDraft({ step: parsed.step, after: parsed.after.join(', '), model: parsed.model });
+    setDraft({
+      step: parsed.step,
+      after: parsed.after.join(', '),
+      model: parsed.model,
+      deps: parsed.deps.join(', '),
+      resources: parsed.resources
+    });
   }, [cellId, tagKey]);
 
   // check the whole notebook's tags whenever they may have changed
@@ -130,13 +150,15 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
       ...parsed,
       step: draft.step,
       model: draft.model,
-      after: draft.after.split(',').map(a => a.trim()).filter(Boolean)
+      after: draft.after.split(',').map(a => a.trim()).filter(Boolean),
+      deps: draft.deps.split(',').map(d => d.trim()).filter(Boolean),
+      resources: draft.resources
     });
 
   const index = tracker.currentWidget?.content.activeCellIndex ?? -1;
   const mine = (validation?.errors ?? []).filter(e => (e.cell_id ? e.cell_id === cellId : e.index === index));
   const others = (validation?.errors ?? []).filter(e => !mine.includes(e));
-  const errorsFor = (field: string) =>
+  const errorsFor = (field: TagField) =>
     mine
       .filter(e => fieldOf(e.message) === field)
       .map((e, i) => (
@@ -151,39 +173,28 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
       <div className="mlops-hint">
         cell {index} · tags: <code>{tags.join(' ') || 'none'}</code>
       </div>
-      <Field
-        label="step"
-        testid="mlops-tag-step"
-        placeholder="name (starts a step here)"
-        value={draft.step}
-        onChange={step => setDraft({ ...draft, step })}
-        onCommit={commitText}
-      />
-      {errorsFor('step')}
-      <Field
-        label="after"
-        testid="mlops-tag-after"
-        list="mlops-known-steps"
-        placeholder="step names, comma separated"
-        value={draft.after}
-        onChange={after => setDraft({ ...draft, after })}
-        onCommit={commitText}
-      />
+      {TEXT_FIELDS.map(f => (
+        <React.Fragment key={f.key}>
+          <Field
+            label={f.label}
+            testid={`mlops-tag-${f.key}`}
+            list={f.key === 'after' ? 'mlops-known-steps' : undefined}
+            placeholder={f.placeholder}
+            value={draft[f.key]}
+            onChange={value => setDraft({ ...draft, [f.key]: value })}
+            onCommit={commitText}
+          />
+          {f.key === 'resources' && parsed.limits.length > 0 && (
+            <div className="mlops-hint">Kale: {parsed.limits.join(' ')}</div>
+          )}
+          {errorsFor(f.key)}
+        </React.Fragment>
+      ))}
       <datalist id="mlops-known-steps">
         {steps.map(step => (
           <option key={step} value={step} />
         ))}
       </datalist>
-      {errorsFor('after')}
-      <Field
-        label="model"
-        testid="mlops-tag-model"
-        placeholder="model name (serving)"
-        value={draft.model}
-        onChange={model => setDraft({ ...draft, model })}
-        onCommit={commitText}
-      />
-      {errorsFor('model')}
       <fieldset className="mlops-flags">
         <legend>role</legend>
         {FLAGS.map(flag => (

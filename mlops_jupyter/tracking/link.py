@@ -1,0 +1,99 @@
+"""A writer's side of the journal: durable appends, and the recorder process that applies them.
+
+Any process that records something (a kernel, a pipeline run, a ``dvc repro`` stage, a reproduction)
+holds one ``RecorderLink``: ``send`` appends a record to its journal (microseconds, durable) and wakes the
+recorder, started on first use and restarted if it died; the recorder's events (a run's id, the store
+going down or coming back) reach ``on_event`` on a background thread. ``close`` lets the recorder finish
+on its own: it outlives the writer until every record is written, or leaves them in the journal for the
+next process of the project.
+
+Stdlib only: this module loads with ``%load_ext``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+from . import journal as J
+
+MAX_RECORDER_STARTS = 5  # per writer: a recorder that cannot even start must not be respawned per record
+
+
+class RecorderLink:
+    def __init__(self, state_dir: Path, on_event=None, nice: bool = False):
+        self.journal = J.JournalWriter(state_dir)
+        self.on_event = on_event or (lambda event: None)
+        self.nice = nice
+        self.proc = None
+        self.failed: str | None = None  # set when the recorder keeps exiting: the records stay in the journal
+        self._restarts = 0
+        self._mutex = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.journal.path
+
+    @property
+    def blobs(self) -> Path:
+        """A folder for files the records refer to (removed with the journal once they are logged)."""
+        folder = J.blob_dir(self.journal.path)
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def send(self, op: dict) -> None:
+        self.journal.append(op)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._mutex:
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                if self._restarts >= MAX_RECORDER_STARTS:
+                    self.failed = f"the recorder keeps exiting; see {J.side_file(self.journal.path, '.log')}"
+                    return  # records stay in the journal; the next process in the project finishes them
+                self._restarts += 1
+                proc = self._start()
+            try:
+                proc.stdin.write(b"\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.proc = None  # restarted on the next record; the journal kept everything
+
+    def _start(self):
+        log = open(J.side_file(self.journal.path, ".log"), "ab")
+        cmd = J.recorder_command(self.journal.path, follow=True)
+        if self.nice:  # it works in the gaps the writer leaves (a pipeline's kernels), and catches up after
+            cmd = ["nice", "-n", "10", *cmd]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=J.recorder_env(),
+                                start_new_session=True, close_fds=True)  # survives the writer's process group
+        log.close()
+        self.proc = proc
+        threading.Thread(target=self._listen, args=(proc,), daemon=True, name="mlops-recorder-events").start()
+        return proc
+
+    def _listen(self, proc) -> None:
+        for raw in proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self.on_event(event)
+        self.on_event({"event": "exited", "pid": proc.pid})
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """The writer is done: the recorder writes what is left (ending runs never ended as KILLED), then
+        removes the journal; the writer need not wait for it."""
+        with self._mutex:
+            if self.proc is not None:
+                try:
+                    self.proc.stdin.close()
+                except OSError:
+                    pass
+        self.journal.close()

@@ -1,0 +1,159 @@
+"""Recording runs from any process that is not a kernel: pipeline runs and their steps, ``dvc repro``
+stages, reproductions, and whatever comes next. Everything goes through the journal and the recorder
+(the one writer), so a store that is down, locked or being created delays the records and never loses
+or duplicates them.
+
+    rec = Recording(settings, experiment="pipeline-train")
+    parent = rec.start_run("pipeline train", tags={...}, params={...})
+    step = rec.start_run("prepare", parent=parent)
+    rec.log(step, metrics={"acc": 0.9}); rec.files(step, [(path, "notebook")]); rec.end_run(step, "FINISHED")
+    outcome = rec.close()          # written, or waiting in the journal (outcome.waiting, outcome.journal)
+
+Stdlib only at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+from .journal import finish_orphans_once
+from .link import RecorderLink
+
+
+@dataclass
+class Outcome:
+    """What became of a recording when its writer closed it."""
+    run_ids: dict = field(default_factory=dict)  # key -> MLflow run id, for the runs written so far
+    models: dict = field(default_factory=dict)  # "key/name" -> models:/ URI, for the models logged so far
+    waiting: bool = False  # some records are not in the store yet: they wait in ``journal``
+    journal: str = ""
+    error: str | None = None  # why they wait (the store's error), when known
+
+    def note(self, what: str) -> str | None:
+        """One line for the user when records wait, naming where and why; None when all is written."""
+        if not self.waiting:
+            return None
+        why = f" ({self.error})" if self.error else ""
+        return (f"{what} is not in the tracking store yet{why}: its records wait in {self.journal} and are written "
+                "as soon as the store answers (the next use of mlops-jupyter in this project finishes them).")
+
+
+class Recording:
+    """One writer's records (see the module doc). Keys are the writer's names for its runs; ``run_id(key)``
+    gives the MLflow id once the recorder has made the run."""
+
+    def __init__(self, settings: config.Settings, experiment: str | None = None, nice: bool = False):
+        self.settings, self.experiment = settings, experiment
+        self._ids: dict = {}
+        self._models: dict = {}
+        self._error: str | None = None
+        self._cond = threading.Condition()
+        self._exited = False
+        state = config.ensure_state_dir(settings.project_root)
+        finish_orphans_once(state)
+        self.link = RecorderLink(state, self._event, nice=nice)
+        if experiment:  # the runs it starts go there (made if new); without one it only adds to existing runs
+            self.link.send({"op": "experiment", **self._store()})
+
+    def _store(self) -> dict:
+        return {"tracking_uri": self.settings.tracking_uri, "experiment": self.experiment,
+                "artifact_location": self.settings.artifact_location}
+
+    def _event(self, event: dict) -> None:
+        with self._cond:
+            kind = event.get("event")
+            if kind == "run":
+                self._ids[event["key"]] = event["run_id"]
+            elif kind == "model":
+                self._models[f"{event['key']}/{event['name']}"] = f"models:/{event['model_id']}"
+            elif kind == "degraded":
+                self._error = event.get("error") or "the store is not answering"
+            elif kind == "recovered":
+                self._error = None
+            elif kind == "exited":
+                self._exited = True
+            self._cond.notify_all()
+
+    # ---- records ----------------------------------------------------------------------------
+    def start_run(self, name: str, *, parent: str | None = None, tags: dict | None = None,
+                  params: dict | None = None, start_ms: int | None = None) -> str:
+        """A new run (a child of ``parent``'s run when given); returns its key."""
+        if not self.experiment:
+            raise ValueError("a Recording made without an experiment cannot start runs")
+        key = uuid.uuid4().hex
+        self.link.send({"op": "run", "key": key, **self._store(), "run_name": name, "parent": parent,
+                        "t": start_ms or int(time.time() * 1000), "tags": _strings(tags),
+                        "params": _strings(params)})
+        return key
+
+    def log(self, key: str | None = None, *, run_id: str | None = None, params: dict | None = None,
+            metrics: dict | None = None, tags: dict | None = None, t: int | None = None) -> None:
+        """Params, metrics and tags of run ``key`` (or of an existing run, by ``run_id``)."""
+        self.link.send({"op": "log", "key": key, "run_id": run_id, **self._store(), "params": _strings(params),
+                        "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "tags": _strings(tags),
+                        "t": t or int(time.time() * 1000)})
+
+    def files(self, key: str | None, paths: list, *, run_id: str | None = None) -> None:
+        """Files or folders as artifacts: ``[(local path, artifact folder or None), ...]``. They are logged
+        from where they are: a writer that will delete them copies them under ``self.link.blobs`` first."""
+        self.link.send({"op": "files", "key": key, "run_id": run_id, **self._store(),
+                        "files": [{"src": os.fspath(src), "dest": dest} for src, dest in paths]})
+
+    def texts(self, key: str, texts: dict) -> None:
+        self.link.send({"op": "text", "key": key, **self._store(), "texts": texts})
+
+    def model(self, key: str, name: str, folder: Path, tags: dict | None = None) -> None:
+        """MLflow model folder ``folder`` (see tracking.models.save) becomes logged model ``name`` of run ``key``."""
+        self.link.send({"op": "model", "key": key, **self._store(), "name": name, "dir": os.fspath(folder),
+                        "tags": _strings(tags)})
+
+    def end_run(self, key: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
+        self.link.send({"op": "finish", "key": key, **self._store(), "status": status,
+                        "t": end_ms or int(time.time() * 1000)})
+
+    # ---- the end ----------------------------------------------------------------------------
+    def run_id(self, key: str, timeout: float = 0.0) -> str | None:
+        """The MLflow id of run ``key``, waiting up to ``timeout`` s while the store answers."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while key not in self._ids and self._error is None and not self._exited:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._ids.get(key)
+
+    def close(self, timeout: float = 120.0) -> Outcome:
+        """Hand the rest to the recorder and wait (while the store answers, up to ``timeout`` s) until it has
+        written everything; records it could not write stay in the journal for the next process."""
+        self.link.close()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._exited and self._error is None and self.link.failed is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.link.alive():
+                    break
+                self._cond.wait(min(left, 0.5))
+            waiting = self.link.path.exists()
+            return Outcome(dict(self._ids), dict(self._models), waiting, str(self.link.path),
+                           self._error or self.link.failed or ("the recorder did not finish in time" if waiting else None))
+
+    def unnice(self) -> None:
+        """Normal priority for the recorder from now on (the writer's heavy work is done)."""
+        proc = self.link.proc
+        if proc is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
+            except (AttributeError, OSError):
+                pass
+
+
+def _strings(values: dict | None) -> dict:
+    return {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (values or {}).items()}

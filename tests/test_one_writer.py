@@ -1,0 +1,284 @@
+"""One writer: every record (cells, pipelines and their steps, sweeps and their trials, models) reaches the
+store through the journal, on the scale-out path (a real ``mlflow server``), with a slow store, and with a
+store that is down and comes back; replays never duplicate anything."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import shutil
+import socketserver
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from harness import (all_runs, artifacts, finished_runs, free_port, mlflow_server, notebook, recorder_pids,
+                     store_uri, wait_for)
+
+from mlops_jupyter import config
+from mlops_jupyter.tracking.records import Recording
+
+PY = sys.executable
+TRACKED = ["%load_ext mlops_jupyter",
+           ("%%mlops run --name fit --metrics acc --tag team=ml\nlr = 0.1\nepochs = 3\nacc = 0.75\n"
+            "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nprint('trained')")]
+
+
+def papermill(project: Path, nb: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "papermill", "--log-level", "ERROR", str(nb), str(project / f"out-{nb.name}")],
+                          cwd=project, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+
+
+def journals(project: Path) -> list:
+    folder = project / ".mlops" / "journal"
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def assert_tracked_cell(run, project: Path, uri: str) -> None:
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "epochs": "3"} and run.data.metrics == {"acc": 0.75}
+    assert run.data.tags["team"] == "ml"
+    kept = artifacts(project, run.info.run_id, uri=uri)
+    assert {"cell/source.py", "cell/stdout.txt", "environment/requirements.txt"} <= set(kept)
+    assert any(p.startswith("cell/outputs/") and p.endswith(".png") for p in kept), kept
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+def test_papermill_against_a_tracking_server_ends_finished(project, server):
+    nb = notebook(project / "remote.ipynb", TRACKED)
+    out = papermill(project, nb, {"MLOPS_TRACKING_URI": server})
+    assert out.returncode == 0, out.stderr
+    (run,) = [r for r in finished_runs(project, 1, uri=server) if r.data.tags.get("mlops.notebook") == str(nb)]
+    assert_tracked_cell(run, project, server)
+    wait_for(lambda: not recorder_pids(str(project)), timeout=30, what="no recorder left behind")
+    assert not journals(project)
+
+
+class _SlowProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the real server and answers ``delay`` seconds late."""
+    target: tuple = ("127.0.0.1", 0)
+    delay = 1.0
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(self.delay)
+        conn = http.client.HTTPConnection(*self.target, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(self.command, self.path, body=body or None, headers=headers)
+        reply = conn.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def slow_proxy(uri: str, delay: float):
+    host, port = uri.removeprefix("http://").split(":")
+    handler = type("Slow", (_SlowProxy,), {"target": (host, int(port)), "delay": delay})
+    proxy = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_slow_tracking_server_loses_nothing(project, server):
+    with slow_proxy(server, delay=0.4) as slow:
+        nb = notebook(project / "slow.ipynb", TRACKED)
+        out = papermill(project, nb, {"MLOPS_TRACKING_URI": slow})
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: not recorder_pids(str(project)), timeout=240, what="the recorder to finish")
+    (run,) = [r for r in all_runs(project, uri=server) if r.data.tags.get("mlops.notebook") == str(nb)]
+    assert_tracked_cell(run, project, server)
+    assert not journals(project)
+
+
+PIPELINE = [("import json\nfrom sklearn.datasets import load_iris\nfrom sklearn.ensemble import RandomForestClassifier",
+             ["imports"]),
+            ("trees = 5", ["parameters"]),
+            ("X, y = load_iris(return_X_y=True, as_frame=True)", ["step:load"]),
+            ("clf = RandomForestClassifier(n_estimators=trees, random_state=0).fit(X, y)", ["step:train", "model:clf"]),
+            ("acc = clf.score(X, y)", ["step:evaluate"]),
+            ("acc", ["metrics"])]
+
+
+def pipeline_runs(project: Path, uri: str) -> list:
+    return [r for r in all_runs(project, uri=uri) if r.data.tags.get("mlops.kind", "").startswith("pipeline")]
+
+
+def run_pipeline(project: Path, env: dict) -> subprocess.CompletedProcess:
+    notebook(project / "p.ipynb", PIPELINE)
+    env = {**os.environ, **env}
+    subprocess.run([PY, "-m", "mlops_jupyter.cli", "export", "p.ipynb", "--out", "pipe"], cwd=project, check=True,
+                   capture_output=True, env=env)
+    return subprocess.run([PY, "-m", "mlops_jupyter.cli", "pipeline", "run", "pipe"], cwd=project, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def keep_journals(project: Path, dest: Path) -> list:
+    """Copies of the waiting journals, to replay once they have been written."""
+    dest.mkdir()
+    return [shutil.copy(j, dest / j.name) for j in journals(project)]
+
+
+def replay_twice(project: Path, saved: list, env: dict) -> None:
+    """Each saved journal put back twice, one after the other: the next process of the project replays it."""
+    for n in (1, 2):
+        for copy in saved:
+            shutil.copy(copy, project / ".mlops" / "journal" / f"{Path(copy).stem}-replay{n}.jsonl")
+        subprocess.run([PY, "-m", "mlops_jupyter.cli", "runs"], cwd=project, capture_output=True,
+                       env={**os.environ, **env}, check=True)
+        wait_for(lambda: not journals(project) and not recorder_pids(str(project)), timeout=180,
+                 what=f"replay {n}")
+
+
+def assert_pipeline_recorded_once(project: Path, uri: str) -> None:
+    runs = pipeline_runs(project, uri)
+    parents = [r for r in runs if r.data.tags["mlops.kind"] == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in runs]
+    steps = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
+    assert steps == ["evaluate", "load", "train"]
+    evaluate = next(r for r in runs if r.info.run_name == "evaluate")
+    assert evaluate.data.metrics == {"acc": pytest.approx(1.0, abs=0.1)} and evaluate.info.status == "FINISHED"
+    train = next(r for r in runs if r.info.run_name == "train")
+    from mlflow import MlflowClient
+
+    models = MlflowClient(uri).search_logged_models(experiment_ids=[train.info.experiment_id],
+                                                    filter_string=f"source_run_id = '{train.info.run_id}'")
+    assert [m.name for m in models] == ["clf"]
+
+
+def test_pipeline_with_the_server_down_then_up(project, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {"MLOPS_TRACKING_URI": uri, "MLOPS_RECORDER_EXIT_GRACE_S": "1"}
+    out = run_pipeline(project, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "wait in" in out.stderr and ".mlops/journal/" in out.stderr and "Traceback" not in out.stderr
+    assert (project / "pipe" / "serving" / "clf" / "pyproject.toml").is_file()  # served without the store
+    wait_for(lambda: not recorder_pids(str(project)), timeout=60, what="the recorder to give up for now")
+    saved = keep_journals(project, tmp_path / "saved")
+    assert saved
+    with mlflow_server(tmp_path / "late", port):
+        listing = subprocess.run([PY, "-m", "mlops_jupyter.cli", "runs"], cwd=project, capture_output=True,
+                                 text=True, env={**os.environ, **env})
+        assert listing.returncode == 0, listing.stderr
+        wait_for(lambda: not journals(project) and not recorder_pids(str(project)), timeout=180,
+                 what="the waiting records to be written")
+        assert_pipeline_recorded_once(project, uri)
+        replay_twice(project, saved, env)
+        assert_pipeline_recorded_once(project, uri)
+
+
+def test_pipeline_with_the_store_locked_then_released(project):
+    subprocess.run([PY, "-c", "from mlops_jupyter.tracking import store; import sys; store.client(sys.argv[1])",
+                    store_uri(project)], check=True)
+    con = sqlite3.connect(store_uri(project)[len("sqlite:///"):], isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")  # nothing can write: as root, a lock is what makes a file unwritable
+    try:
+        out = run_pipeline(project, {})
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "wait in" in out.stderr, out.stderr
+    wait_for(lambda: not journals(project), timeout=180, what="the records once the store is free")
+    assert_pipeline_recorded_once(project, store_uri(project))
+    assert not list((project / ".mlops").glob("mlflow.db.broken-*")), "a busy store is never set aside"
+
+
+SWEEP = ["%load_ext mlops_jupyter",
+         "%%mlops sweep --space \"a=grid(1, 2, 3)\" --metric score --mode max --samples 1\nscore = a * 2"]
+
+
+def test_sweep_with_the_server_down_then_up(project, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {"MLOPS_TRACKING_URI": uri, "MLOPS_RECORDER_EXIT_GRACE_S": "1"}
+    out = papermill(project, notebook(project / "sweep.ipynb", SWEEP), env)
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: not recorder_pids(str(project)), timeout=60, what="the recorder to give up for now")
+    saved = keep_journals(project, tmp_path / "saved")
+    assert saved
+
+    def recorded_once():
+        runs = all_runs(project, uri=uri)
+        parents = [r for r in runs if r.data.tags.get("mlops.kind") == "sweep"]
+        assert len(parents) == 1 and parents[0].data.metrics["best_score"] == 6.0
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+        assert sorted(r.data.params["a"] for r in trials) == ["1", "2", "3"]
+        assert {r.info.status for r in runs} == {"FINISHED"}
+
+    with mlflow_server(tmp_path / "late", port):
+        subprocess.run([PY, "-m", "mlops_jupyter.cli", "runs"], cwd=project, capture_output=True,
+                       env={**os.environ, **env}, check=True)
+        wait_for(lambda: not journals(project) and not recorder_pids(str(project)), timeout=180,
+                 what="the waiting records")
+        recorded_once()
+        replay_twice(project, saved, env)
+        recorded_once()
+
+
+def test_a_recorder_killed_mid_replay_and_replayed_again_writes_each_record_once(project):
+    settings = config.resolve(project)
+    con_path = store_uri(project)[len("sqlite:///"):]
+    subprocess.run([PY, "-c", "from mlops_jupyter.tracking import store; import sys; store.client(sys.argv[1])",
+                    store_uri(project)], check=True)
+    con = sqlite3.connect(con_path, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    try:
+        rec = Recording(settings, "replays")
+        for i in range(30):
+            key = rec.start_run(f"r{i}", params={"i": i})
+            rec.log(key, metrics={"m": i})
+            rec.end_run(key)
+        rec.close(timeout=3)
+        wait_for(lambda: not recorder_pids(str(project)), timeout=60, what="the writer's recorder to stop")
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    (journal,) = journals(project)
+    cmd = [PY, "-m", "mlops_jupyter.tracking.recorder", str(journal)]
+    first = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(all_runs(project)) >= 5, timeout=120, interval=0.02, what="some records written")
+    first.kill()
+    first.wait()
+    saved = journal.read_bytes()
+    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, timeout=300)  # the same recorder, started again
+    for n in range(2):  # and the whole journal replayed twice more
+        copy = journal.with_name(journal.stem + f"-again{n}.jsonl")
+        copy.write_bytes(saved)
+        subprocess.run([PY, "-m", "mlops_jupyter.tracking.recorder", str(copy)], check=True,
+                       stderr=subprocess.DEVNULL, timeout=300)
+    runs = all_runs(project)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"r{i}" for i in range(30))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    from mlflow import MlflowClient
+
+    history = MlflowClient(store_uri(project)).get_metric_history(runs[0].info.run_id, "m")
+    assert len(history) == 1 and not list(journal.parent.glob("*.jsonl"))
