@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml labextension/package.json
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-jupyter)"
 	touch $(STAMP)
 
-# git (runs record their commit), node (builds the labextension), chromium (the browser test)
+# git (runs record their commit), node (builds the labextension), chromium (the browser test),
+# buildah + mmdebstrap (the serving image test builds a real image on a Debian base it makes once)
 system-deps:
 	@missing=""; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -36,7 +39,8 @@ system-deps:
 	fi
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	@$(MAKE) --no-print-directory system-deps
+	$(BIN)/python -m pytest --durations=15
 	@$(MAKE) --no-print-directory ui-test
 
 # galata + Playwright for the browser tests; they drive Debian's chromium (system-deps), no browser download

@@ -115,6 +115,24 @@ def _serve_run(args) -> int:
     return 0
 
 
+def _serve_build(args) -> int:
+    from .serving import build_image
+
+    image = build_image(args.dir, tag=args.tag, base=args.base, push=args.push, engine=args.engine,
+                        pip_index=args.pip_index, on_line=sys.stderr.write)
+    print(f"image {image.tag} built with {image.engine} in {image.build_seconds:.0f} s · "
+          f"{image.size_bytes / 1e6:.0f} MB · tests: {image.tests}" + (f" · pushed {image.pushed}" if image.pushed else ""))
+    return 0
+
+
+def _serve_manifests(args) -> int:
+    from .serving import write_manifests
+
+    out = write_manifests(args.dir, args.image, replicas=args.replicas, out=args.out)
+    print(f"Kubernetes manifests for {args.image} in {out} · apply them: kubectl apply -f {out}")
+    return 0
+
+
 def _export(args) -> int:
     from . import pipeline
 
@@ -153,7 +171,8 @@ def _pipeline_status(args) -> int:
 
 HANDLERS = {"runs": _runs, "compare": _compare, "snapshot": _snapshot, "snapshots": _snapshots, "restore": _restore,
             "reproduce": _reproduce, "serve generate": _serve_generate, "serve run": _serve_run, "export": _export,
-            "pipeline run": _pipeline_run, "pipeline status": _pipeline_status}
+            "pipeline run": _pipeline_run, "pipeline status": _pipeline_status, "serve build": _serve_build,
+            "serve manifests": _serve_manifests}
 
 
 def parser():

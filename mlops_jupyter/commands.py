@@ -239,6 +239,25 @@ def _serve_run(p, door):
     p.add_argument("--workers", type=positive, default=1, metavar="N")
 
 
+@verb("serve build", "run a package's tests, then build its OCI image (docker, podman or buildah)", doors=(CLI.name,))
+def _serve_build(p, door):
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--tag", metavar="T", help="image reference (default NAME:VERSION from the package)")
+    p.add_argument("--base", metavar="IMAGE", help="base image with python3 (default: the official python image of "
+                   "the model's Python)")
+    p.add_argument("--push", metavar="REGISTRY", help="push the image to this registry after the build")
+    p.add_argument("--engine", choices=("docker", "podman", "buildah"), help="default: the first one installed")
+    p.add_argument("--pip-index", metavar="URL", help="package index for pip inside the build")
+
+
+@verb("serve manifests", "Kubernetes manifests: Deployment, Service, autoscaler, disruption budget", doors=(CLI.name,))
+def _serve_manifests(p, door):
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="the image the pods run")
+    p.add_argument("--replicas", type=positive, default=2, metavar="N", help="pods (the autoscaler's minimum)")
+    p.add_argument("--out", metavar="DIR", help="where the manifests go (default DIR/k8s)")
+
+
 @verb("pipeline run", "run the steps that changed (and what depends on them) with papermill", doors=(CLI.name,))
 def _pipeline_run(p, door):
     p.add_argument("dir", metavar="DIR")
@@ -367,6 +386,8 @@ HINTS = [
     (E.NotFound, {"what": "pipeline"}, "export one first: `{p} export NOTEBOOK --out {folder}`"),
     (E.NotFound, {"what": "serving package"}, "generate one first: `{p} serve generate MODEL_URI --out {path}`"),
     (E.NotFound, {"what": "model"}, "or give the model's URI: `{p} serve generate MODEL_URI --out DIR`"),
+    (E.NotFound, {"what": "launcher"}, "`{p} serve generate MODEL_URI --out DIR` writes one with it"),
+    (E.NotFound, {"what": "container engine"}, "or name one with --engine"),
     (E.InvalidInput, {"what": "models"}, "say which: `{p} serve generate {example} --out DIR`"),
     (E.InvalidInput, {"what": "compare"}, "e.g. `{p} compare 3f2a9c81 81be07aa`, or `{p} compare --last 2`"),
     (E.InvalidInput, {"what": "ambiguous run"}, "give a longer prefix of the run id"),

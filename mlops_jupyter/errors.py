@@ -116,3 +116,11 @@ class AccessDenied(MlopsError):
 
     http_status = 403
     code = "access_denied"
+
+
+class ServingError(MlopsError):
+    """A serving package that could not be shipped: ``step`` says where it stopped (tests, build, inspect,
+    push) and ``log`` holds the last lines of that step's output."""
+
+    http_status = 422
+    code = "serving_error"

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -55,6 +54,27 @@ samples = json.loads(sys.argv[1])
 import pandas as pd
 expected = model.predict(pd.DataFrame(samples, columns=X.columns)).tolist()
 print(json.dumps({"run_id": run.info.run_id, "expected": expected}))
+"""
+
+
+# A 300-tree forest in a run of its own: ~12 ms a predict call here (more when the machine is busy), so
+# a server of it is bound by the model, which the overload test needs.
+LOG_HEAVY = r"""
+import mlflow, mlflow.sklearn
+from mlflow.models import infer_signature
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from mlops_jupyter import config
+
+s = config.resolve()
+mlflow.set_tracking_uri(s.tracking_uri)
+mlflow.set_experiment("serving")
+X, y = load_iris(return_X_y=True, as_frame=True)
+heavy = RandomForestClassifier(n_estimators=300, random_state=0).fit(X, y)
+with mlflow.start_run() as run:
+    mlflow.sklearn.log_model(heavy, name="heavy", signature=infer_signature(X, heavy.predict(X)), input_example=X.head(3),
+                             pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+print(run.info.run_id)
 """
 
 
@@ -146,7 +166,7 @@ def test_generated_package_is_self_contained(store, package):
     pyproject = (package / "pyproject.toml").read_text()
     assert re.search(r'"scikit-learn==\d', pyproject) and '"skops==' in pyproject and '"fastapi==' in pyproject
     assert "mlflow" not in pyproject.split("dependencies")[1].split("]")[0]  # the native loader needs no mlflow
-    assert f"FROM python:{sys.version_info.major}.{sys.version_info.minor}-slim" in (package / "Dockerfile").read_text()
+    assert f"ARG BASE=python:{sys.version_info.major}.{sys.version_info.minor}-slim" in (package / "Dockerfile").read_text()
     assert (package / "iris_serving" / "mlflow_model" / "MLmodel").is_file()
     assert (package / "iris_serving" / "mlflow_model" / "model.skops").is_file()
     readme = (package / "README.md").read_text()
@@ -390,3 +410,266 @@ def test_magic_generates_from_a_notebook(package, ip, project, capsys):
 
     with pytest.raises(UsageError, match="not an empty folder"):
         ip.run_line_magic("mlops", f"serve generate {package / 'iris_serving' / 'mlflow_model'} --out pkg")
+
+
+# ---- Open Inference Protocol v2 ------------------------------------------------------------------
+V2 = "/v2/models/iris"
+
+
+def columns(rows, datatype="FP64", shape=None):
+    """One v2 tensor per column of ``rows``."""
+    return [{"name": c, "datatype": datatype, "shape": shape or [len(rows)], "data": [r[i] for r in rows]}
+            for i, c in enumerate(IRIS_COLUMNS)]
+
+
+def test_v2_health_and_metadata_from_the_signature(server):
+    assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
+    assert set(httpx.get(f"{server}/v2").json()) == {"name", "version", "extensions"}
+    meta = httpx.get(f"{server}{V2}").json()
+    assert meta == httpx.get(f"{server}{V2}/versions/0").json()
+    assert meta["name"] == "iris" and meta["versions"] == ["0"] and meta["platform"] == "mlflow_sklearn"
+    assert meta["inputs"] == [{"name": c, "datatype": "FP64", "shape": [-1]} for c in IRIS_COLUMNS]
+    assert meta["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1]}]
+    for path in (f"{V2}/ready", f"{V2}/versions/0/ready"):
+        assert httpx.get(server + path).json() == {"name": "iris", "ready": True}
+
+
+def test_v2_infer_agrees_with_the_model_in_every_input_shape(server, store):
+    expected = store[1]["expected"]
+    flat = [v for row in SAMPLES for v in row]
+    bodies = {
+        "a tensor per column": {"id": "req-1", "inputs": columns(SAMPLES)},
+        "columns as [n, 1], FP32": {"inputs": [dict(t, datatype="FP32", shape=[4, 1], data=[[v] for v in t["data"]])
+                                               for t in columns(SAMPLES)]},
+        "one [n, 4] tensor, flat": {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [4, 4], "data": flat}]},
+        "one [n, 4] tensor, nested": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 4], "data": SAMPLES}]},
+        "asking for the output": {"inputs": columns(SAMPLES), "outputs": [{"name": "predict"}], "parameters": {}},
+    }
+    for what, body in bodies.items():
+        for path in (f"{V2}/infer", f"{V2}/versions/0/infer"):
+            r = httpx.post(server + path, json=body)
+            assert r.status_code == 200, (what, r.text)
+            answer = r.json()
+            assert answer["model_name"] == "iris" and answer["model_version"] == "0", what
+            assert answer["outputs"] == [{"name": "predict", "shape": [4], "datatype": "INT64", "data": expected}], what
+            assert answer["id"] == body.get("id", answer["id"]) and answer["id"]
+
+
+BAD_V2 = [
+    ("not JSON", b"{nope", 400, "not valid JSON"),
+    ("no inputs", {}, 400, "inputs"),
+    ("inputs not a list", {"inputs": {"a": 1}}, 400, "inputs"),
+    ("a tensor without data", {"inputs": [{"name": IRIS_COLUMNS[0], "shape": [1], "datatype": "FP64"}]}, 400,
+     "lacks data"),
+    ("data not matching the shape", {"inputs": columns(SAMPLES, shape=[3])}, 400, "shape [3] needs 3"),
+    ("a negative size", {"inputs": columns(SAMPLES, shape=[-4])}, 400, "shape"),
+    ("an unknown datatype", {"inputs": columns(SAMPLES, "FLOAT")}, 400, "not one of"),
+    ("text for a number column", {"inputs": columns(SAMPLES, "BYTES")}, 400, "send it as FP64 or FP32"),
+    ("an unknown column", {"inputs": columns(SAMPLES) + [{"name": "colour", "datatype": "FP64", "shape": [4],
+                                                            "data": [1, 2, 3, 4]}]}, 400, "unknown column"),
+    ("a missing column", {"inputs": columns(SAMPLES)[:3]}, 400, "required column is missing"),
+    ("rows that differ", {"inputs": columns(SAMPLES)[:3] + [dict(columns(SAMPLES)[3], shape=[3], data=[1, 2, 3])]},
+     400, "has 3 rows"),
+    ("a value that is no number", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4],
+                                               "data": [5.1, "wide", 1.4, 0.2]}]}, 400, "valid number"),
+    ("a [n, 3] tensor", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]}, 400,
+     "[rows, 4]"),
+    ("an unknown output", {"inputs": columns(SAMPLES), "outputs": [{"name": "proba"}]}, 400, "no output named"),
+]
+
+
+@pytest.mark.parametrize("what, body, status, words", BAD_V2, ids=[b[0] for b in BAD_V2])
+def test_v2_bad_requests_get_4xx_with_the_protocols_error_body(server, what, body, status, words):
+    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": body}
+    r = httpx.post(f"{server}{V2}/infer", **kwargs)
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["error"], str) and words in r.json()["error"], r.json()
+
+
+def test_v2_unknown_models_and_versions_are_404(server):
+    for method, path in [("GET", "/v2/models/other"), ("GET", "/v2/models/other/ready"),
+                         ("GET", f"{V2}/versions/7"), ("GET", f"{V2}/versions/7/ready"),
+                         ("POST", "/v2/models/other/infer"), ("POST", f"{V2}/versions/7/infer")]:
+        r = httpx.request(method, server + path, json={"inputs": columns(SAMPLES)} if method == "POST" else None)
+        assert r.status_code == 404 and "iris" in r.json()["error"], (path, r.text)
+    r = httpx.post(f"{server}{V2}/infer", content=b"a,b", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 415
+
+
+def test_v2_routes_are_counted_by_route_not_by_path(server):
+    httpx.get(f"{server}/v2/models/some-name/ready")
+    text = httpx.get(f"{server}/metrics").text
+    assert 'endpoint="/v2/models/{name}/ready",status="404"' in text and "some-name" not in text
+
+
+# ---- AWS Lambda ----------------------------------------------------------------------------------
+def api_gateway_v2(method: str, path: str, body: str = "") -> dict:
+    return {"version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+            "headers": {"content-type": "application/json", "host": "abc123.execute-api.eu-west-1.amazonaws.com"},
+            "requestContext": {"accountId": "123456789012", "apiId": "abc123", "stage": "$default",
+                               "requestId": "id", "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                                                            "sourceIp": "203.0.113.1", "userAgent": "test"}},
+            "body": body, "isBase64Encoded": False}
+
+
+def alb(method: str, path: str, body: str = "") -> dict:
+    return {"requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:123456789012:"
+                                                         "targetgroup/iris/0123456789abcdef"}},
+            "httpMethod": method, "path": path, "queryStringParameters": {},
+            "headers": {"content-type": "application/json", "host": "iris.example.com"}, "body": body,
+            "isBase64Encoded": False}
+
+
+def test_lambda_handler_answers_api_gateway_and_alb_events(package, store, monkeypatch):
+    """The handler as Lambda calls it: in this process, one event at a time, no server started."""
+    monkeypatch.syspath_prepend(str(package))
+    for name in [m for m in sys.modules if m == "iris_serving" or m.startswith("iris_serving.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from iris_serving.lambda_handler import handler  # loads the model, as a Lambda instance's init does
+
+    body = json.dumps({"rows": records(SAMPLES)})
+    for event in (api_gateway_v2, alb):
+        answer = handler(event("POST", "/predict", body), None)
+        assert answer["statusCode"] == 200 and json.loads(answer["body"]) == {"predictions": store[1]["expected"]}
+        assert handler(event("GET", "/health"), None)["statusCode"] == 200
+        bad = handler(event("POST", "/predict", json.dumps({"rows": []})), None)
+        assert bad["statusCode"] == 422 and "empty batch" in bad["body"]
+    for name in [m for m in sys.modules if m == "iris_serving" or m.startswith("iris_serving.")]:
+        del sys.modules[name]
+
+
+# ---- overload ------------------------------------------------------------------------------------
+BUDGET_MS = 400
+
+
+@pytest.fixture(scope="module")
+def heavy_server(store, tmp_path_factory):
+    """The 300-tree model, one 4-row request per predict call: capacity is the model's, ~50-80 requests/s."""
+    root, _ = store
+    out = subprocess.run([PY, "-c", LOG_HEAVY], cwd=root, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k not in CLEAN_VARS})
+    assert out.returncode == 0, out.stderr
+    pkg = tmp_path_factory.mktemp("heavy") / "heavy"
+    assert generate(root, f"runs:/{out.stdout.split()[-1]}/heavy", "--out", str(pkg), "--name", "heavy") == 0
+    port = free_port()
+    proc = start_server([PY, "-m", "heavy_serving", "--port", str(port), "--log-level", "warning"], port,
+                        pkg.parent / "heavy.log", env={"SERVE_MAX_LATENCY_MS": str(BUDGET_MS),
+                                                       "SERVE_MAX_BATCH_ROWS": "4", "PYTHONPATH": str(pkg)})
+    try:
+        yield f"http://127.0.0.1:{port}", port, proc
+    finally:
+        stop_group(proc)
+
+
+def test_a_request_of_many_rows_is_split_into_batches_of_max_rows(server, store):
+    """The server's batches hold at most 256 rows (SERVE_MAX_BATCH_ROWS), whatever its requests carry."""
+    want = store[1]["expected"]
+    before = httpx.get(f"{server}/metrics").text
+    sizes = (150, 75, 1, 1)  # times SAMPLES: 600 rows, 300 rows and two of 4, sent together
+    answers = [None] * len(sizes)
+
+    def ask(i):
+        answers[i] = httpx.post(f"{server}/predict", json={"rows": records(SAMPLES * sizes[i])}, timeout=60)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.json()["predictions"] for a in answers] == [want * n for n in sizes]
+    after = httpx.get(f"{server}/metrics").text
+    calls = metric(after, "serving_batch_rows_count") - metric(before, "serving_batch_rows_count")
+    rows = metric(after, "serving_batch_rows_sum") - metric(before, "serving_batch_rows_sum")
+    within = (metric(after, "serving_batch_rows_bucket", le="256.0")
+              - metric(before, "serving_batch_rows_bucket", le="256.0"))
+    assert rows == 4 * sum(sizes) and calls >= 4 and within == calls  # never more than 256 rows in one call
+
+
+def test_overload_at_twice_capacity_answers_in_budget_or_503(heavy_server):
+    """2x the measured capacity for 6 s: accepted requests stay within the budget, the rest get 503 with
+    Retry-After at once, readiness says not-ready meanwhile, and the server comes back."""
+    import asyncio
+
+    import psutil
+
+    from serving_load import closed_loop, open_loop, post
+
+    url, port, proc = heavy_server
+    request = post(port, "/predict", json.dumps({"rows": records(SAMPLES)}).encode())
+    worker = psutil.Process(proc.pid)
+    capacity = asyncio.run(closed_loop(port, request, connections=2, seconds=3))  # 2 keep the model busy
+    rss_before = worker.memory_info().rss
+    readiness = []
+
+    async def watch_readiness():
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(20):
+                await asyncio.sleep(0.25)
+                readiness.append((await client.get(f"{url}/ready")).status_code)
+
+    run = asyncio.run(open_loop(port, request, rate=2 * capacity, seconds=6, during=watch_readiness))
+    rss_after = worker.memory_info().rss
+    statuses = run.statuses()
+    refused = run.of(503)
+    accepted_p99 = run.p99(200) * 1e3
+    print(f"\noverload: capacity {capacity:.0f} req/s, offered {2 * capacity:.0f} req/s for 6 s: {statuses}; "
+          f"accepted p99 {accepted_p99:.0f} ms (budget {BUDGET_MS} ms), 503 share {len(refused) / len(run.answers):.0%}; "
+          f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB; the client sent {max(run.late) * 1e3:.0f} ms "
+          "behind schedule at worst")
+    assert set(statuses) <= {200, 503}, statuses  # no resets, no 5xx but the 503s
+    assert len(refused) >= 0.1 * len(run.answers) and len(run.of(200)) >= 0.5 * capacity * 6
+    assert accepted_p99 <= BUDGET_MS
+    assert all(a.retry_after and int(a.retry_after) >= 1 for a in refused)
+    assert 503 in readiness  # an orchestrator would have taken it out of rotation
+    assert rss_after - rss_before < 64 * 2**20
+    wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, timeout=10, what="readiness after the load")
+    assert httpx.post(f"{url}/predict", json={"rows": records(SAMPLES)}).status_code == 200
+
+
+# ---- several workers ------------------------------------------------------------------------------
+def test_metrics_count_every_worker_across_restarts(package, tmp_path):
+    import psutil
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"left by an earlier run")
+    port = free_port()
+    proc = start_server([PY, "-m", "mlops_jupyter.cli", "serve", "run", str(package), "--port", str(port),
+                         "--workers", "2"], port, tmp_path / "workers.log",
+                        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    url = f"http://127.0.0.1:{port}"
+
+    def served() -> float:
+        return metric(httpx.get(f"{url}/metrics").text, "serving_requests_total", endpoint="/predict", status="200")
+
+    def burst(n: int) -> None:  # a new connection each: the kernel hands them to both workers
+        def one(_):
+            assert httpx.post(f"{url}/predict", json={"rows": records(SAMPLES)}, timeout=30).status_code == 200
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    try:
+        assert not (metrics_dir / "counter_999999.db").exists()  # emptied on start
+        burst(40)
+        workers = {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
+        assert len(workers) == 2, workers  # both answered some
+        assert {served() for _ in range(6)} == {40.0}  # whichever worker answers /metrics counts all
+        dead = workers.pop()
+        psutil.Process(dead).kill()
+        wait_for(lambda: len([c for c in psutil.Process(proc.pid).children() if c.pid not in (dead,)
+                              and "spawn_main" in " ".join(c.cmdline())]) >= 2, timeout=60,
+                 what="uvicorn to replace the killed worker")
+        wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, timeout=30, what="readiness")
+        burst(20)
+        assert {served() for _ in range(6)} == {60.0}  # the dead worker's 20-odd requests still count
+        # its live gauge goes once the new worker has started (a killed process cannot clean up after itself)
+        wait_for(lambda: not list(metrics_dir.glob(f"gauge_live*_{dead}.db")), timeout=60,
+                 what="the killed worker's live gauge to be dropped")
+    finally:
+        stop_group(proc)

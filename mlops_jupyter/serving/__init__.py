@@ -1,8 +1,11 @@
 """MLflow model -> FastAPI serving package (``generate_package``), the model a run logged
-(``model_of_run``), and running a package (``serve``)."""
+(``model_of_run``), running a package (``serve``), its OCI image (``build_image``) and its Kubernetes
+manifests (``write_manifests``)."""
 
+from .build import build_image
 from .choose import model_of_run
 from .generate import generate_package
+from .manifests import write_manifests
 from .run import serve
 
-__all__ = ["generate_package", "model_of_run", "serve"]
+__all__ = ["build_image", "generate_package", "model_of_run", "serve", "write_manifests"]

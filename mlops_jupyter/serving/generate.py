@@ -26,6 +26,9 @@ LAYOUT = {
     "schema.py.tmpl": "{module}/schema.py",
     "app.py": "{module}/app.py",
     "batching.py": "{module}/batching.py",
+    "oip.py": "{module}/oip.py",
+    "__main__.py": "{module}/__main__.py",
+    "lambda_handler.py": "{module}/lambda_handler.py",
     "test_app.py.tmpl": "tests/test_app.py",
 }
 # MLflow column type -> (python annotation, pandas dtype, pydantic Field constraints, example value).
@@ -43,8 +46,14 @@ COLUMN_TYPES = {
     "datetime": ("datetime", "datetime64[ns]", "strict=False", "2024-01-01T00:00:00"),  # ISO text from JSON
 }
 # what serving needs beyond the model's own requirements; versions are the ones this package was tested with
-SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "prometheus_client", "pandas")
+SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "httptools", "uvloop", "prometheus_client", "pandas", "mangum")
+# where a serving requirement installs at all (uvloop has no Windows build)
+MARKERS = {"uvloop": "sys_platform != 'win32'"}
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
+# MLflow column type / numpy dtype -> Open Inference Protocol datatype (text, dates and nested values: BYTES)
+V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL",
+                "float64": "FP64", "float32": "FP32", "float16": "FP16", "bool": "BOOL",
+                **{f"{s}int{b}": f"{s.upper()}INT{b}" for s in ("", "u") for b in (8, 16, 32, 64)}}
 URI_HELP = ("MODEL_URI is runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@ALIAS, models:/MODEL_ID "
             "or a local folder holding an MLmodel file")
 
@@ -176,7 +185,7 @@ def _describe(uri: str, model_dir: Path, name: str | None) -> dict:
         "predict_fn": pyfunc.get("predict_fn") or "predict", "python_full": python_full,
         "python_xy": ".".join(python_full.split(".")[:2]), "columns": columns, "examples": examples,
         "dependencies": deps, "requirement_names": [_req_name(r) for r in deps], "generated_by": gen,
-        "outputs": _outputs_text(outputs),
+        "outputs": _outputs_text(outputs), "v2_outputs": _v2_outputs(outputs),
     }
 
 
@@ -234,7 +243,7 @@ def _pins(names, have: list[str]) -> list[str]:
     for n in names:
         if n.replace("_", "-") not in taken:
             v = _version(n)
-            out.append(f"{n}=={v}" if v else n)
+            out.append((f"{n}=={v}" if v else n) + (f"; {MARKERS[n]}" if n in MARKERS else ""))
     return out
 
 
@@ -248,6 +257,18 @@ def _outputs_text(outputs) -> str:
         return "the model's signature does not describe them"
     spec = json.loads(outputs)
     return ", ".join(o.get("name") or o.get("tensor-spec", {}).get("dtype") or o.get("type", "?") for o in spec)
+
+
+def _v2_outputs(outputs) -> list[dict]:
+    """The signature's outputs as Open Inference Protocol tensor metadata (one "predict" tensor if unnamed)."""
+    spec = json.loads(outputs) if outputs else [{}]
+    out = []
+    for i, o in enumerate(spec):
+        kind = o.get("tensor-spec", {}).get("dtype") if o.get("type") == "tensor" else o.get("type")
+        shape = o.get("tensor-spec", {}).get("shape") or [-1]
+        name = o.get("name") or ("predict" if len(spec) == 1 else f"output_{i}")
+        out.append({"name": name, "datatype": V2_DATATYPES.get(kind, "BYTES"), "shape": shape})
+    return out
 
 
 def _examples(model_dir: Path, mlmodel: dict, columns: list[dict]) -> list[dict]:
@@ -330,7 +351,11 @@ def _write(root: Path, spec: dict, model_dir: Path) -> None:
     (root / module / "__init__.py").write_text(f'"""Serving package for {spec["model_uri"]}."""\n')
     runtime = {k: spec[k] for k in ("name", "module", "version", "model_uri", "run_id", "model_id", "flavor",
                                     "loader", "model_file", "trusted_types", "predict_fn", "mlflow_version",
-                                    "generated_by", "requirement_names")}
+                                    "generated_by", "requirement_names", "columns")}
+    # the Open Inference Protocol's metadata, from the signature
+    runtime["inputs"] = [{"name": c["name"], "datatype": V2_DATATYPES.get(c["type"], "BYTES"), "shape": [-1]}
+                         for c in spec["columns"]]
+    runtime["outputs"] = spec["v2_outputs"]
     (root / module / "serving.json").write_text(json.dumps(runtime, indent=2) + "\n")
     shutil.copytree(model_dir, root / module / "mlflow_model")
 
