@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml labextension/package.json
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-jupyter)"
 	touch $(STAMP)
 
-# git (runs record their commit), node (builds the labextension), chromium (the browser test),
+# git (runs record their commit), node (builds the labextension), chromium (the browser test), buildah and
+# mmdebstrap (the image test), curl (the README's serving example, run by its test),
 # buildah + mmdebstrap (the serving image test builds a real image on a Debian base it makes once)
 system-deps:
 	@missing=""; \
@@ -32,6 +33,7 @@ system-deps:
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v buildah >/dev/null || missing="$$missing buildah"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
