@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml labextension/package.json
 	touch $(STAMP)
 
 # git (runs record their commit), node (builds the labextension), chromium (the browser test), buildah and
-# mmdebstrap (the image test), curl (the README's serving example, run by its test),
-# buildah + mmdebstrap (the serving image test builds a real image on a Debian base it makes once)
+# mmdebstrap (the serving image test builds a real image on a Debian base it makes once), curl (the README's
+# serving example, which its test runs)
 system-deps:
 	@missing=""; \
 	command -v git >/dev/null || missing="$$missing git"; \

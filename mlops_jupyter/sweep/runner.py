@@ -137,6 +137,19 @@ def connect(address: str | None) -> None:
                          "Client, or host:6379 for a cluster this machine belongs to.", what="address",
                          address=address or "", reason=first) from None
     _connected = address
+    if address is None:
+        _quiet_exit()
+
+
+def _quiet_exit() -> None:
+    """Ray's driver answers SIGTERM with a stack dump on stderr; a kernel that swept gets one whenever its
+    client ends it while Ray still shuts down (papermill gives a kernel 5 s to exit). Ray's own processes
+    end with the kernel either way (they share its fate), so SIGTERM ends the kernel quietly again."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def cluster_nodes() -> list[dict]:
