@@ -71,7 +71,7 @@ class Runner:
                                                                          "display_name": "Python 3",
                                                                          "language": "python"}}), self.nb)
         self.ids = [c.id for c in nbformat.read(self.nb, as_version=4).cells]
-        git(project, "add", "-A")
+        git(project, "add", "readme.ipynb", "train.ipynb")  # the data is the snapshot's to version
         git(project, "commit", "-qm", "the README's notebook")
         self.kernel = Kernel(project, env={"JPY_SESSION_NAME": str(self.nb)})
         self.cell = 0
@@ -80,8 +80,8 @@ class Runner:
     def fill(self, code: str) -> str:
         for placeholder, name in RUN_IDS.items():
             if placeholder in code:
-                runs = [r for r in all_runs(self.project) if r.info.run_name == name]
-                assert runs, f"the README names run {placeholder} ({name!r}) before a block makes it"
+                runs = wait_for(lambda: [r for r in all_runs(self.project) if r.info.run_name == name],
+                                timeout=120, what=f"run {name!r}, which the README names {placeholder}, made above it")
                 code = code.replace(placeholder, runs[-1].info.run_id[:8])
         return code.replace("8080", str(self.port))
 

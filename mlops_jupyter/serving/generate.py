@@ -68,6 +68,7 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
         raise Conflict(f"{out} already exists and is not an empty folder; the generator never overwrites files.",
                        what="package folder", path=str(out))
     with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
+        model_uri = _full_run_uri(model_uri, settings)
         model_dir = _fetch(model_uri, Path(tmp) / "model", settings)
         spec = _describe(source or model_uri, model_dir, name)
         # build next to the target and move it in at the end: a failure leaves no half-written package
@@ -89,6 +90,17 @@ def _is_local(uri: str) -> bool:
     return uri.startswith("file://") or ":/" not in uri
 
 
+def _full_run_uri(uri: str, settings: config.Settings | None) -> str:
+    """``runs:/PREFIX/PATH`` with a run id prefix or a run name (as the runs tables show them) made whole."""
+    ref = re.match(r"runs:/([^/]+)/", uri)
+    if not ref or len(ref.group(1)) >= 32:
+        return uri
+    from ..tracking import get_runs
+
+    (run,) = get_runs(settings or config.resolve(), [ref.group(1)])
+    return f"runs:/{run.info.run_id}/{uri[ref.end():]}"
+
+
 def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
     if _is_local(uri):
         local = Path(uri.removeprefix("file://")).expanduser()
@@ -104,8 +116,8 @@ def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
         db = Path(settings.tracking_uri[len("sqlite:///"):])
         if not db.is_file():
             raise NotFound(f"there is no tracking store at {db} to resolve {uri} from; log the model first "
-                           "(mlflow.sklearn.log_model inside a tracked cell), or set the project's tracking URI.",
-                           uri=uri, store=str(db))
+                           "(%%mlops run --model NAME, or mlops_jupyter.log_model, in a tracked cell), or set the "
+                           "project's tracking URI.", uri=uri, store=str(db))
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 

@@ -128,15 +128,14 @@ def inspect(path: str) -> dict:
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return {"state": "new", "version": None, "valuable": 0}
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_S) as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            version = None
-            if "alembic_version" in tables:
-                row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-                version = row[0] if row else None
-            valuable = sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _VALUABLE if t in tables)
-            if "experiments" in tables:  # the Default experiment (id 0) is made with every store
-                valuable += con.execute("SELECT count(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+        try:
+            tables, version, valuable = _contents(path, "ro")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) or not os.path.exists(path + "-journal"):
+                raise
+            # a writer killed mid-transaction left a hot journal: only a read-write connection may roll it
+            # back, which is SQLite's own recovery (any MLflow connection would do the same)
+            tables, version, valuable = _contents(path, "rw")
     except sqlite3.OperationalError as exc:  # locked or busy: another process holds it; never a reason to touch it
         raise StoreUnavailable(uri=f"sqlite:///{path}", reason=f"the store file is busy ({exc})") from None
     except sqlite3.DatabaseError as exc:
@@ -151,6 +150,19 @@ def inspect(path: str) -> dict:
         return {"state": "half", "version": None, "valuable": valuable,
                 "why": "its tables exist but its schema version was never written"}
     return {"state": "current" if version == head_revision() else "old", "version": version, "valuable": valuable}
+
+
+def _contents(path: str, mode: str) -> tuple[set, str | None, int]:
+    with sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_S) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = None
+        if "alembic_version" in tables:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            version = row[0] if row else None
+        valuable = sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _VALUABLE if t in tables)
+        if "experiments" in tables:  # the Default experiment (id 0) is made with every store
+            valuable += con.execute("SELECT count(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+    return tables, version, valuable
 
 
 def head_revision() -> str:
