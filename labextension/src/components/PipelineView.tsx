@@ -2,7 +2,7 @@ import * as React from 'react';
 
 import { MlopsModel } from '../model';
 import { IGenerated, LIVE_REFRESH_MS } from '../tokens';
-import { ErrorLine, Field, hasCapability, Unavailable, useAction, usePolled } from './common';
+import { ErrorLine, Field, formatSize, hasCapability, JobLog, Unavailable, useAction, usePolled } from './common';
 
 /** Export the notebook as a pipeline, see each step's state, run it; generate a serving package. */
 export function PipelineView(props: { model: MlopsModel; serveRun: string; pipeline: boolean }): JSX.Element {
@@ -102,15 +102,7 @@ function PipelineSection(props: { model: MlopsModel }): JSX.Element {
           models: {data.models.map(m => `${m.name} (step ${m.step})`).join(', ')}
         </div>
       )}
-      {data?.run && (
-        <div className="mlops-pipeline-run" data-testid="mlops-pipeline-log">
-          <div className="mlops-muted">
-            {data.run.running ? 'running' : data.run.ok ? 'last run succeeded' : 'last run failed'}
-            {data.run.summary ? `: ${data.run.summary}` : ''}
-          </div>
-          <pre className="mlops-log">{data.run.log.join('\n')}</pre>
-        </div>
-      )}
+      {data?.run && <JobLog job={data.run} testid="mlops-pipeline-log" going="running" noun="run" />}
     </section>
   );
 }
@@ -119,16 +111,23 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
   const { model } = props;
   const [runId, setRunId] = React.useState(props.runId);
   const [out, setOut] = React.useState(model.defaultFolder('serving'));
+  const [folder, setFolder] = React.useState(out); // the package the state below is read for
   const [name, setName] = React.useState('');
   const { busy, failure, run } = useAction();
   const [result, setResult] = React.useState<IGenerated | null>(null);
   React.useEffect(() => setRunId(props.runId), [props.runId]);
-  React.useEffect(() => setOut(model.defaultFolder('serving')), [model.path]);
+  React.useEffect(() => {
+    const initial = model.defaultFolder('serving');
+    setOut(initial);
+    setFolder(initial);
+  }, [model.path]);
 
   const generate = () =>
     run('generate', async () => {
       setResult(null);
-      setResult(await model.generateServing(runId.trim(), out.trim(), name.trim()));
+      const made = await model.generateServing(runId.trim(), out.trim(), name.trim());
+      setResult(made);
+      setFolder(made.folder);
     });
   return (
     <section className="mlops-serving" data-testid="mlops-serving">
@@ -142,7 +141,13 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
         value={runId}
         onChange={setRunId}
       />
-      <Field label="out" testid="mlops-serving-out" value={out} onChange={setOut} />
+      <Field
+        label="out"
+        testid="mlops-serving-out"
+        value={out}
+        onChange={setOut}
+        onCommit={() => setFolder(out.trim() || model.defaultFolder('serving'))}
+      />
       <Field label="name" placeholder="optional" value={name} onChange={setName} />
       <div className="mlops-actions">
         <button
@@ -161,6 +166,73 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
           {result.name}: {result.folder} (from {result.model_uri}). Serve it: <code>mlops serve run {result.folder}</code>
         </div>
       )}
+      <PackageState model={model} folder={folder} />
     </section>
+  );
+}
+
+/** A generated package: its tests and last image, and Build (`mlops serve build`: tests, then the image). */
+function PackageState(props: { model: MlopsModel; folder: string }): JSX.Element | null {
+  const { model, folder } = props;
+  const [base, setBase] = React.useState('');
+  const { busy, failure, run } = useAction();
+  const { data, error, reload } = usePolled(
+    () => model.serving(folder),
+    last => (last?.build?.running ? LIVE_REFRESH_MS : 0),
+    [model.path, folder]
+  );
+  if (!data?.package) {
+    return error ? <ErrorLine error={error} testid="mlops-package-error" /> : null;
+  }
+  const building = !!data.build?.running;
+  const image = data.image;
+  const build = () =>
+    run('build', async () => {
+      await model.buildServing(folder, base.trim());
+      reload();
+    });
+  return (
+    <div className="mlops-package" data-testid="mlops-package">
+      <div className="mlops-section-title">
+        <span>
+          {data.name} {data.version}
+        </span>
+        <span className="mlops-muted">{data.folder}</span>
+      </div>
+      <div className="mlops-muted" data-testid="mlops-package-tests">
+        tests: {building ? 'running…' : image ? image.tests : 'not run yet'}
+      </div>
+      <div data-testid="mlops-package-image">
+        {image ? (
+          <>
+            image <code>{image.tag}</code> · {formatSize(image.size_bytes)} · built with {image.engine} in{' '}
+            {Math.round(image.build_seconds)} s{image.pushed ? ` · pushed to ${image.pushed}` : ''}
+          </>
+        ) : (
+          <span className="mlops-muted">no image built yet</span>
+        )}
+      </div>
+      <Field
+        label="base"
+        testid="mlops-package-base"
+        placeholder="base image (default: python of the model)"
+        value={base}
+        onChange={setBase}
+      />
+      <div className="mlops-actions">
+        <button
+          type="button"
+          className="mlops-button"
+          data-testid="mlops-package-build"
+          disabled={!!busy || building}
+          title="mlops serve build: the package's tests, then its image"
+          onClick={() => void build()}
+        >
+          {building ? 'building…' : image ? 'Build again' : 'Build'}
+        </button>
+      </div>
+      <ErrorLine error={failure ?? error} testid="mlops-package-error" />
+      {data.build && <JobLog job={data.build} testid="mlops-package-log" going="building" noun="build" />}
+    </div>
   );
 }
