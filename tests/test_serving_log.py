@@ -16,7 +16,8 @@ from test_serving import IRIS_COLUMNS, PY, SAMPLES, free_port, metric, package, 
 def serve(package: Path, tmp_path: Path, **env) -> tuple[str, object, Path]:
     port = free_port()
     log = tmp_path / "server.log"
-    settings = {"SERVE_LOG_DIR": str(tmp_path / "predictions"), "SERVE_LOG_FLUSH_S": "0.2", **env}
+    settings = {"SERVE_LOG_DIR": str(tmp_path / "predictions"), "SERVE_LOG_FLUSH_S": "0.2", "SERVE_LOG_GROUP_S": "0.1",
+                **env}
     proc = start_server([PY, "-m", "mlops_jupyter.cli", "serve", "run", str(package), "--port", str(port)], port, log,
                         env=settings)
     return f"http://127.0.0.1:{port}", proc, log
@@ -100,13 +101,13 @@ def test_a_full_queue_drops_rows_and_counts_them_without_slowing_a_request(packa
 
 
 def test_past_the_disk_cap_the_oldest_files_go_and_are_counted(package, tmp_path):
-    url, proc, _ = serve(package, tmp_path, SERVE_LOG_MAX_MB="0.02", SERVE_LOG_FLUSH_S="0.05")
+    url, proc, _ = serve(package, tmp_path, SERVE_LOG_MAX_MB="0.02", SERVE_LOG_FLUSH_S="0.05", SERVE_LOG_GROUP_S="0.02")
     folder = tmp_path / "predictions"
     try:
-        for _ in range(12):  # one file per flush, each several KB
+        for i in range(1, 13):  # a file each, several KB
             httpx.post(f"{url}/predict", json={"rows": records(SAMPLES * 25)})
-            wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "serving_log_rows_total") % 100 == 0,
-                     timeout=30, what="the flush")
+            wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "serving_log_rows_total") == 100 * i,
+                     timeout=30, what="the file closed")
         text = httpx.get(f"{url}/metrics").text
         written = metric(text, "serving_log_rows_total")
         dropped = metric(text, "serving_log_dropped_rows_total", reason="disk_cap")
@@ -136,7 +137,7 @@ def test_with_the_log_off_the_server_still_serves_and_feedback_says_why(package,
 def test_by_default_the_log_goes_beside_the_package_and_git_ignores_it(package, tmp_path):
     port = free_port()
     proc = start_server([PY, "-m", "mlops_jupyter.cli", "serve", "run", str(package), "--port", str(port)], port,
-                        tmp_path / "server.log", env={"SERVE_LOG_FLUSH_S": "0.1"})
+                        tmp_path / "server.log", env={"SERVE_LOG_FLUSH_S": "0.1", "SERVE_LOG_GROUP_S": "0.05"})
     try:
         httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": records(SAMPLES)})
         wait_for(lambda: len(logged(package / "prediction-log")) >= 4, timeout=30, what="rows beside the package")
@@ -145,3 +146,24 @@ def test_by_default_the_log_goes_beside_the_package_and_git_ignores_it(package, 
     one = next((package / "prediction-log").glob("*.parquet"))
     assert git(package, "check-ignore", str(one)).strip()  # the project's git status stays clean
     assert "prediction-log/" in (package / ".dockerignore").read_text()  # and no image carries it
+
+
+def test_a_server_killed_mid_file_leaves_no_visible_half_file(package, tmp_path):
+    import os
+    import signal
+
+    folder = tmp_path / "predictions"
+    url, proc, _ = serve(package, tmp_path, SERVE_LOG_FLUSH_S="600")  # row groups go out, the file stays open
+    try:
+        httpx.post(f"{url}/predict", json={"rows": records(SAMPLES)})
+        wait_for(lambda: list(folder.glob(".predictions-*.partial")), timeout=30, what="an open file")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not list(folder.glob("*.parquet"))  # a reader never sees it
+    url, proc, _ = serve(package, tmp_path)
+    try:
+        wait_for(lambda: not list(folder.glob(".*.partial")), timeout=30,
+                 what="the next server to clear what the killed one left")
+    finally:
+        stop_group(proc)

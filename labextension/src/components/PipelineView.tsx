@@ -19,16 +19,24 @@ export function PipelineView(props: { model: MlopsModel; serveRun: string; pipel
   );
 }
 
-function PipelineSection(props: { model: MlopsModel }): JSX.Element {
-  const { model } = props;
-  const [out, setOut] = React.useState(model.defaultFolder('pipeline'));
-  const [folder, setFolder] = React.useState(out); // what the state below is read for (the field, once committed)
-  const { busy, failure, run } = useAction();
+/** An `out` folder field (default: beside the notebook, <stem>-SUFFIX): what is typed, and the folder it
+ * commits to on Enter or blur, which the section's state is read for. */
+function useOutFolder(model: MlopsModel, suffix: string) {
+  const [out, setOut] = React.useState(model.defaultFolder(suffix));
+  const [folder, setFolder] = React.useState(out);
   React.useEffect(() => {
-    const initial = model.defaultFolder('pipeline');
+    const initial = model.defaultFolder(suffix);
     setOut(initial);
     setFolder(initial);
   }, [model.path]);
+  const commit = () => setFolder(out.trim() || model.defaultFolder(suffix));
+  return { out, setOut, folder, setFolder, commit };
+}
+
+function PipelineSection(props: { model: MlopsModel }): JSX.Element {
+  const { model } = props;
+  const { out, setOut, folder, commit } = useOutFolder(model, 'pipeline');
+  const { busy, failure, run } = useAction();
   const { data, error, reload } = usePolled(
     () => model.pipeline(folder),
     last => (last?.run?.running ? LIVE_REFRESH_MS : 0),
@@ -53,7 +61,7 @@ function PipelineSection(props: { model: MlopsModel }): JSX.Element {
         testid="mlops-pipeline-out"
         value={out}
         onChange={setOut}
-        onCommit={() => setFolder(out.trim() || model.defaultFolder('pipeline'))}
+        onCommit={commit}
       />
       <div className="mlops-actions">
         <button
@@ -110,17 +118,11 @@ function PipelineSection(props: { model: MlopsModel }): JSX.Element {
 function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Element {
   const { model } = props;
   const [runId, setRunId] = React.useState(props.runId);
-  const [out, setOut] = React.useState(model.defaultFolder('serving'));
-  const [folder, setFolder] = React.useState(out); // the package the state below is read for
+  const { out, setOut, folder, setFolder, commit } = useOutFolder(model, 'serving');
   const [name, setName] = React.useState('');
   const { busy, failure, run } = useAction();
   const [result, setResult] = React.useState<IGenerated | null>(null);
   React.useEffect(() => setRunId(props.runId), [props.runId]);
-  React.useEffect(() => {
-    const initial = model.defaultFolder('serving');
-    setOut(initial);
-    setFolder(initial);
-  }, [model.path]);
 
   const generate = () =>
     run('generate', async () => {
@@ -146,7 +148,7 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
         testid="mlops-serving-out"
         value={out}
         onChange={setOut}
-        onCommit={() => setFolder(out.trim() || model.defaultFolder('serving'))}
+        onCommit={commit}
       />
       <Field label="name" placeholder="optional" value={name} onChange={setName} />
       <div className="mlops-actions">

@@ -173,7 +173,7 @@ def _log_dropped(reason: str, rows: int, files: int) -> None:
 def _start_log() -> PredictionLog | None:
     # run from the package's folder (`mlops serve run DIR`): the log goes beside it (.gitignore'd), else here
     default = HERE.parent / "prediction-log" if (HERE.parent / "pyproject.toml").is_file() else Path("prediction-log")
-    plog = PredictionLog(SPEC, COLUMNS, FIELDS, LOG_ROWS.inc, _log_dropped,
+    plog = PredictionLog(SPEC, COLUMNS, FIELDS, DTYPES, LOG_ROWS.inc, _log_dropped,
                          folder=os.environ.get("SERVE_LOG_DIR") or str(default))
     if plog.config["sample"] <= 0 or not plog.start():
         return None
