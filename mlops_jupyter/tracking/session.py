@@ -27,6 +27,7 @@ from . import display
 from . import journal as J
 from .link import RecorderLink
 from .notebook import NotebookInfo
+from .reads import ReadWatch
 
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
@@ -110,6 +111,7 @@ class Tracker:
         self._local = threading.local()
         self._snapshots: dict[str, dict] = {}
         self._snapshot_roots: set[Path] = set()
+        self.reads = ReadWatch()  # the snapshotted data a tracked cell opens
         self._experiment_ready = threading.Event()
         self._rescanning = None
 
@@ -202,6 +204,7 @@ class Tracker:
         with self._mutex:
             self.records[key] = rec
         self.current = rec
+        self.reads.start()
         self._saved_streams = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, rec.stdout), _Tee(sys.stderr, rec.stderr)
         if "mlflow" in sys.modules or "mlflow" in source:
@@ -222,22 +225,24 @@ class Tracker:
             if mtime != entry["mtime"]:
                 with open(entry["file"]) as fh:
                     entry.update(read_dvc_file(fh.read()) or {}, mtime=mtime)
-            out.append({"path": rel, "md5": entry["md5"], "size": entry.get("size")})
+            out.append({"path": rel, "md5": entry["md5"], "size": entry.get("size"), "root": entry["root"]})
         return out
 
     def rescan_snapshots(self) -> None:
         """Snapshots of the notebook's project, and of any other project this kernel snapshotted in."""
         from ..data import in_scope
 
-        found = {}
+        found, files, folders = {}, {}, {}
         for root in [self.settings.project_root, *self._snapshot_roots]:
             for snap in in_scope(root):
                 file = str(root / f"{snap['path']}.dvc")
                 try:
-                    found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns}
+                    found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns, "root": str(root)}
                 except OSError:
                     continue
+                (folders if snap["md5"].endswith(".dir") else files)[file[: -len(".dvc")]] = snap["path"]
         self._snapshots = found
+        self.reads.watch(files, folders)
 
     def _rescan_later(self) -> None:
         if self._rescanning is None or not self._rescanning.is_alive():
@@ -253,7 +258,7 @@ class Tracker:
         rec = self.current
         if rec is None or not self.configured:
             return False
-        self._send({"op": "dataset", "key": rec.key, "path": path, "md5": md5, "remote": remote,
+        self._send({"op": "dataset", "key": rec.key, "path": path, "md5": md5, "remote": remote, "root": root,
                     "project_root": str(self.settings.project_root), **self._store_fields()})
         return True
 
@@ -297,6 +302,7 @@ class Tracker:
         rec, self.current = self.current, None
         if rec is None:
             return
+        reads = self.reads.stop()
         if self._saved_streams is not None:
             if isinstance(sys.stdout, _Tee):
                 sys.stdout = self._saved_streams[0]
@@ -332,6 +338,7 @@ class Tracker:
             "params": {k: str(v) for k, v in rec.params.items()},
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
+            "reads": reads,
         })
         self._rescan_later()
         if result is not None and self.headless:
