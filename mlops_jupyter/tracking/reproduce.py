@@ -7,8 +7,10 @@ same store, tagged ``mlops.reproduces``.
 
 A run may use two projects: a notebook that changes into another git/DVC project for its data
 (``%cd``) records both in ``mlops.projects``. Data of the notebook's own project is restored in its
-worktree; data of another project in a scratch worktree of that project at its recorded commit (the
-project itself is never touched). Whatever cannot be restored is said in one line before anything runs.
+worktree. Data the run read from another project is restored where the notebook reads it, in that
+project (its code stays as it is, since the notebook only reads data there), and put back afterwards;
+a path there with changes that are in no snapshot is never overwritten. Whatever cannot be restored is
+said in one line, and nothing is executed then.
 """
 
 from __future__ import annotations
@@ -104,12 +106,12 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
     result = Reproduction(original=rid, new=None)
     scratch = Path(tempfile.mkdtemp(prefix=f"mlops-reproduce-{rid[:8]}-"))
     worktree = scratch / "tree"
-    trees = [(root, worktree)]
+    put_back: list = []
     _git(root, "worktree", "add", "--detach", "-q", str(worktree), commit)
     try:
         if code.get("dirty"):
             result.notes.append(_apply_recorded_diff(settings, rid, worktree))
-        result.notes += _restore_data(rid, sources, root, worktree, scratch, trees)
+        result.notes += _restore_data(rid, sources, root, worktree, _reads(tags), put_back)
         wt_nb = worktree / nb_rel
         if not wt_nb.exists():
             raise MlopsError(f"{nb_rel} is not in commit {commit[:8]}: was the notebook committed before the run?")
@@ -130,9 +132,8 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
         result.metrics = {k: (v, new.data.metrics.get(k)) for k, v in sorted(run.data.metrics.items())}
         result.verdict = verdict(result.metrics)
     finally:
-        for project, tree in trees:
-            subprocess.run(["git", "-C", str(project), "worktree", "remove", "--force", str(tree)],
-                           capture_output=True)
+        result.notes += _put_back(put_back)
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(worktree)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -221,35 +222,76 @@ def _data_sources(rid: str, tags: dict, projects: list[dict]) -> list[tuple[str,
     return sources
 
 
-def _restore_data(rid: str, sources: list, code_root: Path, code_tree: Path, scratch: Path, trees: list) -> list[str]:
-    """Each snapshot the run recorded, restored from its project's cache/remote: in the code worktree when the
-    notebook's project holds it, else in a scratch worktree of its own project at the commit the run recorded."""
-    from ..data import restore
+def _reads(tags: dict) -> set | None:
+    """The snapshotted paths the run read; None for a run recorded before runs said so (all count then)."""
+    from ..data import read_key
 
-    notes, opened = [], {code_root: code_tree}
+    if T.PROJECTS not in tags:
+        return None
+    prefix = read_key("")
+    return {k[len(prefix):] for k in tags if k.startswith(prefix)}
+
+
+def _restore_data(rid: str, sources: list, code_root: Path, code_tree: Path, reads: set | None,
+                  put_back: list) -> list[str]:
+    """Each snapshot the run recorded, restored from its project's cache/remote: in the code worktree when the
+    notebook's project holds it; in its own project when the run read it from another one (``put_back``
+    collects what to undo there)."""
+    from ..data import restore
+    from ..data.scope import read_dvc_file
+
+    notes = []
     for path, md5, project, rev in sources:
         root = Path(project["root"])
-        if root not in opened:
-            tree = scratch / f"data-{len(opened)}"
-            _git(root, "worktree", "add", "--detach", "-q", str(tree), project.get("commit") or rev)
-            trees.append((root, tree))
-            opened[root] = tree
-        tree = opened[root]
-        if not (tree / ".dvc").is_dir():
-            raise MlopsError(f"cannot reproduce run {rid}: its data {path} is versioned by DVC in {root}, but the "
-                             f"commit {(project.get('commit') or rev)[:8]} it checked out has no .dvc/ folder.")
         try:
-            _share_cache(root, tree)
-            restore(path, rev=rev, force=True, root=tree)
+            if root == code_root:
+                if not (code_tree / ".dvc").is_dir():
+                    raise MlopsError(f"its data {path} is versioned by DVC in {root}, but the commit it checked out "
+                                     "has no .dvc/ folder.")
+                _share_cache(root, code_tree)
+                restore(path, rev=rev, force=True, root=code_tree)
+                notes.append(f"restored {path} (md5 {md5[:8]})")
+                continue
+            if reads is not None and path not in reads:
+                continue  # in that project's scope, never read: left as it is
+            dvcfile = root / f"{path}.dvc"
+            before = dvcfile.read_text() if dvcfile.exists() else None
+            now = read_dvc_file(before) if before else None
+            back = _commit_with_md5(root, f"{path}.dvc", now["md5"]) if now and now["md5"] != md5 else None
+            if now and now["md5"] != md5 and back is None:
+                raise MlopsError(f"{path} in {root} holds a version (md5 {now['md5'][:8]}) that no commit records, "
+                                 "so it could not be put back after the run; snapshot it first.")
+            restore(path, rev=rev, root=root)  # not forced: changes that are in no snapshot stop it
+            if before is not None and (root / f"{path}.dvc").read_text() != before:
+                put_back.append((root, path, back, before))
+            if now and now["md5"] == md5:
+                notes.append(f"{path} in project {root} is the version the run read (md5 {md5[:8]})")
+            else:
+                notes.append(f"restored {path} (md5 {md5[:8]}) in project {root}, where the run read it"
+                             + (f"; it goes back to md5 {now['md5'][:8]} afterwards" if back else ""))
         except MlopsError as exc:
-            raise MlopsError(f"cannot reproduce run {rid}: {exc}") from None
+            raise MlopsError(f"cannot reproduce run {rid}: in project {root}, {exc} Nothing was executed.") from None
         except Exception as exc:  # noqa: BLE001 - DVC or the filesystem: one line, never its traceback
             first = (str(exc).strip().splitlines() or [""])[0]
             raise MlopsError(f"cannot reproduce run {rid}: restoring {path} from {root} failed "
-                             f"({type(exc).__name__}: {first}).") from None
-        where = "" if root == code_root else \
-            f" of project {root} at {(project.get('commit') or rev)[:8]}, in a scratch worktree of it (the project is untouched)"
-        notes.append(f"restored {path} (md5 {md5[:8]}){where}")
+                             f"({type(exc).__name__}: {first}); nothing was executed.") from None
+    return notes
+
+
+def _put_back(put_back: list) -> list[str]:
+    """Another project's data as it was before the reproduction (its .dvc file byte for byte)."""
+    from ..data import restore
+
+    notes = []
+    for root, path, rev, text in put_back:
+        try:
+            if rev:
+                restore(path, rev=rev, force=True, root=root)
+            (root / f"{path}.dvc").write_text(text)
+            notes.append(f"put {path} in {root} back as it was")
+        except Exception as exc:  # noqa: BLE001 - the reproduction's result stands; say what is left to do
+            notes.append(f"could not put {path} in {root} back ({type(exc).__name__}: {exc}); its .dvc file "
+                         "and git history say which version it held")
     return notes
 
 

@@ -112,6 +112,7 @@ class Tracker:
         self._snapshots: dict[str, dict] = {}
         self._snapshot_roots: set[Path] = set()
         self.reads = ReadWatch()  # the snapshotted data a tracked cell opens
+        self._cwd: str | None = None
         self._experiment_ready = threading.Event()
         self._rescanning = None
 
@@ -298,7 +299,23 @@ class Tracker:
         finally:
             self._local.showing = False
 
+    def follow_cwd(self) -> None:
+        """A notebook that changes into another project for its data (``%cd``): that project's snapshots are
+        in scope from the next cell on. Costs a getcwd per cell; a rescan only on entering a new project."""
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            return
+        if cwd == self._cwd or not self.configured:
+            return
+        self._cwd = cwd
+        root = config.find_project_root(cwd)
+        if root != self.settings.project_root and root not in self._snapshot_roots and (root / ".dvc").is_dir():
+            self._snapshot_roots.add(root)
+            self.rescan_snapshots()  # now, not later: papermill runs the next cell at once
+
     def finish(self, result, interrupted: bool = False) -> None:
+        self.follow_cwd()
         rec, self.current = self.current, None
         if rec is None:
             return
