@@ -1,5 +1,6 @@
 """`mlops reproduce`: a seeded scikit-learn run re-executed from its recorded code, data and params."""
 
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,25 @@ def test_reproduce_a_run_whose_data_came_from_another_project(project):
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert f"its project {data_proj} no longer exists" in out.stderr, out.stderr
     assert len([r for r in all_runs(project) if r.data.tags.get("mlops.reproduces")]) == 1
+
+
+def test_reproduce_the_demo_notebooks_fewer_rows_run(project):
+    """example_notebooks/02_data_versioning.ipynb as `make demo` runs it: its data lives in a scratch project it
+    makes and changes into, its code in this repository."""
+    import shutil
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "example_notebooks" / "02_data_versioning.ipynb"
+    (project / "example_notebooks").mkdir()
+    shutil.copy(demo, project / "example_notebooks")
+    git(project, "add", "example_notebooks")
+    git(project, "commit", "-q", "-m", "the demo notebook")
+    out = subprocess.run([sys.executable, "-m", "papermill", "--cwd", "example_notebooks", "--log-level", "ERROR",
+                          "example_notebooks/02_data_versioning.ipynb", "out.ipynb"], cwd=project, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PWD": str(project)})  # as a shell there sets it
+    assert out.returncode == 0, out.stderr[-2000:]
+    wait_for(lambda: len([r for r in all_runs(project) if r.info.status == "FINISHED"]) == 2, timeout=60,
+             what="the demo's two runs")
+    out = mlops(project, "reproduce", "fewer-rows")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "verdict: match" in out.stdout and "in project /" in out.stdout

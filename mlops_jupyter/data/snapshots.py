@@ -240,7 +240,7 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
     dvcfile, ignore = root / f"{rel}.dvc", target.parent / ".gitignore"
     before = {p: (p.read_text() if p.exists() else None) for p in (dvcfile, ignore)}
     dvc_rel, ignore_rel = f"{rel}.dvc", ignore.relative_to(root).as_posix()
-    signature = _signature(target)
+    signature = _signature(target)  # taken before hashing: a change meanwhile makes the next snapshot hash again
     known = _index(root).get(rel)
     prev = read_dvc_file(before[dvcfile]) if before[dvcfile] else None
     try:
@@ -253,7 +253,6 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
                 _cache_in_one_pass(repo, target, progress)
             with _quiet(), _progress(None if target.is_file() else progress, _size(target)):
                 repo.add([str(target)], relink=False)  # a file cached above: DVC only writes the .dvc file
-            signature = _signature(target)  # DVC may have relinked the files from its cache
             info = read_dvc_file(dvcfile.read_text())
             if prev and prev["md5"] == info["md5"] and _committed(root, dvc_rel):
                 snap = Snapshot(rel, info["md5"], info["size"], info["nfiles"], _last_commit(root, dvc_rel),
