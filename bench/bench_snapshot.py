@@ -2,9 +2,13 @@
 - snapshot of a 1 GiB file vs the floor max(`md5sum` of it, `cp` of it into the DVC cache's folder made durable
   with `sync FILE`) (goal <= 1.1x): a snapshot must hash the data and get a copy of it into the cache, so the
   slower of the two is the least it can take. `cp` makes a reflink where the filesystem can, as the snapshot
-  does, so on such a filesystem the floor is the hash alone. Beside plain `dvc add`;
+  does, so there the floor is the hash alone. Three rounds, each timing both anchors right before a real
+  snapshot (the data changes each time): the median of the per-round ratios, so load that drifts on a shared
+  machine moves anchor and snapshot alike. DVC does not fsync its cache, so the snapshot plus a sync of what it
+  left to write is printed too. Beside plain `dvc add`;
 - re-snapshot of unchanged data (goal <= 0.3 s), beside plain `dvc add` of unchanged data (about 1.3 s).
-BENCH_SNAPSHOT_MB changes the file size (default 1024); BENCH_DIR the folder (the filesystem) it runs in."""
+BENCH_SNAPSHOT_MB changes the file size (default 1024); BENCH_DIR the folder (the filesystem) it runs in, e.g. an
+XFS or Btrfs mount to see reflinks."""
 
 from __future__ import annotations
 

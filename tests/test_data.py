@@ -233,3 +233,22 @@ def test_a_snapshot_lists_only_the_runs_that_read_it(project):
 
     assert listed("data/train.csv") == {"reader", "snapshotter"}
     assert listed("images") == {"folder-reader"}
+
+
+def test_our_dvc_set_up_asks_for_reflinks_and_a_users_own_is_left_alone(tmp_path):
+    """`cache.type reflink,copy` where we initialise DVC; a project whose DVC the user set up keeps its config."""
+    from harness import make_git_project
+
+    ours, theirs = make_git_project(tmp_path / "ours"), make_git_project(tmp_path / "theirs")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=theirs, check=True)
+    git(theirs, "commit", "-q", "-m", "dvc init")
+    config = (theirs / ".dvc" / "config").read_text()
+    for root in (ours, theirs):
+        (root / "d.bin").write_bytes(b"data")
+        out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "snapshot", "d.bin"], cwd=root,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    assert "reflink,copy" in (ours / ".dvc" / "config").read_text()
+    assert not git(ours, "status", "--porcelain", "--", ".dvc").strip()  # committed with the set-up
+    assert (theirs / ".dvc" / "config").read_text() == config
+    assert (ours / "d.bin").read_bytes() == b"data" and (theirs / "d.bin").read_bytes() == b"data"
