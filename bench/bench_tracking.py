@@ -102,7 +102,8 @@ get_ipython().run_cell(READER)
 _seen[1] = False
 events = _seen[0]
 watch = get_ipython()._mlops_magics.tracker.reads
-per_event = min(timeit.repeat(lambda: watch._hook('exec', (None,)), number=100_000, repeat=5)) / 100_000
+from mlops_jupyter.tracking.reads import _hook
+per_event = min(timeit.repeat(lambda: _hook('exec', (None,)), number=100_000, repeat=5)) / 100_000
 def plain():
     with open('data/train.csv') as fh:
         fh.read()

@@ -3,8 +3,9 @@
 project holds. Python's own ``open`` (pandas, numpy, csv, pickle ...) is seen; a library that opens
 files in native code (pyarrow's reader) is not.
 
-Hooks cannot be removed, so it is installed once per kernel and does nothing outside a tracked cell:
-for any other event it costs one comparison.
+Hooks cannot be removed, so one is installed per process, on the first tracked cell, and serves the watch
+started last (a reloaded extension makes a new one); outside a tracked cell it does nothing, and for any
+other event it costs one comparison.
 
 Stdlib only: this module loads with ``%load_ext``.
 """
@@ -17,6 +18,12 @@ from contextlib import contextmanager
 
 WRITE_ONLY = os.O_WRONLY
 ACCESS_MODE = os.O_ACCMODE if hasattr(os, "O_ACCMODE") else 3
+_SERVED: list = []  # [the watch the process's one hook reports to], once it is installed
+
+
+def _hook(event, args) -> None:
+    if event == "open" and _SERVED:
+        _SERVED[0].opened(args)
 
 
 class ReadWatch:
@@ -25,7 +32,6 @@ class ReadWatch:
         self.dirs: tuple = ()  # (absolute folder path + separator, its snapshot path) of snapshotted folders
         self.hits: set | None = None  # snapshot paths read; a set only while a tracked cell runs
         self._paused = 0
-        self._installed = False
 
     def watch(self, snapshots: dict[str, str], folders: dict[str, str]) -> None:
         """What to look for: {absolute path: snapshot path} of snapshotted files and of folders."""
@@ -33,9 +39,10 @@ class ReadWatch:
         self.dirs = tuple((path.rstrip(os.sep) + os.sep, rel) for path, rel in folders.items())
 
     def start(self) -> None:
-        if not self._installed:
-            sys.addaudithook(self._hook)
-            self._installed = True
+        if not _SERVED:
+            sys.addaudithook(_hook)
+            _SERVED.append(self)
+        _SERVED[0] = self
         self.hits = set()
 
     def stop(self) -> list[str]:
@@ -51,9 +58,8 @@ class ReadWatch:
         finally:
             self._paused -= 1
 
-    def _hook(self, event, args) -> None:
-        if event != "open":
-            return
+    def opened(self, args) -> None:
+        """The ``open`` audit event's (path, mode, flags)."""
         hits = self.hits  # read once: the cell may end on another thread meanwhile
         if hits is None or self._paused:
             return
