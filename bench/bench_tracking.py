@@ -93,9 +93,9 @@ READER = "with open('data/train.csv') as fh:\n    rows = fh.read().count('\\n')"
 
 COUNT_EVENTS = """import sys, timeit
 _seen = [0, False]
-def _count(event, args):
-    if _seen[1]:
-        _seen[0] += 1
+def _count(event, args, seen=_seen):  # bound now: it still runs while the kernel's globals are torn down
+    if seen[1]:
+        seen[0] += 1
 sys.addaudithook(_count)
 _seen[1] = True
 get_ipython().run_cell(READER)

@@ -136,3 +136,21 @@ def test_reproduce_the_demo_notebooks_fewer_rows_run(project):
     out = mlops(project, "reproduce", "fewer-rows")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
     assert "verdict: match" in out.stdout and "in project /" in out.stdout
+
+
+def test_reproduce_a_run_whose_code_commit_is_gone_says_so_in_one_line(ip, project):
+    """A run recorded in a history since rewritten (or another clone): one line, no worktree, no traceback."""
+    import json
+
+    from mlflow import MlflowClient
+
+    ip.run_cell("%%mlops run\nx = 1")
+    assert ip._mlops_magics.tracker.flush(60) == 0
+    (run,) = all_runs(project)
+    client = MlflowClient("sqlite:///" + (project / ".mlops" / "mlflow.db").as_posix())
+    client.set_tag(run.info.run_id, "mlops.notebook", str(project / "train.ipynb"))
+    client.set_tag(run.info.run_id, "mlops.projects", json.dumps([{"root": str(project), "commit": "1" * 40}]))
+    out = mlops(project, "reproduce", run.info.run_id)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "the code commit 11111111 it used is not in the history" in out.stderr, out.stderr
+    assert not git(project, "worktree", "list").strip().count("\n")
