@@ -56,8 +56,9 @@ def proj(tmp_path_factory):
         {"name": "sweep", "start": 1_700_000_120_000, "params": {"metric": "acc", "mode": "max", "samples": "2"}},
     ])
     client = MlflowClient("sqlite:///" + (root / ".mlops" / "mlflow.db").as_posix())
-    client.set_tag(ids[0], "mlops.data.data/train.csv", v1.md5)
-    client.set_tag(ids[1], "mlops.data.data/train.csv", v2.md5)
+    for run_id, version in ((ids[0], v1), (ids[1], v2)):  # each had its version in scope, and read it
+        client.set_tag(run_id, "mlops.data.data/train.csv", version.md5)
+        client.set_tag(run_id, "mlops.read.data/train.csv", version.md5)
     for step, loss in enumerate([0.9, 0.5, 0.2]):
         client.log_metric(ids[1], "loss", loss, step=step)
     client.set_tag(ids[2], "mlops.kind", "sweep")

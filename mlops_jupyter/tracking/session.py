@@ -27,6 +27,7 @@ from . import display
 from . import journal as J
 from .link import RecorderLink
 from .notebook import NotebookInfo
+from .reads import ReadWatch
 
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
@@ -110,6 +111,8 @@ class Tracker:
         self._local = threading.local()
         self._snapshots: dict[str, dict] = {}
         self._snapshot_roots: set[Path] = set()
+        self.reads = ReadWatch()  # the snapshotted data a tracked cell opens
+        self._cwd: str | None = None
         self._experiment_ready = threading.Event()
         self._rescanning: threading.Thread | None = None
         self._rescan_wanted = threading.Event()
@@ -203,6 +206,7 @@ class Tracker:
         with self._mutex:
             self.records[key] = rec
         self.current = rec
+        self.reads.start()
         self._saved_streams = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, rec.stdout), _Tee(sys.stderr, rec.stderr)
         if "mlflow" in sys.modules or "mlflow" in source:
@@ -223,22 +227,24 @@ class Tracker:
             if mtime != entry["mtime"]:
                 with open(entry["file"]) as fh:
                     entry.update(read_dvc_file(fh.read()) or {}, mtime=mtime)
-            out.append({"path": rel, "md5": entry["md5"], "size": entry.get("size")})
+            out.append({"path": rel, "md5": entry["md5"], "size": entry.get("size"), "root": entry["root"]})
         return out
 
     def rescan_snapshots(self) -> None:
         """Snapshots of the notebook's project, and of any other project this kernel snapshotted in."""
         from ..data import in_scope
 
-        found = {}
+        found, files, folders = {}, {}, {}
         for root in [self.settings.project_root, *self._snapshot_roots]:
             for snap in in_scope(root):
                 file = str(root / f"{snap['path']}.dvc")
                 try:
-                    found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns}
+                    found[snap["path"]] = {**snap, "file": file, "mtime": os.stat(file).st_mtime_ns, "root": str(root)}
                 except OSError:
                     continue
+                (folders if snap["md5"].endswith(".dir") else files)[file[: -len(".dvc")]] = snap["path"]
         self._snapshots = found
+        self.reads.watch(files, folders)
 
     def _rescan_later(self) -> None:
         """Rescan off the cell's path, in one long-lived thread woken per cell (starting a thread per cell
@@ -266,7 +272,7 @@ class Tracker:
         rec = self.current
         if rec is None or not self.configured:
             return False
-        self._send({"op": "dataset", "key": rec.key, "path": path, "md5": md5, "remote": remote,
+        self._send({"op": "dataset", "key": rec.key, "path": path, "md5": md5, "remote": remote, "root": root,
                     "project_root": str(self.settings.project_root), **self._store_fields()})
         return True
 
@@ -306,10 +312,27 @@ class Tracker:
         finally:
             self._local.showing = False
 
+    def follow_cwd(self) -> None:
+        """A notebook that changes into another project for its data (``%cd``): that project's snapshots are
+        in scope from the next cell on. Costs a getcwd per cell; a rescan only on entering a new project."""
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            return
+        if cwd == self._cwd or not self.configured:
+            return
+        self._cwd = cwd
+        root = config.find_project_root(cwd)
+        if root != self.settings.project_root and root not in self._snapshot_roots and (root / ".dvc").is_dir():
+            self._snapshot_roots.add(root)
+            self.rescan_snapshots()  # now, not later: papermill runs the next cell at once
+
     def finish(self, result, interrupted: bool = False) -> None:
+        self.follow_cwd()
         rec, self.current = self.current, None
         if rec is None:
             return
+        reads = self.reads.stop()
         if self._saved_streams is not None:
             if isinstance(sys.stdout, _Tee):
                 sys.stdout = self._saved_streams[0]
@@ -345,6 +368,7 @@ class Tracker:
             "params": {k: str(v) for k, v in rec.params.items()},
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
+            "reads": reads,
         })
         self._rescan_later()
         if result is not None and self.headless:
