@@ -1,7 +1,7 @@
 """Pipeline speed, against anchors timed in the same run (a temp project, real kernels):
 
 - first run of an exported 4-step linear pipeline (`mlops pipeline run --force`) against one papermill run of
-  the original notebook (goal <= 1.5x);
+  the original notebook (goal <= 1.0x, with the pipeline's MLflow records going through the journal);
 - an unchanged re-run (goal <= 2 s, and no kernel started).
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
               f"pipeline {' '.join(f'{t:.2f}' for t in first)}")
         print(f"papermill of the original notebook (anchor): {a:.2f}s (median of {REPEAT})")
         print(f"4-step linear pipeline, first run (--force): {f:.2f}s = {f / a:.2f}x the anchor "
-              f"(goal <= 1.5x: {'ok' if f / a <= 1.5 else 'MISSED'})")
+              f"(goal <= 1.0x: {'ok' if f / a <= 1.0 else 'MISSED'})")
         print(f"unchanged re-run: {u:.2f}s = {u / a:.2f}x the anchor (goal <= 2 s: {'ok' if u <= 2 else 'MISSED'}; "
               f"no kernel started: {'yes' if no_kernel else 'NO'})")
     finally:

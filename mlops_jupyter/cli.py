@@ -149,7 +149,9 @@ def _export(args) -> int:
 def _pipeline_run(args) -> int:
     from . import pipeline
 
-    result = pipeline.run(args.dir, params=args.param, from_step=args.from_step, force=args.force)
+    # this process exits next: the recorder writes the last records on its own (`mlops runs` waits for them)
+    result = pipeline.run(args.dir, params=args.param, from_step=args.from_step, force=args.force,
+                          wait_records=False)
     for note in result.notes:
         print(f"mlops: {note}", file=sys.stderr)
     print(result.summary())

@@ -173,6 +173,18 @@ def assert_pipeline_recorded_once(project: Path, uri: str) -> None:
     assert [m.name for m in models] == ["clf"]
 
 
+def test_the_cli_returns_with_the_steps_and_runs_then_lists_the_whole_pipeline(project):
+    """`mlops pipeline run` leaves the last records to the recorder when the store keeps up; the very next
+    `mlops runs` waits for them, so a CI script that runs one after the other sees everything."""
+    out = run_pipeline(project, {})
+    assert out.returncode == 0 and "wait in" not in out.stderr, out.stdout + out.stderr
+    listing = subprocess.run([PY, "-m", "mlops_jupyter.cli", "runs", "--kind", "pipeline"], cwd=project,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "still being written" not in listing.stderr, listing.stderr
+    assert "evaluate" in listing.stdout and "train" in listing.stdout
+    assert_pipeline_recorded_once(project, store_uri(project))
+
+
 def test_pipeline_with_the_server_down_then_up(project, tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

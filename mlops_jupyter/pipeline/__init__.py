@@ -24,11 +24,14 @@ def export(notebook, out):
     return export_notebook(notebook, out)
 
 
-def run(folder, params=None, from_step=None, force=False, echo=print):
-    """Run an exported pipeline incrementally; returns a RunResult."""
+def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True):
+    """Run an exported pipeline incrementally; returns a RunResult. ``wait_records=False``: return once the
+    steps are done, leaving the last MLflow records to the recorder when the store has kept up (a process
+    about to exit; `mlops runs` waits for them)."""
     from .execute import run_pipeline
 
-    return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo)
+    return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo,
+                        wait_records=wait_records)
 
 
 def status(folder):

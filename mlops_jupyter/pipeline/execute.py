@@ -257,9 +257,10 @@ class _Runner:
                 with self.cond:
                     self.stoppers.append(stopper)
 
-    def end_records(self, status: str, wait: bool = True) -> tuple:
+    def end_records(self, status: str, wait: bool = True, hand_off: bool = False) -> tuple:
         """End the pipeline's run and hand the rest to the recorder: (its MLflow id, a note when its records
-        wait in the journal), waiting for the store only when ``wait``."""
+        wait in the journal), waiting for the store only when ``wait``; with ``hand_off``, only while it has
+        not kept up."""
         if self.recording is None:
             return None, None
         if self.worker is not None:
@@ -272,6 +273,11 @@ class _Runner:
             self.recording.link.close()
             return None, None
         self.recording.unnice()  # nothing else runs now
+        # a store that has kept up gets the tail written after we return (up to a second or two of the run's
+        # time otherwise, measured); `mlops runs` settles what is still on its way
+        run_id = self.recording.hand_off(self.parent) if hand_off else None
+        if run_id is not None:
+            return run_id, None
         outcome = self.recording.close()
         return outcome.run_ids.get(self.parent), outcome.note("the pipeline's MLflow run")
 
@@ -490,7 +496,8 @@ def _lock(folder: Path):
     return fh
 
 
-def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None) -> RunResult:
+def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None,
+                 wait_records=True) -> RunResult:
     """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run."""
     t0 = time.time()
     pipe = load_pipeline(folder)
@@ -517,7 +524,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
         try:
             runner.kernels.close(wait=False)  # the kernels stop while MLflow catches up
             failed = any(st in ("failed", "blocked") for st in runner.status.values())
-            run_id, note = runner.end_records("FAILED" if failed else "FINISHED")
+            run_id, note = runner.end_records("FAILED" if failed else "FINISHED", hand_off=not wait_records)
             if note:
                 notes.append(note)
         finally:

@@ -145,6 +145,18 @@ class Recording:
             return Outcome(dict(self._ids), dict(self._models), waiting, str(self.link.path),
                            self._error or self.link.failed or ("the recorder did not finish in time" if waiting else None))
 
+    def hand_off(self, key: str, timeout: float = 10.0) -> str | None:
+        """When the store has answered all along: the id of run ``key`` (waited for up to ``timeout`` s), the
+        rest left to the recorder, which finishes it on its own after this process is gone (the records are in
+        the journal already). None when the store has not answered: then ``close()`` says where they wait."""
+        run_id = self.run_id(key, timeout)
+        with self._cond:
+            keeping_up = run_id is not None and self._error is None and self.link.failed is None
+        if not keeping_up:
+            return None
+        self.link.close()
+        return run_id
+
     def unnice(self) -> None:
         """Normal priority for the recorder from now on (the writer's heavy work is done)."""
         proc = self.link.proc
