@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
 import os
 import random
 import sys
@@ -140,8 +141,8 @@ class PredictionLog:
             control = self._control.popleft() if self._control else (None, None)
             while self._items:
                 self._add(self._items.popleft(), preds, labels)
-            if preds["request_id"] or labels["label"]:
-                self._guarded(self._write_group, len(preds["request_id"]), preds, labels, out)
+            if preds["req"] or labels["label"]:
+                self._guarded(self._write_group, len(preds["row"]), preds, labels, out)
                 preds, labels = self._empty(), {k: [] for k in labels}
             if out["writer"] is not None and (control[0] is not None or out["rows"] >= self.config["file_rows"]
                                               or time.monotonic() - out["opened"] >= self.config["flush_s"]):
@@ -152,7 +153,14 @@ class PredictionLog:
                 return
 
     def _empty(self) -> dict:
-        return {name: [] for name in META + tuple(self.columns)}
+        """A group's buffer: one meta tuple per request, one feature tuple per row (columns come at write time,
+        in C: zip and numpy repeat, so the per-row Python work is one attrgetter call)."""
+        return {"req": [], "rows": [], "row": [], "prediction": []}
+
+    @functools.cached_property
+    def _features(self):
+        return operator.attrgetter(*self.fields) if len(self.fields) > 1 else (
+            lambda row, get=operator.attrgetter(self.fields[0]): (get(row),))
 
     def _add(self, item: tuple, preds: dict, labels: dict) -> None:
         """One queued request into columns: a handful of list operations, never a long hold."""
@@ -170,19 +178,38 @@ class PredictionLog:
         n = len(rows) if rows is not None else 1
         with self._lock:
             self._pending -= n
-        for name, value in (("timestamp", int(ts * 1000)), ("request_id", request_id), ("endpoint", endpoint),
-                            ("status", status), ("latency_ms", latency), *self.model.items()):
-            preds[name] += [value] * n
+        preds["req"].append((int(ts * 1000), request_id, endpoint, status, latency, n))
         if rows is None:
             preds["row"].append(None)
             preds["prediction"].append(None)
-            for column in self.columns:
-                preds[column].append(None)
+            preds["rows"].append((None,) * len(self.fields))
             return
         preds["row"] += range(n)
-        preds["prediction"] += [p if _plain(p) else json.dumps(p) for p in predictions]
-        for column, field in zip(self.columns, self.fields):
-            preds[column] += [getattr(r, field) for r in rows]
+        preds["prediction"] += predictions
+        preds["rows"] += map(self._features, rows)
+
+    def _columns(self, buf: dict) -> dict:
+        """The buffer as full columns: META, then one per feature."""
+        import numpy as np
+
+        reqs = buf["req"]
+        counts = np.fromiter((r[5] for r in reqs), dtype=np.int64, count=len(reqs))
+        total = int(counts.sum())
+        out = {}
+        for i, (name, dtype) in enumerate((("timestamp", np.int64), ("request_id", object), ("endpoint", object),
+                                           ("status", np.int64), ("latency_ms", np.float64))):
+            values = np.empty(len(reqs), dtype=dtype)  # numbers stay numbers: Arrow takes them without a copy
+            values[:] = [r[i] for r in reqs]
+            out[name] = np.repeat(values, counts)
+        out["row"] = buf["row"]
+        for name, value in self.model.items():
+            out[name] = [value] * total
+        preds = buf["prediction"]
+        out["prediction"] = preds if all(_plain(p) for p in preds) else [  # multi-output: JSON text per row
+            p if p is None else json.dumps(p) for p in preds]
+        features = list(zip(*buf["rows"])) if buf["rows"] else [()] * len(self.columns)
+        out.update(zip(self.columns, features))
+        return {name: out[name] for name in META + tuple(self.columns)}
 
     def _guarded(self, step, rows: int, *args) -> None:
         try:
@@ -222,9 +249,10 @@ class PredictionLog:
 
         if labels["label"]:  # few and small: each group's labels are a whole file at once
             self._publish("labels", lambda path: pq.write_table(self._table(labels, self._label_types), path))
-        if not preds["request_id"]:
+        if not preds["req"]:
             return
-        table = self._table(preds, self._types)
+        columns = self._columns(preds)
+        table = self._table(columns, self._types)
         if out["writer"] is not None:
             try:
                 table = table.cast(out["writer"].schema)
@@ -238,7 +266,7 @@ class PredictionLog:
         out["writer"].write_table(table)
         out["rows"] += table.num_rows
         if self.config["ecs"]:
-            self._ecs(preds)
+            self._ecs(table)
 
     def _close(self, out: dict) -> None:
         writer, out["writer"] = out["writer"], None
@@ -264,11 +292,10 @@ class PredictionLog:
             except PermissionError:
                 pass
 
-    def _ecs(self, columns: dict) -> None:
+    def _ecs(self, table) -> None:
         """The same rows as JSON lines with Elastic Common Schema names (Filebeat reads a container's stdout)."""
-        lines = []
-        for i, ms in enumerate(columns["timestamp"]):
-            stamp = datetime.fromtimestamp(ms / 1000, timezone.utc)
+        columns, lines = table.to_pydict(), []
+        for i, stamp in enumerate(columns["timestamp"]):
             lines.append(json.dumps({
                 "@timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "ecs": {"version": "8.11.0"},
