@@ -13,8 +13,8 @@ def model_of_run(settings, run: str) -> str:
 
     models = run_models(settings, run)
     if not models:
-        raise NotFound(f"run {run} logged no model; log one in the cell, e.g. mlflow.sklearn.log_model(model, "
-                       "name='model', input_example=X[:5]).", what="model", run=run)
+        raise NotFound(f"run {run} logged no model; log one in its cell with the data it was fit on, e.g. "
+                       "mlops_jupyter.log_model(model, X_train).", what="model", run=run)
     if len(models) > 1:
         uris = ", ".join(m["model_uri"] for m in models)
         raise InvalidInput(f"run {run} logged {len(models)} models ({uris}); name the one to serve by its URI.",

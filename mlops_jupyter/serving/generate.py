@@ -208,9 +208,10 @@ def _columns(uri: str, signature: dict | None) -> list[dict]:
     if not signature or not signature.get("inputs"):
         raise InvalidInput(
             f"{uri} was logged without a signature, so the server cannot know its columns and types. Log it "
-            "again with one, e.g. mlflow.sklearn.log_model(model, name='model', input_example=X_train[:5]) "
-            "(MLflow infers the signature from the example) or signature=infer_signature(X_train, "
-            "model.predict(X_train)), then generate again.", uri=uri)
+            "again from a tracked cell with the data it was fit on: mlops_jupyter.log_model(model, X_train) adds "
+            "the signature, an input_example, pinned requirements and the types skops must trust; with MLflow's "
+            "own API, pass signature=infer_signature(X_train, model.predict(X_train)). Then generate again.",
+            uri=uri)
     inputs = json.loads(signature["inputs"])
     tensors = [c for c in inputs if c.get("type") == "tensor" or "name" not in c]
     if tensors:
