@@ -58,7 +58,7 @@ demo: $(STAMP)
 	@mkdir -p $(DEMO_OUT)
 	@for nb in example_notebooks/*.ipynb; do \
 	  echo "== $$nb"; \
-	  $(BIN)/papermill --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
+	  $(BIN)/papermill --engine mlops --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
 	done
 	@echo "== pipeline: example_notebooks/04_pipeline.ipynb -> $(DEMO_OUT)/pipeline"
 	$(BIN)/mlops export example_notebooks/04_pipeline.ipynb --out $(DEMO_OUT)/pipeline

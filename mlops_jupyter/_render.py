@@ -102,6 +102,19 @@ class Table:
         return html_table(self.header, self.rows, self.marks, self.caption)
 
 
+class Picture:
+    """An SVG drawing (the pipeline's DAG) inline in notebooks; where it lives, in text."""
+
+    def __init__(self, svg: str, text: str):
+        self.svg, self.text = svg, text
+
+    def __repr__(self):
+        return self.text
+
+    def _repr_svg_(self):
+        return self.svg
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return ""

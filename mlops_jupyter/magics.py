@@ -11,7 +11,7 @@ import os
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from . import _render, commands
+from . import _render, commands, quiet
 from .commands import MAGIC, HelpShown, UsageProblem
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
@@ -75,6 +75,13 @@ def _execution_count(shell, info) -> int:
     if getattr(info, "store_history", False) and hm is not None:
         return len(hm.input_hist_raw)
     return shell.execution_count
+
+
+def _compared(settings, run_ids: list) -> _render.Table:
+    from .tracking import query
+
+    header, rows, marks = _render.compare_rows(query.compare_runs(settings, run_ids))
+    return _render.Table(header, rows, marks, caption=f"{sum(marks)} of {len(rows)} values differ (marked ≠)")
 
 
 @magics_class
@@ -230,20 +237,16 @@ class MlopsMagics(Magics):
         runs = query.list_runs(settings, notebook=nb, last=ns.last, kind=ns.kind, children=True)
         if ns.json:
             return runs
-        header, rows = _render.runs_rows(runs)
+        from . import _widgets
+
         caption = f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'}"
         if waiting:
             caption += f" · {waiting} more still being written ({self.tracker.degraded or 'store busy'})"
-        return _render.Table(header, rows, caption=caption)
+        return _widgets.RunsTable(runs, caption, compare=lambda ids: _compared(settings, ids))
 
     def _compare(self, ns, _cell):
-        from .tracking import query
-
         settings, nb, _ = self._scope(ns)
-        cmp = query.compare_runs(settings, commands.compared(ns, settings, nb))
-        header, rows, marks = _render.compare_rows(cmp)
-        n = sum(marks)
-        return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
+        return _compared(settings, commands.compared(ns, settings, nb))
 
     def _settings(self):
         if not self.tracker.configured:
@@ -314,8 +317,10 @@ class MlopsMagics(Magics):
             print(f"mlops: warning: {warning}")
         if ns.check:
             print(f"mlops: {commands.checked(pipe)}")
-        else:
-            print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
+            return None
+        print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
+        drawn = pipe.folder / pipeline.PICTURE
+        return _render.Picture(drawn.read_text(), f"(the pipeline's steps, drawn in {drawn})")
 
     def _serve_generate(self, ns, _cell):
         from .serving import generate_package, model_of_run
@@ -330,6 +335,7 @@ MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 
 
 def load(shell) -> None:
+    quiet.quiet_engines()
     tracker = Tracker(shell)
     magics = MlopsMagics(shell, tracker)
     shell.register_magics(magics)

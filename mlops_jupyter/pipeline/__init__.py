@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .picture import FILE as PICTURE
 from .source import check, check_cells, default_folder, notebook_of, outdated
 
 
@@ -61,5 +62,5 @@ def running(folder) -> bool:
     return False
 
 
-__all__ = ["export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
+__all__ = ["PICTURE", "export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
            "default_folder"]

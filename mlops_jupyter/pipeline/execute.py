@@ -24,7 +24,7 @@ from .. import config
 from ..errors import Busy
 from ..tracking.records import Recording
 from . import kernels as K
-from . import resources
+from . import picture, resources
 from . import state as S
 from .emit import Pipeline, load_pipeline
 from .model_worker import ModelWorker
@@ -526,5 +526,9 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     finally:
         lock.close()
     steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]
+    try:  # the picture shows how this run left each step
+        picture.write(pipe.folder, picture.after_run({s.name: s.status for s in steps}, runner.state.steps))
+    except OSError:
+        pass  # a read-only pipeline folder still ran; the picture is a view of it
     return RunResult(pipe.name, steps, time.time() - t0, str(runner.runs_dir) if runner.runs_dir else None,
                      run_id, notes)

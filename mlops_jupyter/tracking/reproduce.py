@@ -198,6 +198,8 @@ def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str:
 def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float, run_tags: dict) -> None:
     import papermill
 
+    from ..quiet import kernel_manager_class
+
     env = {"MLOPS_TRACKING_URI": settings.tracking_uri, "MLOPS_NOTEBOOK": str(nb),
            "MLOPS_RUN_TAGS": json.dumps(run_tags)}
     if settings.artifact_location:
@@ -206,7 +208,8 @@ def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: flo
     os.environ.update(env)  # the kernel inherits them: its runs land in the original store
     try:
         papermill.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent),
-                                   progress_bar=False, execution_timeout=timeout)
+                                   progress_bar=False, execution_timeout=timeout,
+                                   kernel_manager_class=kernel_manager_class())
     except papermill.PapermillExecutionError as exc:
         raise MlopsError(f"re-executing the notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; "
                          f"the executed notebook is {out}.") from None
