@@ -210,3 +210,48 @@ class RunsTable(_Rendered, W.VBox):
 
     def html(self) -> str:
         return _render.html_table(self.header, [r["cells"] for r in self.rows], caption=self.caption)
+
+
+class SweepView(_Rendered, W.VBox):
+    """``%%mlops sweep``'s live view, updated in place: a progress bar, the counts and the best so far, and the
+    trial table with the best trial highlighted."""
+
+    def __init__(self, total: int):
+        from .sweep import view
+
+        self._view = view
+        self.progress = view.Progress(total=total)
+        self.bar = W.IntProgress(value=0, min=0, max=max(1, total), description="trials", bar_style="info",
+                                 layout=W.Layout(width="420px"))
+        self.head = W.HTML(self.progress._repr_html_())
+        self.trials = W.HTML()
+        super().__init__([self.bar, self.head, self.trials])
+        self.add_class("mlops-sweep")
+
+    def update(self, result) -> None:
+        self.progress.result = result
+        c = result.counts()
+        self.bar.value = min(self.bar.max, c["FINISHED"] + c["FAILED"] + c["KILLED"])
+        if result.interrupted or c["FAILED"]:
+            self.bar.bar_style = "warning"
+        elif self.bar.value >= self.bar.max:
+            self.bar.bar_style = "success"
+        self.head.value = self.progress._repr_html_()
+        self.trials.value = self._trials_html()
+
+    def _trials_html(self) -> str:
+        header, rows, best = self._view.trial_table(self.progress.result)
+        if not rows:
+            return ""
+        return _render.html_table(header, rows, [i == best for i in range(len(rows))], style=_BEST,
+                                  caption="best trial highlighted")
+
+    def text(self) -> str:
+        header, rows, best = self._view.trial_table(self.progress.result)
+        if not rows:
+            return repr(self.progress)
+        table = _render.text_table(["", *header], [["*" if i == best else "", *r] for i, r in enumerate(rows)])
+        return f"{self.progress!r}\n{table}\n(* best trial)"
+
+    def html(self) -> str:
+        return self.progress._repr_html_() + self._trials_html()

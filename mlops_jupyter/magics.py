@@ -194,20 +194,23 @@ class MlopsMagics(Magics):
                                                                            tags=tags)),
             child=self.tracker.child,
             place=lambda: (self.tracker.settings.state_dir, self.tracker.notebook_path()))
+        from . import _widgets
+
         shown: dict = {}
 
         def start(total):
-            shown["progress"] = view.Progress(total=total)
-            with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
-                shown["handle"] = display(shown["progress"], display_id=True)
+            shown["view"] = _widgets.SweepView(total)
+            with self.tracker.unrecorded():  # live: the run keeps the final plot and summary
+                shown["handle"] = display(shown["view"], display_id=True)
 
         def progress(result):
-            shown["progress"].result = result
-            with self.tracker.unrecorded():
-                shown["handle"].update(shown["progress"])
+            shown["view"].update(result)  # the widget changes in place; its text is re-sent once, at the end
 
         result = tracked.run(spec, self.shell.user_ns, self.shell.user_ns_hidden, recording, name=ns.name,
                              on_progress=progress, on_start=start)
+        if "handle" in shown:
+            with self.tracker.unrecorded():  # a saved notebook's text/plain and text/html: the final table
+                shown["handle"].update(shown["view"])
         png = view.parallel_plot(self.shell.user_ns["sweep"], list(space), ns.metric)
         if png:
             display(Image(png))

@@ -59,7 +59,8 @@ def svg(pipe, state_of: dict | None = None) -> str:
         ws = [max(90, CHAR_W * max(len(s["name"]), len(_resources(s.get("resources") or {}))) + 24) for s in layer]
         widths.append(sum(ws) + GAP_X * (len(ws) - 1))
         boxes.update({s["name"]: w for s, w in zip(layer, ws)})
-    width = max(widths, default=200) + 2 * PAD
+    legend_w = sum(16 + CHAR_W * len(legend) + 14 for state, (_, _, legend) in STATES.items() if state != "running")
+    width = max(*widths, legend_w, 200) + 2 * PAD + 60  # room for edges that round a layer on the right
     legend_y = PAD + len(layers) * (BOX_H + GAP_Y) - GAP_Y + 30
     height = legend_y + 24
     place = {}
@@ -78,18 +79,26 @@ def svg(pipe, state_of: dict | None = None) -> str:
         handed: dict = {}
         for var, src in (s.get("inputs") or {}).items():
             handed.setdefault(src, []).append(var)
-        for dep in s["deps"]:
+        for dep in [*s["deps"], *(src for src in handed if src not in s["deps"])]:  # a hand-off skipping a layer too
             x1, y1, w1 = place[dep]
             ax, ay, bx, by = x1 + w1 / 2, y1 + BOX_H, x2 + w2 / 2, y2
+            between = [px + pw for px, py, pw in place.values() if ay < py < by]
+            h = GAP_Y / 2
+            if between:  # it skips a layer: down the right of the boxes in between
+                side = max(between) + GAP_X / 2
+                d = (f"M {ax:.1f} {ay:.1f} C {ax:.1f} {ay + h:.1f}, {side:.1f} {ay + h / 2:.1f}, {side:.1f} {ay + h:.1f} "
+                     f"L {side:.1f} {by - h:.1f} C {side:.1f} {by - h / 2:.1f}, {bx:.1f} {by - h:.1f}, {bx:.1f} {by:.1f}")
+                lx, ly = side + 4, (ay + by) / 2
+            else:
+                d = f"M {ax:.1f} {ay:.1f} C {ax:.1f} {ay + h:.1f}, {bx:.1f} {by - h:.1f}, {bx:.1f} {by:.1f}"
+                lx, ly = (ax + bx) / 2 + 4, (ay + by) / 2 + 4
             names = handed.get(dep, [])
             dash = "" if names else ' stroke-dasharray="4 3"'
             out.append(f'<g class="edge" data-from="{html.escape(dep)}" data-to="{html.escape(s["name"])}">'
-                       f'<path d="M {ax:.1f} {ay:.1f} C {ax:.1f} {ay + GAP_Y / 2:.1f}, {bx:.1f} {by - GAP_Y / 2:.1f}, '
-                       f'{bx:.1f} {by:.1f}" fill="none" stroke="#6b7280"{dash} marker-end="url(#arrow)"/>')
+                       f'<path d="{d}" fill="none" stroke="#6b7280"{dash} marker-end="url(#arrow)"/>')
             if names:
-                label = ", ".join(sorted(names))
-                out.append(f'<text x="{(ax + bx) / 2 + 4:.1f}" y="{(ay + by) / 2 + 4:.1f}" fill="#374151" '
-                           f'font-size="11" font-style="italic">{html.escape(label)}</text>')
+                out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="#374151" font-size="11" font-style="italic">'
+                           f'{html.escape(", ".join(sorted(names)))}</text>')
             out.append("</g>")
     for s in pipe.steps:
         x, y, w = place[s["name"]]
