@@ -255,3 +255,59 @@ class SweepView(_Rendered, W.VBox):
 
     def html(self) -> str:
         return self.progress._repr_html_() + self._trials_html()
+
+
+SHOWN = {"executing": "running", "ran": "ran", "skipped": "unchanged", "failed": "failed", "blocked": "not run"}
+
+
+class PipelineView(_Rendered, W.VBox):
+    """``%mlops pipeline run``: the DAG coloured live (running, fresh, failed...), a bar, and a row per step."""
+
+    def __init__(self, pipe, status_rows: list):
+        from .pipeline import picture
+
+        self._picture, self.pipe = picture, pipe
+        self.states = picture.states(status_rows)  # how the steps stand before the run
+        self.rows = {name: {"state": "waiting", "detail": ""} for name, _, _ in status_rows}
+        self.lines: list[str] = []
+        self.bar = W.IntProgress(value=0, min=0, max=max(1, len(pipe.steps)), description="steps",
+                                 bar_style="info", layout=W.Layout(width="420px"))
+        self.drawing = W.HTML(picture.svg(pipe, self.states))
+        self.table = W.HTML(self._table_html())
+        super().__init__([self.bar, self.drawing, self.table])
+        self.add_class("mlops-pipeline")
+
+    def step(self, name: str, status: str, result=None) -> None:
+        """A step started executing or ended (called from the step's thread)."""
+        row = self.rows[name]
+        row["state"] = SHOWN.get(status, status)
+        if result is not None:
+            row["detail"] = (f"{result.seconds:.1f}s" if status == "ran" else "") + (
+                f" {result.error.strip().splitlines()[-1]}" if result.error and result.error.strip() else "")
+        self.states[name] = {"executing": "running", "ran": "fresh", "skipped": "fresh", "failed": "failed"}.get(
+            status, self.states.get(name, "never run"))
+        done = sum(1 for r in self.rows.values() if r["state"] not in ("waiting", "running"))
+        self.bar.value = done
+        if status in ("failed", "blocked"):
+            self.bar.bar_style = "danger"
+        elif done == len(self.rows) and self.bar.bar_style == "info":
+            self.bar.bar_style = "success"
+        self.drawing.value = self._picture.svg(self.pipe, self.states)
+        self.table.value = self._table_html()
+
+    def say(self, line: str) -> None:
+        """The runner's own lines (why a step runs, where it failed): kept for the text rendering."""
+        self.lines.append(line)
+
+    def _cells(self) -> list[list[str]]:
+        return [[name, r["state"], r["detail"].strip()] for name, r in self.rows.items()]
+
+    def _table_html(self) -> str:
+        return _render.html_table(["step", "state", "detail"], self._cells(),
+                                  [r["state"] in ("failed", "not run") for r in self.rows.values()])
+
+    def text(self) -> str:
+        return "\n".join(self.lines) if self.lines else _render.text_table(["step", "state", "detail"], self._cells())
+
+    def html(self) -> str:
+        return self._picture.svg(self.pipe, self.states) + self._table_html()

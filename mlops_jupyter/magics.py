@@ -325,6 +325,30 @@ class MlopsMagics(Magics):
         drawn = pipe.folder / pipeline.PICTURE
         return _render.Picture(drawn.read_text(), f"(the pipeline's steps, drawn in {drawn})")
 
+    def _pipeline_run(self, ns, _cell):
+        from IPython.display import display
+
+        from . import _widgets, pipeline
+
+        shown = _widgets.PipelineView(pipeline.load(ns.dir), pipeline.status(ns.dir))
+        handle = display(shown, display_id=True)
+        try:
+            result = pipeline.run(ns.dir, params=ns.param, from_step=ns.from_step, force=ns.force, echo=shown.say,
+                                  on_step=shown.step)
+        finally:
+            handle.update(shown)  # a saved notebook's text/plain and text/html: how the run left each step
+        for note in result.notes:
+            print(f"mlops: {note}")
+        print(f"mlops: {result.summary()}")
+
+    def _pipeline_status(self, ns, _cell):
+        from . import pipeline
+
+        rows = pipeline.status(ns.dir)
+        stale = pipeline.outdated(ns.dir)
+        return _render.Table(["step", "state", "why"], [list(r) for r in rows],
+                             caption=f"the export is outdated: {stale}; export it again" if stale else "")
+
     def _serve_generate(self, ns, _cell):
         from .serving import generate_package, model_of_run
 

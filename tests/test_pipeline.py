@@ -261,6 +261,26 @@ def test_magic_exports_a_notebook(ip, project, monkeypatch):
         ip.run_line_magic("mlops", "export bad.ipynb --out pipe2")
 
 
+def test_magic_runs_a_pipeline_with_a_step_widget(ip, project):
+    from IPython.utils.capture import capture_output
+
+    notebook(project / "nb.ipynb", [("a = 1", ["step:one"]), ("b = a + 1", ["step:two"]),
+                                    ("raise ValueError('no three')", ["step:three"])])
+    ip.run_line_magic("mlops", "export nb.ipynb --out pipe")
+    with capture_output() as cap:
+        ip.run_line_magic("mlops", "pipeline run pipe")
+    first, *updates = cap.outputs
+    assert "application/vnd.jupyter.widget-view+json" in first.data
+    final = updates[-1].data  # the same widget, its text and HTML as the run left it
+    assert final["application/vnd.jupyter.widget-view+json"] == first.data["application/vnd.jupyter.widget-view+json"]
+    assert "ValueError: no three" in final["text/plain"] and "two" in final["text/plain"]
+    assert 'data-step="two" data-state="fresh"' in final["text/html"]
+    assert 'data-step="three" data-state="failed"' in final["text/html"]
+    assert "mlops: pipeline nb: 2 ran, 1 failed" in cap.stdout
+    status = repr(ip.run_line_magic("mlops", "pipeline status pipe"))
+    assert "fresh" in status and "failed" in status and "no three" in status
+
+
 def test_dvc_repro_runs_the_exported_pipeline(project):
     """dvc.yaml holds the steps, their params, the data they read and the files they write: `dvc repro`
     re-runs the same steps as `mlops pipeline run` and reaches the same metrics."""

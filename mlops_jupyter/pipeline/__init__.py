@@ -25,11 +25,12 @@ def export(notebook, out):
     return export_notebook(notebook, out)
 
 
-def run(folder, params=None, from_step=None, force=False, echo=print):
-    """Run an exported pipeline incrementally; returns a RunResult."""
+def run(folder, params=None, from_step=None, force=False, echo=print, on_step=None):
+    """Run an exported pipeline incrementally; returns a RunResult. ``on_step(name, status, result)``: each
+    step as it starts executing and as it ends."""
     from .execute import run_pipeline
 
-    return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo)
+    return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo, on_step=on_step)
 
 
 def status(folder):

@@ -100,8 +100,8 @@ def _first_line(text: str) -> str:
 
 
 class _Runner:
-    def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int):
-        self.pipe, self.params, self.forced, self.echo_fn = pipe, params, forced, echo
+    def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int, on_step=None):
+        self.pipe, self.params, self.forced, self.echo_fn, self.on_step = pipe, params, forced, echo, on_step
         self.state = S.State(pipe.folder)
         self.status = {s["name"]: "pending" for s in pipe.steps}
         self.results: dict[str, StepResult] = {}
@@ -131,6 +131,8 @@ class _Runner:
             if result is not None:
                 self.results[name] = result
             self.cond.notify_all()
+        if self.on_step is not None and status in ("executing", *FINAL):
+            self.on_step(name, status, result)
 
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:
@@ -490,8 +492,11 @@ def _lock(folder: Path):
     return fh
 
 
-def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None) -> RunResult:
-    """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run."""
+def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None,
+                 on_step=None) -> RunResult:
+    """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run. ``on_step(name,
+    status, result)`` hears each step start executing and end (ran, skipped, failed, blocked), from the
+    step's own thread."""
     t0 = time.time()
     pipe = load_pipeline(folder)
     values = S.override(S.load_params(pipe), params)
@@ -505,7 +510,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     lock = _lock(pipe.folder)
     try:
         echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
-        runner = _Runner(pipe, values, forced, echo, workers)
+        runner = _Runner(pipe, values, forced, echo, workers, on_step)
         resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
         try:
             runner.run()
