@@ -117,9 +117,9 @@ class MlopsMagics(Magics):
             parsed = self._header(raw)
             if self.tracker.configured:
                 self.tracker.note_cell(raw, cell_id)
-                if parsed is not None or self.tracker.autotrack:
-                    cell_id = self.tracker.cell_id_for(raw, cell_id)
+                cell_id = self.tracker.cell_id_for(raw, cell_id)  # a stat when the frontend sent none
             count = _execution_count(self.shell, info)
+            self.tracker.note_execution(count, cell_id, raw)
             if parsed is not None:
                 opts, body, first = parsed
                 self.tracker.begin(body, opts, cell_id, magic=first, count=count)

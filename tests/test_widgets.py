@@ -168,3 +168,43 @@ def test_a_bad_filter_says_what_is_wrong(text, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_filter(text, {"lr", "acc"})
+
+
+def saved(path, cells: list) -> None:
+    """The notebook as JupyterLab saves it: (cell id, source) per code cell."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src, id=cid) for cid, src in cells]
+    nbformat.write(nb, path)
+
+
+def test_hidden_state_a_changed_cell_and_one_run_out_of_order_are_named(project):
+    from harness import finished_runs, read_artifact
+
+    nb = project / "hidden.ipynb"
+    cells = [("setup", "%load_ext mlops_jupyter\n%mlops init"), ("a", "x = 1"),
+             ("b", "%%mlops run --metrics y\ny = x + z"), ("c", "z = 10")]
+    saved(nb, cells)
+    with kernel(project, env={"JPY_SESSION_NAME": str(nb)}) as k:
+        counts = {}
+        for cid in ("setup", "a", "c"):  # c, below b, runs first: out of order
+            reply, _ = k.run(dict(cells)[cid], cell_id=cid)
+            counts[cid] = reply["execution_count"]
+        cells[1] = ("a", "x = 2")  # edited and saved, not run again
+        saved(nb, cells)
+        reply, msgs = k.run(dict(cells)["b"], cell_id="b")
+        assert reply["status"] == "ok"
+        line = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+        assert f"depends on a cell changed since it ran: [{counts['a']}]" in line, line
+        assert f"depends on a cell below it, run out of order: [{counts['c']}]" in line, line
+        # in order and unchanged: nothing to say
+        reply, _ = k.run("x = 2", cell_id="a")
+        reply, msgs = k.run("%%mlops run --metrics w\nw = x * 2", cell_id="b")
+        clean = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+        assert "depends on" not in clean, clean
+        k.run("get_ipython()._mlops_magics.tracker.flush(60)", timeout=90)
+    first, second = finished_runs(project, 2)
+    assert "changed since it ran" in first.data.tags["mlops.hidden_state"]
+    assert "mlops.hidden_state" not in second.data.tags
+    order = json.loads(read_artifact(project, first.info.run_id, "cell/execution_order.json"))
+    assert [o["cell_id"] for o in order] == [None, "a", "c", "b"]  # the first ran before the extension loaded
+    assert order[1]["count"] == counts["a"] and len(order[1]["hash"]) == 12

@@ -446,13 +446,15 @@ class Recorder:
             run_tags.update(op.get("tags", {}))
             self._create_run(key, uri, exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
             self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
-                                       "source": op.get("source", "")}
+                                       "source": op.get("source", ""), "order": op.get("execution_order")}
 
         def files():
             run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
             with tempfile.TemporaryDirectory() as tmp:
                 Path(tmp, "cell").mkdir()
                 Path(tmp, "cell", "source.py").write_text(info.get("source", ""))
+                if info.get("order") is not None:  # the cells this kernel ran up to this one: hidden state
+                    Path(tmp, "cell", "execution_order.json").write_text(json.dumps(info["order"], indent=1))
                 if info.get("git_diff"):
                     Path(tmp, "git").mkdir()
                     Path(tmp, "git", "diff.patch").write_text(info["git_diff"])
@@ -504,13 +506,14 @@ class Recorder:
         counts = {}
 
         def values():
-            from mlflow.entities import Metric, Param
+            from mlflow.entities import Metric, Param, RunTag
 
             existing = client.get_run(run_id).data
             params = {**info.get("params", {}), **op.get("params", {})}
             params = {k: v for k, v in params.items() if k not in existing.params}
             metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
-            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                             tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
             counts["params"] = len(existing.params) + len(params)
             counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
 

@@ -25,6 +25,8 @@ from .. import config
 from ..errors import StoreUnavailable
 from . import display
 from . import journal as J
+from . import order
+from .tags import HIDDEN_STATE
 from .link import RecorderLink
 from .notebook import NotebookInfo
 
@@ -60,6 +62,8 @@ class CellRecord:
     source: str = ""
     models: list = field(default_factory=list)  # (name, staged folder) of models to log in the run
     done: threading.Event = field(default_factory=threading.Event)  # the recorder has written the whole run
+    hidden: list = field(default_factory=list)  # hidden-state warnings: cells it reads that changed or ran out of order
+    checking: threading.Thread | None = None  # works them out while the cell runs
 
 
 class _Tee:
@@ -112,6 +116,10 @@ class Tracker:
         self._snapshot_roots: set[Path] = set()
         self._experiment_ready = threading.Event()
         self._rescanning = None
+        self.history = order.History()  # every cell this kernel executed, for the hidden-state check
+        for count, raw in enumerate(shell.user_ns.get("In", [])[1:], 1):  # those run before %load_ext
+            if isinstance(raw, str):
+                self.history.note(count, None, raw)
 
     # ---- set-up ----------------------------------------------------------------------------
     @property
@@ -177,6 +185,19 @@ class Tracker:
     def note_cell(self, raw: str, cell_id: str | None) -> None:
         self.notebook.note_cell(raw, cell_id)
 
+    def note_execution(self, count: int | None, cell_id: str | None, raw: str) -> None:
+        """Every executed cell, tracked or not: the order a later tracked cell records (microseconds)."""
+        self.history.note(count, cell_id, raw)
+
+    def _check_hidden_state(self, rec: CellRecord, cells: list) -> None:
+        from .capture import to_python
+
+        try:
+            rec.hidden = order.warnings(self.history.dependencies(cells, to_python), cells[-1],
+                                        self.notebook.saved_cells())
+        except Exception:  # noqa: BLE001 - a check that cannot run says nothing rather than break the cell
+            rec.hidden = []
+
     # ---- a tracked cell --------------------------------------------------------------------
     def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
               count: int | None = None) -> CellRecord:
@@ -197,8 +218,12 @@ class Tracker:
             "tags": {**self.run_tags, **opts.tags},
             "metric_names": opts.metrics,
             "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
-            "snapshots": self._snapshots_now(),
+            "snapshots": self._snapshots_now(), "execution_order": self.history.order(),
         })
+        if self.history.cells:
+            rec.checking = threading.Thread(target=self._check_hidden_state, args=(rec, self.history.cells[:]),
+                                            daemon=True, name="mlops-hidden-state")
+            rec.checking.start()
         with self._mutex:
             self.records[key] = rec
         self.current = rec
@@ -322,7 +347,9 @@ class Tracker:
         if status == "FINISHED":
             for name in rec.opts.models:
                 problems += self._stage_named_model(rec, name)
-        rec.summary = display.summary(status, metrics, problems)
+        if rec.checking is not None:
+            rec.checking.join(1.0)
+        rec.summary = display.summary(status, metrics, problems + rec.hidden)
         if result is not None:
             self._show(rec, first=True)  # before the record is sent, so the recorder's reply finds the line
         for name, folder in rec.models:  # before the run ends, so it ends with its models
@@ -330,6 +357,7 @@ class Tracker:
         self._send({
             "op": "end", "key": rec.key, "t": int(time.time() * 1000), "status": status, "metrics": metrics,
             "params": {k: str(v) for k, v in rec.params.items()},
+            "tags": {HIDDEN_STATE: "; ".join(rec.hidden)} if rec.hidden else {},
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
         })
