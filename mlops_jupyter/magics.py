@@ -242,7 +242,8 @@ class MlopsMagics(Magics):
             return runs
         from . import _widgets
 
-        caption = f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'}"
+        caption = (f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'} · open them in the "
+                   f"MLflow UI: {settings.where_to_look()}")
         if waiting:
             caption += f" · {waiting} more still being written ({self.tracker.degraded or 'store busy'})"
         return _widgets.RunsTable(runs, caption, compare=lambda ids: _compared(settings, ids))

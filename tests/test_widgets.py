@@ -208,3 +208,17 @@ def test_hidden_state_a_changed_cell_and_one_run_out_of_order_are_named(project)
     order = json.loads(read_artifact(project, first.info.run_id, "cell/execution_order.json"))
     assert [o["cell_id"] for o in order] == [None, "a", "c", "b"]  # the first ran before the extension loaded
     assert order[1]["count"] == counts["a"] and len(order[1]["hash"]) == 12
+
+
+def test_the_summary_line_is_one_short_line_that_links_the_run():
+    from mlops_jupyter.tracking import display
+
+    run_id = "3f2a9c81" + "0" * 24
+    local = display.run_line(run_id, "FINISHED · acc=0.8", "mlflow ui --backend-store-uri sqlite:///x.db",
+                             {"params": 2, "metrics": 1, "artifacts": 5})
+    assert repr(local) == "mlops: run 3f2a9c81 FINISHED · acc=0.8 · 5 artifacts"
+    assert run_id in local._repr_html_() and "mlflow ui --backend-store-uri sqlite:///x.db" in local._repr_html_()
+    url = "http://ui:5000/#/experiments/1/runs/" + run_id
+    linked = display.run_line(run_id, "FINISHED", "http://ui:5000", None, url)
+    assert repr(linked) == "mlops: run 3f2a9c81 FINISHED"
+    assert f'<a href="{url}" target="_blank" rel="noopener">3f2a9c81</a>' in linked._repr_html_()

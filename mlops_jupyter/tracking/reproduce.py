@@ -113,18 +113,33 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
         # the new run names the original notebook (not the scratch copy) and the run it reproduces
         run_tags = {"mlops.reproduces": rid, "mlops.reproduction": token, T.NOTEBOOK: notebook,
                     "mlflow.source.name": notebook}
-        _execute(wt_nb, out_nb, params, settings, timeout, run_tags)
+        hidden = _hidden_state(tags, rid)
+        try:
+            _execute(wt_nb, out_nb, params, settings, timeout, run_tags)
+        except MlopsError as exc:
+            raise MlopsError(f"{exc}{' ' + hidden if hidden else ''}") from None
         result.notebook = str(out_nb)
         new = _new_run(settings, token, worktree)
         _keep_executed(settings, new.info.run_id, out_nb)
         result.new = new.info.run_id
         result.metrics = {k: (v, new.data.metrics.get(k)) for k, v in sorted(run.data.metrics.items())}
         result.verdict = verdict(result.metrics)
+        if hidden and result.verdict != "match":
+            result.notes.append(hidden)
     finally:
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(worktree)],
                        capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _hidden_state(tags: dict, run_id: str) -> str:
+    """Where a difference comes from when the original run read hidden state ('' when it did not)."""
+    said = tags.get(T.HIDDEN_STATE)
+    if not said:
+        return ""
+    return (f"The original run {said} (what its kernel ran before it: runs:/{run_id}/cell/execution_order.json); "
+            "this replay ran the notebook top to bottom in a fresh kernel, so the difference comes from there.")
 
 
 def verdict(metrics: dict) -> str:

@@ -56,6 +56,7 @@ class CellRecord:
     metrics: dict = field(default_factory=dict)  # set while the cell runs (e.g. a sweep's best score)
     params: dict = field(default_factory=dict)  # likewise, logged when the cell ends
     run_id: str | None = None
+    experiment_id: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     line: object = None  # the display handle of the cell's summary line
     summary: str = ""
@@ -421,7 +422,8 @@ class Tracker:
     def _line(self, rec: CellRecord, counts: dict | None = None) -> display.Line:
         if self.degraded and counts is None:
             return display.waiting_line(self.degraded, rec.summary, self.link.path)
-        return display.run_line(rec.run_id, rec.summary, self.settings.where_to_look(), counts)
+        url = self.settings.run_url(rec.experiment_id, rec.run_id) if rec.run_id and rec.experiment_id else None
+        return display.run_line(rec.run_id, rec.summary, self.settings.where_to_look(), counts, url)
 
     def _show(self, rec: CellRecord, first: bool = False, counts: dict | None = None) -> None:
         self._local.showing = True
@@ -457,7 +459,7 @@ class Tracker:
         with self._mutex:
             rec = self.records.get(event.get("key"))
         if kind == "run" and rec is not None:
-            rec.run_id = event["run_id"]
+            rec.run_id, rec.experiment_id = event["run_id"], event.get("experiment_id")
             rec.ready.set()
             if rec.line is not None:
                 self._show(rec)
