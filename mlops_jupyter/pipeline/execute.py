@@ -120,6 +120,9 @@ class _Runner:
         self.width = max(len(s["name"]) for s in pipe.steps)
         self.kernels = K.Kernels(pipe.kernel, self.root)
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
+        # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
+        self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
+        self._draw_lock = threading.Lock()
 
     def echo(self, mark: str, name: str, text: str) -> None:
         with self._echo_lock:
@@ -131,8 +134,18 @@ class _Runner:
             if result is not None:
                 self.results[name] = result
             self.cond.notify_all()
+        if status in picture.LIVE:
+            self._draw(name, picture.LIVE[status])
         if self.on_step is not None and status in ("executing", *FINAL):
             self.on_step(name, status, result)
+
+    def _draw(self, name: str, state: str) -> None:
+        with self._draw_lock:
+            self.drawn[name] = state
+            try:
+                picture.write(self.pipe.folder, dict(self.drawn), self.pipe)
+            except OSError:
+                pass  # a read-only pipeline folder still runs; the picture is a view of it
 
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:

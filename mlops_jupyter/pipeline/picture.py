@@ -126,16 +126,34 @@ def svg(pipe, state_of: dict | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(folder, state_of: dict | None = None) -> Path:
-    """Draw the pipeline exported into ``folder`` into ``folder/pipeline.svg``, its steps coloured by
-    ``state_of`` (default: their states now, as ``mlops pipeline status`` reads them)."""
+def write(folder, state_of: dict | None = None, pipe=None) -> Path:
+    """Draw the pipeline exported into ``folder`` (``pipe``, when loaded already) into ``folder/pipeline.svg``,
+    its steps coloured by ``state_of`` (default: their states now, as ``mlops pipeline status`` reads them)."""
     from . import load, status
     from .state import _replace
 
-    pipe = load(folder)
+    pipe = pipe or load(folder)
     path = pipe.folder / FILE
     _replace(path, svg(pipe, state_of if state_of is not None else states(status(folder))))
     return path
+
+
+LIVE = {"executing": "running", "ran": "fresh", "skipped": "fresh", "failed": "failed"}
+
+
+def before_run(names: list, known: dict, likely: set) -> dict:
+    """step -> state as a run starts, from the state file's steps alone (no hashing): what is likely to run is
+    stale (or never run), the rest fresh."""
+    out = {}
+    for name in names:
+        last = known.get(name, {})
+        if last.get("failed"):
+            out[name] = "failed"
+        elif not last.get("success"):
+            out[name] = "never run"
+        else:
+            out[name] = "stale" if name in likely else "fresh"
+    return out
 
 
 def after_run(results: dict, known: dict) -> dict:
