@@ -13,7 +13,10 @@ DEMO_OUT := .mlops/demo
 
 .PHONY: demo test ui-test bench clean system-deps
 
-$(STAMP): pyproject.toml labextension/package.json
+# the labextension's sources too: the wheel's copy of the built extension is what JupyterLab (and ui-tests) load
+LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*.tsx labextension/style/*.css)
+
+$(STAMP): pyproject.toml labextension/package.json $(LAB_SOURCES)
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -60,12 +60,15 @@ def svg(pipe, state_of: dict | None = None) -> str:
         widths.append(sum(ws) + GAP_X * (len(ws) - 1))
         boxes.update({s["name"]: w for s, w in zip(layer, ws)})
     legend_w = sum(16 + CHAR_W * len(legend) + 14 for state, (_, _, legend) in STATES.items() if state != "running")
-    width = max(*widths, legend_w, 200) + 2 * PAD + 60  # room for edges that round a layer on the right
+    level = {s["name"]: i for i, layer in enumerate(layers) for s in layer}
+    skips = any(level[src] < level[s["name"]] - 1 for s in pipe.steps
+                for src in [*s["deps"], *(s.get("inputs") or {}).values()] if src in level)
+    width = max(*widths, legend_w, 200) + 2 * PAD + (60 if skips else 0)  # room for edges rounding a layer
     legend_y = PAD + len(layers) * (BOX_H + GAP_Y) - GAP_Y + 30
     height = legend_y + 24
     place = {}
     for i, (layer, row_w) in enumerate(zip(layers, widths)):
-        x = PAD + (width - 2 * PAD - row_w) / 2
+        x = PAD + (width - 2 * PAD - (60 if skips else 0) - row_w) / 2
         for s in layer:
             place[s["name"]] = (x, PAD + i * (BOX_H + GAP_Y), boxes[s["name"]])
             x += boxes[s["name"]] + GAP_X
