@@ -134,7 +134,8 @@ class RunsTable(_Rendered, W.VBox):
         self.table = W.HTML()
         self.pick = W.SelectMultiple(options=[], rows=6, description="compare", layout=W.Layout(width="420px"))
         self.compare_button = W.Button(description="compare ticked runs", icon="columns",
-                                       tooltip="params and metrics of the ticked runs side by side")
+                                       tooltip="params and metrics of the ticked runs side by side",
+                                       layout=W.Layout(width="auto"))
         self.compared = W.HTML()
         self.chart_metric = W.Dropdown(options=metrics, value=metrics[0] if metrics else None, description="chart",
                                        layout=W.Layout(width="220px"))
