@@ -3,6 +3,7 @@
 Same model (a 50-tree RandomForest on iris), same worker count (1), 4-row requests from 8 concurrent
 keep-alive connections. Goals: requests/s >= 4x `mlflow models serve` and a lower p99 (the moonshot:
 >= 8x with p99 < 40 ms); the Open Inference Protocol's /v2/.../infer >= 0.9x the requests/s of /predict;
+the prediction log (on by default) against the same server with it off: >= 0.97x the requests/s, p99 <= 1.1x;
 the package's OCI image (built here with buildah on the tests' cached Debian base, run with `buildah run`)
 within 10% of the same package run natively. `--no-image` skips the image (a build takes minutes).
 `--sweep` also times the generated server at several SERVE_MAX_WAIT_MS values (how the default was chosen).
@@ -208,6 +209,12 @@ def main() -> int:
                     targets[f"generated /predict wait={wait}ms"] = (port, "/predict", bodies["/predict"])
                 else:
                     targets.update({f"generated {path}": (port, path, body) for path, body in bodies.items()})
+            if not args.sweep:  # the anchor of the prediction log's cost: the same server, logging nothing
+                port = free_port()
+                procs.append(start([sys.executable, "-m", "iris_serving", "--port", str(port), "--workers",
+                                    str(WORKERS), "--log-level", "warning"], port,
+                                   {**env, "PYTHONPATH": str(pkg), "SERVE_LOG_SAMPLE": "0"}, tmp, tmp / "nolog.log"))
+                targets["unlogged /predict (SERVE_LOG_SAMPLE=0)"] = (port, "/predict", bodies["/predict"])
             if image:
                 port = free_port()
                 procs.append(start(["buildah", "run", "--isolation", "chroot", "--network", "host", image, "--",
@@ -244,6 +251,12 @@ def main() -> int:
             print(f"{name:34s} {ratio:5.1f}x the requests/s of mlflow models serve (goal >= 4x) · "
                   f"p99 {r['p99_ms'] / base['p99_ms']:.2f}x ({'lower' if p99_ok else 'NOT lower'}) · {moon}")
     predict = results.get("generated /predict")
+    unlogged = results.get("unlogged /predict (SERVE_LOG_SAMPLE=0)")
+    if unlogged:
+        ratio, p99 = predict["rps"] / unlogged["rps"], predict["p99_ms"] / unlogged["p99_ms"]
+        ok &= ratio >= 0.97 and p99 <= 1.1
+        print(f"{'prediction log on vs off':34s} {ratio:5.2f}x the requests/s (goal >= 0.97x) · p99 {p99:.2f}x "
+              "(goal <= 1.1x)")
     if "generated /v2/models/iris/infer" in results:
         ratio = results["generated /v2/models/iris/infer"]["rps"] / predict["rps"]
         ok &= ratio >= 0.9

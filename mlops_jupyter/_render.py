@@ -130,7 +130,7 @@ def human_bytes(n: int | None) -> str:
 
 
 def snapshot_rows(snaps) -> tuple[list[str], list[list[str]]]:
-    header = ["snapshot", "path", "when", "message", "size", "md5", "runs that used it"]
+    header = ["snapshot", "path", "when", "message", "size", "md5", "runs that read it"]
     rows = [[s.id, s.path, when(s.time_ms), s.message, human_bytes(s.size), s.md5,
              ", ".join(r["run_id"][:8] for r in s.runs)] for s in snaps]
     return header, rows

@@ -172,7 +172,7 @@ def _snapshot(p, door):
     p.add_argument("--push", action="store_true", help="push the data to the default DVC remote")
 
 
-@verb("snapshots", "versions of a snapshotted path (or of every one) and the runs that used them")
+@verb("snapshots", "versions of a snapshotted path (or of every one) and the runs that read them")
 def _snapshots(p, door):
     p.add_argument("path", nargs="?", metavar="PATH")
 

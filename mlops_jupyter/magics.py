@@ -268,7 +268,8 @@ class MlopsMagics(Magics):
 
         self._settings()
         bar = _render.ProgressLine(f"snapshot {ns.path}")
-        snap = _render.in_worker(data.snapshot, ns.path, ns.message, ns.push, None, bar.update)
+        with self.tracker.reads.paused():  # hashing it is not the cell reading it (a snapshot links itself)
+            snap = _render.in_worker(data.snapshot, ns.path, ns.message, ns.push, None, bar.update)
         for note in snap.notes:
             print(f"mlops: {note}")
         linked = self.tracker.attach_snapshot(snap.path, snap.md5, snap.pushed_to, snap.root)
@@ -292,7 +293,8 @@ class MlopsMagics(Magics):
         from . import data
 
         settings = self._settings()
-        snap = data.restore(ns.path, ns.run, ns.rev, ns.force, None, settings)
+        with self.tracker.reads.paused():  # checking the data before putting it back is not the cell reading it
+            snap = data.restore(ns.path, ns.run, ns.rev, ns.force, None, settings)
         print(f"mlops: restored {snap.path} to snapshot {snap.id} (md5 {snap.md5}); its .dvc file now points "
               "there: snapshot again to keep working from it, or restore another revision.")
 

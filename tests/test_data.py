@@ -185,3 +185,70 @@ def test_push_then_restore_from_the_remote_when_the_cache_lost_it(ip, project):
     shutil.rmtree(project / ".dvc" / "cache")
     ip.run_line_magic("mlops", f"restore d.bin --rev {first}")
     assert (project / "d.bin").read_bytes() == b"version one"
+
+
+def test_a_snapshot_lists_only_the_runs_that_read_it(project):
+    """A real kernel: of the tracked cells run while data/train.csv and images/ are snapshotted, only those
+    that opened them (or snapshotted them) are listed as their runs; a write, or a cell that never opens them,
+    is not a read."""
+    from harness import kernel
+
+    (project / "data").mkdir()
+    (project / "data" / "train.csv").write_text("x,y\n1,2\n3,4\n")
+    (project / "images").mkdir()
+    (project / "images" / "a.txt").write_text("A")
+    for path in ("data/train.csv", "images"):
+        out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "snapshot", path], cwd=project,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    cells = {
+        "reader": "import pandas as pd\nrows = len(pd.read_csv('data/train.csv'))",
+        "bystander": "open('notes.txt', 'w').write('not data')\nrows = 0",
+        "writer": "import os\nwith open('data/out.csv', 'w') as fh:\n    fh.write('a')\n"
+                  "fd = os.open('images/a.txt', os.O_WRONLY)\nos.close(fd)",  # writes only: not a read
+        "folder-reader": "import os\nrows = sum(len(open(f'images/{n}').read()) for n in os.listdir('images'))",
+        "snapshotter": "%mlops snapshot data/train.csv",  # a snapshot taken in a run joins it
+    }
+    with kernel(project) as k:
+        reply, _ = k.run("%load_ext mlops_jupyter\n%mlops init")
+        assert reply["status"] == "ok", reply
+        for name, body in cells.items():
+            reply, _ = k.run(f"%%mlops run --name {name}\n{body}")
+            assert reply["status"] == "ok", (name, reply)
+        reply, _ = k.run("assert get_ipython()._mlops_magics.tracker.flush(60) == 0")
+        assert reply["status"] == "ok", reply
+    runs = {r.info.run_name: r for r in all_runs(project)}
+    assert set(runs) == set(cells)
+    md5 = runs["reader"].data.tags["mlops.data.data/train.csv"]
+    assert all(r.data.tags["mlops.data.data/train.csv"] == md5 for r in runs.values())  # all had it in scope
+    assert {n for n, r in runs.items() if "mlops.read.data/train.csv" in r.data.tags} == {"reader", "snapshotter"}
+    assert runs["reader"].data.tags["mlops.read.data/train.csv"] == md5
+    assert {n for n, r in runs.items() if "mlops.read.images" in r.data.tags} == {"folder-reader"}
+
+    def listed(path):
+        out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "snapshots", path], cwd=project,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return {n for n, r in runs.items() if r.info.run_id[:8] in out.stdout}
+
+    assert listed("data/train.csv") == {"reader", "snapshotter"}
+    assert listed("images") == {"folder-reader"}
+
+
+def test_our_dvc_set_up_asks_for_reflinks_and_a_users_own_is_left_alone(tmp_path):
+    """`cache.type reflink,copy` where we initialise DVC; a project whose DVC the user set up keeps its config."""
+    from harness import make_git_project
+
+    ours, theirs = make_git_project(tmp_path / "ours"), make_git_project(tmp_path / "theirs")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=theirs, check=True)
+    git(theirs, "commit", "-q", "-m", "dvc init")
+    config = (theirs / ".dvc" / "config").read_text()
+    for root in (ours, theirs):
+        (root / "d.bin").write_bytes(b"data")
+        out = subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "snapshot", "d.bin"], cwd=root,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    assert "reflink,copy" in (ours / ".dvc" / "config").read_text()
+    assert not git(ours, "status", "--porcelain", "--", ".dvc").strip()  # committed with the set-up
+    assert (theirs / ".dvc" / "config").read_text() == config
+    assert (ours / "d.bin").read_bytes() == b"data" and (theirs / "d.bin").read_bytes() == b"data"

@@ -1,5 +1,6 @@
 """`mlops reproduce`: a seeded scikit-learn run re-executed from its recorded code, data and params."""
 
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,98 @@ def test_reproduce_of_an_out_of_order_run_says_where_the_difference_comes_from(p
     assert "verdict: differ" in out.stdout
     assert "depends on a cell below it, run out of order: [3]" in out.stdout
     assert "cell/execution_order.json" in out.stdout and "the difference comes from there" in out.stdout
+
+
+def test_reproduce_a_run_whose_data_came_from_another_project(project):
+    """The notebook's repository holds the code; it changes into a second git/DVC project for its data (as
+    example_notebooks/02_data_versioning.ipynb does). Both are recorded; reproduce restores the data where
+    the notebook reads it and puts it back after, or says in one line why it cannot."""
+    import json
+    import shutil
+
+    from harness import make_git_project
+    from sklearn.datasets import load_iris
+
+    data_proj = make_git_project(project.parent / "dataproj")
+    csv = data_proj / "data" / "iris.csv"
+    csv.parent.mkdir()
+    load_iris(as_frame=True).frame.to_csv(csv, index=False)
+    assert mlops(data_proj, "snapshot", "data/iris.csv").returncode == 0
+    notebook(project / "train.ipynb", ["%load_ext mlops_jupyter\n%mlops init",
+                                       ("n_estimators = 5\nseed = 0", ["parameters"]), f"%cd {data_proj}", TRAIN,
+                                       "raise RuntimeError('reproduce stops at the run\\'s cell')"])
+    git(project, "add", "train.ipynb")
+    git(project, "commit", "-q", "-m", "notebook")
+    subprocess.run([sys.executable, "-m", "papermill", "train.ipynb", "out.ipynb", "--log-level", "ERROR"], cwd=project,
+                   timeout=300)
+    (run,) = wait_for(lambda: [r for r in all_runs(project) if r.info.status == "FINISHED"], timeout=60,
+                      what="the tracked run")
+    tags = run.data.tags
+    projects = json.loads(tags["mlops.projects"])
+    assert [(p["root"], p["commit"], p["paths"]) for p in projects] == [
+        (str(project), git(project, "rev-parse", "HEAD").strip(), []),
+        (str(data_proj), git(data_proj, "rev-parse", "HEAD").strip(), ["data/iris.csv"])]
+    assert tags["mlops.read.data/iris.csv"] == tags["mlops.data.data/iris.csv"]
+
+    csv.write_text("sepal length (cm),target\n1.0,0\n")  # the data moves on in its own project
+    assert mlops(data_proj, "snapshot", "data/iris.csv").returncode == 0
+    moved = (data_proj / "data" / "iris.csv.dvc").read_text()
+    out = mlops(project, "reproduce", run.info.run_id[:8])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "verdict: match" in out.stdout and f"restored data/iris.csv (md5 {tags['mlops.data.data/iris.csv'][:8]}) " \
+        f"in project {data_proj}" in out.stdout
+    assert (data_proj / "data" / "iris.csv.dvc").read_text() == moved  # put back as it was
+    assert csv.read_text() == "sepal length (cm),target\n1.0,0\n"
+    assert not git(data_proj, "status", "--porcelain").strip()
+
+    csv.write_text("edited, never snapshotted\n")  # never overwritten: one line, nothing executed
+    out = mlops(project, "reproduce", run.info.run_id)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "not in any snapshot" in out.stderr and "Nothing was executed" in out.stderr, out.stderr
+    assert csv.read_text() == "edited, never snapshotted\n"
+
+    shutil.rmtree(data_proj)  # e.g. a scratch folder since removed
+    out = mlops(project, "reproduce", run.info.run_id)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"its project {data_proj} no longer exists" in out.stderr, out.stderr
+    assert len([r for r in all_runs(project) if r.data.tags.get("mlops.reproduces")]) == 1
+
+
+def test_reproduce_the_demo_notebooks_fewer_rows_run(project):
+    """example_notebooks/02_data_versioning.ipynb as `make demo` runs it: its data lives in a scratch project it
+    makes and changes into, its code in this repository."""
+    import shutil
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "example_notebooks" / "02_data_versioning.ipynb"
+    (project / "example_notebooks").mkdir()
+    shutil.copy(demo, project / "example_notebooks")
+    git(project, "add", "example_notebooks")
+    git(project, "commit", "-q", "-m", "the demo notebook")
+    out = subprocess.run([sys.executable, "-m", "papermill", "--cwd", "example_notebooks", "--log-level", "ERROR",
+                          "example_notebooks/02_data_versioning.ipynb", "out.ipynb"], cwd=project, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PWD": str(project)})  # as a shell there sets it
+    assert out.returncode == 0, out.stderr[-2000:]
+    wait_for(lambda: len([r for r in all_runs(project) if r.info.status == "FINISHED"]) == 2, timeout=60,
+             what="the demo's two runs")
+    out = mlops(project, "reproduce", "fewer-rows")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "verdict: match" in out.stdout and "in project /" in out.stdout
+
+
+def test_reproduce_a_run_whose_code_commit_is_gone_says_so_in_one_line(ip, project):
+    """A run recorded in a history since rewritten (or another clone): one line, no worktree, no traceback."""
+    import json
+
+    from mlflow import MlflowClient
+
+    ip.run_cell("%%mlops run\nx = 1")
+    assert ip._mlops_magics.tracker.flush(60) == 0
+    (run,) = all_runs(project)
+    client = MlflowClient("sqlite:///" + (project / ".mlops" / "mlflow.db").as_posix())
+    client.set_tag(run.info.run_id, "mlops.notebook", str(project / "train.ipynb"))
+    client.set_tag(run.info.run_id, "mlops.projects", json.dumps([{"root": str(project), "commit": "1" * 40}]))
+    out = mlops(project, "reproduce", run.info.run_id)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "the code commit 11111111 it used is not in the history" in out.stderr, out.stderr
+    assert not git(project, "worktree", "list").strip().count("\n")

@@ -56,8 +56,9 @@ def proj(tmp_path_factory):
         {"name": "sweep", "start": 1_700_000_120_000, "params": {"metric": "acc", "mode": "max", "samples": "2"}},
     ])
     client = MlflowClient("sqlite:///" + (root / ".mlops" / "mlflow.db").as_posix())
-    client.set_tag(ids[0], "mlops.data.data/train.csv", v1.md5)
-    client.set_tag(ids[1], "mlops.data.data/train.csv", v2.md5)
+    for run_id, version in ((ids[0], v1), (ids[1], v2)):  # each had its version in scope, and read it
+        client.set_tag(run_id, "mlops.data.data/train.csv", version.md5)
+        client.set_tag(run_id, "mlops.read.data/train.csv", version.md5)
     for step, loss in enumerate([0.9, 0.5, 0.2]):
         client.log_metric(ids[1], "loss", loss, step=step)
     client.set_tag(ids[2], "mlops.kind", "sweep")
@@ -152,6 +153,8 @@ PATH_CASES = [("GET", e, {"path": p}) for e, h in ROUTES if "get" in methods(h) 
     ("POST", "pipeline/run", {"path": "analysis/pipe.ipynb", "out": "/tmp/p"}),
     ("POST", "serving/generate", {"path": "analysis/train.ipynb", "run_id": "x", "out": "../served"}),
     ("POST", "serving/generate", {"path": "../nb.ipynb", "run_id": "x", "out": "served"}),
+    ("GET", "serving", {"path": "analysis/train.ipynb", "out": "../served"}),
+    ("POST", "serving/build", {"path": "analysis/train.ipynb", "out": "/tmp/served"}),
 ]
 
 
@@ -505,6 +508,59 @@ async def test_generate_from_a_model_uri_and_refusals_with_the_fix(jp_fetch, pro
     assert code == 409 and "not an empty folder" in body["message"] and body["error"] == "conflict"
 
 
+@pytest.fixture(scope="module")
+def package(proj, models):
+    """A serving package of the logged model, at pkg/ in the project."""
+    from mlops_jupyter import config
+    from mlops_jupyter.serving import generate_package
+
+    return generate_package(f"runs:/{models}/model", proj["root"] / "pkg", settings=config.resolve(proj["root"]))
+
+
+async def test_a_package_shows_its_state_and_a_build_that_fails_its_tests_says_so(jp_fetch, proj, models):
+    base = {"path": "analysis/train.ipynb"}
+    code, body = await call(jp_fetch, "serving", out="analysis", **base)
+    assert code == 200 and (body["package"], body["image"], body["build"]) == (False, None, None), body
+    code, body = await call(jp_fetch, "serving/generate", body={**base, "model_uri": f"runs:/{models}/model",
+                                                                "out": "built"})
+    assert code == 200, body
+    code, body = await call(jp_fetch, "serving", out="built", **base)
+    assert code == 200 and body["package"] and body["name"] == "model-serving" and body["image"] is None, body
+    # a package whose own tests fail gets no image, and the sidebar is told why
+    tests = next((proj["root"] / "built").rglob("test_app.py")).parent
+    (tests / "test_broken.py").write_text("def test_broken():\n    assert False\n")
+    code, body = await call(jp_fetch, "serving/build", body={**base, "out": "built"})
+    assert code == 202 and body["folder"] == "built", body
+    code, body = await call(jp_fetch, "serving/build", body={**base, "out": "built"})
+    assert code == 409 and "already going on built" in body["message"], body
+
+    async def ended():
+        return (await call(jp_fetch, "serving", out="built", **base))[1]
+
+    for _ in range(600):
+        state = await ended()
+        if not state["build"]["running"]:
+            break
+        await asyncio.sleep(0.5)
+    build = state["build"]
+    assert build["ok"] is False and "tests failed (1 failed" in build["summary"] and "no image was built" in \
+        build["summary"], build
+    assert state["image"] is None and not (proj["root"] / "built" / "build.json").exists()
+
+
+@pytest.mark.parametrize("body, code, words", [
+    ({"path": "analysis/train.ipynb"}, 400, "`out` is required"),
+    ({"path": "analysis/train.ipynb", "out": "analysis"}, 404, "not a generated serving package"),
+    ({"path": "analysis/train.ipynb", "out": "pkg", "tag": "Two Words"}, 400, "not an image reference"),
+    ({"path": "analysis/train.ipynb", "out": "pkg", "base": "a b"}, 400, "not an image reference"),
+    ({"path": "analysis/train.ipynb", "out": "pkg", "tag": 3}, 400, "`tag` must be a string"),
+    ({"path": "analysis/train.ipynb", "out": "../elsewhere"}, 403, "outside the server root"),
+])
+async def test_bad_build_requests_are_refused_before_anything_runs(jp_fetch, package, body, code, words):
+    got, reply = await call(jp_fetch, "serving/build", body=body)
+    assert got == code and words in reply["message"], reply
+
+
 @pytest.mark.parametrize("body, words", [
     ({"path": "analysis/train.ipynb", "out": "s"}, "give `run_id`"),
     ({"path": "analysis/train.ipynb", "run_id": "x"}, "`out` is required"),
@@ -524,5 +580,6 @@ def test_no_route_module_imports_an_engine():
 
 def test_route_names_are_the_contract():
     assert [e for e, _ in ROUTES] == ["status", "runs", "compare", "snapshots", "restore", "sweeps", "pipeline",
-                                      "pipeline/validate", "pipeline/export", "pipeline/run", "serving/generate"]
+                                      "pipeline/validate", "pipeline/export", "pipeline/run", "serving", "serving/generate",
+                                      "serving/build"]
     assert all(re.fullmatch(r"[a-z/]+", e) for e, _ in ROUTES)

@@ -657,18 +657,24 @@ def test_metrics_count_every_worker_across_restarts(package, tmp_path):
 
     try:
         assert not (metrics_dir / "counter_999999.db").exists()  # emptied on start
-        burst(40)
-        workers = {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
-        assert len(workers) == 2, workers  # both answered some
-        assert {served() for _ in range(6)} == {40.0}  # whichever worker answers /metrics counts all
-        dead = workers.pop()
+        sent = 0
+
+        def workers() -> set[int]:
+            return {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
+
+        while len(workers()) < 2 and sent < 400:  # the kernel may hand a short burst to one worker only
+            burst(40)
+            sent += 40
+        assert len(workers()) == 2, workers()  # both answered some
+        assert {served() for _ in range(6)} == {float(sent)}  # whichever worker answers /metrics counts all
+        dead = workers().pop()
         psutil.Process(dead).kill()
         wait_for(lambda: len([c for c in psutil.Process(proc.pid).children() if c.pid not in (dead,)
                               and "spawn_main" in " ".join(c.cmdline())]) >= 2, timeout=60,
                  what="uvicorn to replace the killed worker")
         wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, timeout=30, what="readiness")
         burst(20)
-        assert {served() for _ in range(6)} == {60.0}  # the dead worker's 20-odd requests still count
+        assert {served() for _ in range(6)} == {sent + 20.0}  # the dead worker's requests still count
         # its live gauge goes once the new worker has started (a killed process cannot clean up after itself)
         wait_for(lambda: not list(metrics_dir.glob(f"gauge_live*_{dead}.db")), timeout=60,
                  what="the killed worker's live gauge to be dropped")

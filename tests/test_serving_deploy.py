@@ -143,6 +143,17 @@ def test_build_refuses_bad_input_before_doing_anything(package, tmp_path, capsys
     assert not (pkg / "build.json").exists()
 
 
+def test_the_engine_picked_without_engine_can_build_here():
+    """docker, podman, buildah in that order, passing over a docker CLI whose daemon does not answer (as on
+    machines with the client only), which would fail every build."""
+    from mlops_jupyter.serving.build import ENGINES, find_engine
+
+    engine = find_engine()
+    assert engine in ENGINES
+    daemon = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    assert (engine == "docker") == bool(daemon), (engine, daemon)
+
+
 def test_failing_package_tests_stop_the_build(package, tmp_path, capsys, monkeypatch):
     pkg, _ = package
     broken = tmp_path / "broken"

@@ -93,6 +93,31 @@ def test_store_killed_mid_migration_is_made_anew_and_records_land(project):
     assert store.inspect(path)["state"] == "current"
 
 
+def test_a_writer_killed_mid_transaction_leaves_a_store_that_still_opens(project):
+    """A process killed mid-write leaves a hot journal beside the store; read-only inspection cannot roll it
+    back, so the store must still open (SQLite's own rollback), keep its runs and take new ones."""
+    uri, path = store_uri(project), db_path(project)
+    client = store.client(uri)
+    exp = client.create_experiment("kept")
+    kept = client.create_run(exp).info.run_id
+    store._ready.clear()  # as a new process would see it
+    killed = subprocess.run([PY, "-c", (
+        "import os, signal, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size=1')\n"  # spill: the half-done change reaches the file, the journal holds the old pages
+        "con.execute('BEGIN')\n"
+        "con.execute('CREATE TABLE _alembic_tmp_runs (run_uuid VARCHAR(32))')\n"
+        "con.execute(\"UPDATE runs SET name = name || '-half-written'\")\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), path])
+    assert killed.returncode == -signal.SIGKILL and os.path.getsize(path + "-journal") > 0
+    out = subprocess.run([PY, "-m", "mlops_jupyter.cli", "runs", "--json"], cwd=project, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert store.inspect(path)["state"] == "current" and not os.path.exists(path + "-journal")
+    runs = store.client(uri).search_runs([exp])
+    assert [(r.info.run_id, r.info.run_name.endswith("-half-written")) for r in runs] == [(kept, False)]
+
+
 def test_half_migrated_store_with_runs_is_refused_with_the_fix_and_records_wait(project):
     from mlops_jupyter import config
     from mlops_jupyter.tracking.records import Recording

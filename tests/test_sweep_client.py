@@ -1,15 +1,23 @@
 """%%mlops sweep through Ray Client (`--address ray://host:port`) on a head started with `ray start`."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import psutil
 from harness import all_runs, wait_for
 from test_sweep import flush
+
+
+def head_logs(temp: str) -> str:
+    """The tails of the head's Ray Client server logs: what a failed connection says on the cluster side."""
+    logs = sorted(Path(temp).glob("session_latest/logs/ray_client_server*"))
+    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]) for p in logs)
 
 
 def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypatch):
@@ -32,7 +40,7 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
         ip.run_cell("base = 10")
         result = ip.run_cell(f'%%mlops sweep --space "x=grid(1, 2, 3)" --address ray://127.0.0.1:{client} '
                              "--metric score --mode max\nscore = base + x")
-        assert result.success, result.error_in_exec
+        assert result.success, f"{result.error_in_exec}\n{head_logs(temp)}"
         assert ip.user_ns["best_params"] == {"x": 3}
         flush(ip)
         (parent,) = [r for r in all_runs(project) if "mlflow.parentRunId" not in r.data.tags]
@@ -53,3 +61,4 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
         wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
                               if any(temp in a for a in p.info["cmdline"] or [])], timeout=30,
                  what="the head's Ray processes to exit")
+        shutil.rmtree(temp, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from jupyterlab.galata import configure_jupyter_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from image_base import storage_env  # noqa: E402
 from mlflow_seed import STORE_VARS  # noqa: E402
 
 configure_jupyter_server(c)  # noqa: F821 (c is the config object jupyter passes in)
@@ -19,6 +20,8 @@ state = Path(os.environ["MLOPS_UI_STATE"])
 # the project's embedded store, never the developer's tracking server; kernels inherit this environment
 for var in STORE_VARS:
     os.environ.pop(var, None)
+# image builds the sidebar starts use the test suite's image storage, where the cached base image lives
+os.environ.update(storage_env())
 
 c.ServerApp.root_dir = str(state / "project")  # noqa: F821
 c.ServerApp.ip = "127.0.0.1"  # noqa: F821

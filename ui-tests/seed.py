@@ -8,6 +8,7 @@ starts (``project``) and by the specs (the other verbs); prints JSON where a spe
     python seed.py notebook PATH         # cells as JSON on stdin: a source, or [source, tags]; prints cell ids
     python seed.py snapshots ROOT        # data/train.csv snapshotted twice with the real core
     python seed.py routes                # the mlops/ routes the server extension registers
+    python seed.py package ROOT OUT      # a serving package at ROOT/OUT, and the base image builds use here
 """
 
 from __future__ import annotations
@@ -84,6 +85,28 @@ def snapshots(root: Path) -> dict:
     return {"data": str(data), "first": str(first), "second": str(second)}
 
 
+def package(root: Path, out: str) -> dict:
+    """A serving package at ROOT/OUT of a small iris model saved to disk (no store touched), and the base image
+    this machine builds on (tests/image_base.py: made once, then cached)."""
+    import tempfile
+
+    import mlflow.sklearn
+    from image_base import ensure_base
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from mlops_jupyter.serving import generate_package
+
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    model = LogisticRegression(max_iter=300).fit(X, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.sklearn.save_model(model, f"{tmp}/model", signature=infer_signature(X, model.predict(X)),
+                                  input_example=X.head(3), pip_requirements=["scikit-learn"])
+        generate_package(f"{tmp}/model", root / out, name="iris")
+    return {"folder": out, "base": ensure_base()[0]}
+
+
 def routes() -> list[str]:
     from mlops_jupyter.server.handlers import ROUTES
 
@@ -104,8 +127,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps(snapshots(Path(args[0]))))
     elif verb == "routes":
         print(json.dumps(routes()))
+    elif verb == "package":
+        print(json.dumps(package(Path(args[0]), args[1])))
     else:
-        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots or routes")
+        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots, routes or package")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import {
   IRestored,
   IRun,
   IRunList,
+  IServing,
   ISnapshots,
   IStatus,
   ISweep,
@@ -169,6 +170,18 @@ export class MlopsModel {
       body.name = name;
     }
     return postAPI<IGenerated>('serving/generate', body);
+  }
+
+  serving(out: string): Promise<IServing> {
+    return requestAPI<IServing>('serving', { path: this.need(), out });
+  }
+
+  buildServing(out: string, base: string): Promise<{ folder: string; started: number }> {
+    const body: Record<string, string> = { path: this.need(), out };
+    if (base) {
+      body.base = base;
+    }
+    return postAPI('serving/build', body);
   }
 
   /** The folder beside the notebook a pipeline (or serving package) goes to by default. */

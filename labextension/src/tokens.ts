@@ -109,6 +109,7 @@ export interface ISweep {
 
 export type StepState = 'fresh' | 'stale' | 'failed' | 'never';
 
+/** A job the server runs as a subprocess (a pipeline run, an image build): its state and last log lines. */
 export interface IPipelineRun {
   running: boolean;
   started: number;
@@ -148,4 +149,23 @@ export interface IGenerated {
   folder: string;
   model_uri: string;
   name: string;
+}
+
+/** The last image built from a serving package (its build.json). */
+export interface IImage {
+  tag: string;
+  engine: string;
+  size_bytes: number;
+  tests: string;
+  build_seconds: number;
+  pushed: string | null;
+}
+
+export interface IServing {
+  folder: string;
+  package: boolean;
+  name: string | null;
+  version: string | null;
+  image: IImage | null;
+  build: IPipelineRun | null;
 }

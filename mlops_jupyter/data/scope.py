@@ -8,11 +8,18 @@ import subprocess
 from pathlib import Path
 
 TAG_PREFIX = "mlops.data."
+READ_PREFIX = "mlops.read."
 
 
 def tag_key(path: str) -> str:
-    """The run tag naming a snapshotted path (MLflow tag keys allow only a few characters)."""
+    """The run tag naming a snapshotted path (MLflow tag keys allow only a few characters): the version the
+    project held as the run started, whether or not the run read it."""
     return TAG_PREFIX + re.sub(r"[^\w./ :-]", "_", path)
+
+
+def read_key(path: str) -> str:
+    """The run tag saying the run read (or took) this snapshotted path; its value is the version's md5."""
+    return READ_PREFIX + re.sub(r"[^\w./ :-]", "_", path)
 
 
 def read_dvc_file(text: str) -> dict | None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ..config import STATE_DIR, ensure_state_dir, find_project_root
 from ..errors import Conflict, InvalidInput, MlopsError, NotFound, StoreError, UnsnapshottedChanges
-from .scope import in_scope, read_dvc_file, tag_key
+from .scope import in_scope, read_dvc_file, read_key, tag_key
 
 LOCAL_REMOTE = "mlops-local"
+CACHE_TYPES = "reflink,copy"
 FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "mlops-jupyter", "GIT_AUTHOR_EMAIL": "mlops-jupyter@localhost",
                      "GIT_COMMITTER_NAME": "mlops-jupyter", "GIT_COMMITTER_EMAIL": "mlops-jupyter@localhost"}
 
@@ -39,7 +40,7 @@ class Snapshot:
     unchanged: bool = False
     notes: list = field(default_factory=list)  # set-up done on the way (git init, dvc init)
     pushed_to: str | None = None
-    runs: list = field(default_factory=list)  # runs that used this version
+    runs: list = field(default_factory=list)  # runs that read (or made) this version
     root: str = ""  # the project (git repo) holding it
     current: bool = False  # the version the workspace's .dvc file records now (set by list_snapshots)
 
@@ -51,7 +52,7 @@ class Snapshot:
 # ---- git ---------------------------------------------------------------------------------
 def _git(root: Path, *args: str, check: bool = True) -> str:
     env = dict(os.environ)
-    if not _has_identity(root):
+    if args[0] == "commit" and not _has_identity(root):  # only a commit needs one: no extra git call otherwise
         env.update(FALLBACK_IDENTITY)
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, env=env, timeout=300)
@@ -110,6 +111,10 @@ def open_repo(root: Path, create: bool = False):
                            project=str(root))
         with _quiet():
             repo = Repo.init(str(root))
+            with repo.config.edit("repo") as conf:
+                # said outright (it is DVC's default too): a copy-on-write clone where the filesystem can, so a
+                # snapshot costs one read of the data there; a project that set its own cache.type keeps it
+                conf["cache"]["type"] = CACHE_TYPES
         files = [f for f in (".dvc/config", ".dvc/.gitignore", ".dvcignore") if (root / f).exists()]
         _git(root, "add", "--", *files)
         _git(root, "commit", "-q", "--only", "-m", "mlops: initialise DVC", "--", *files)
@@ -235,7 +240,7 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
     dvcfile, ignore = root / f"{rel}.dvc", target.parent / ".gitignore"
     before = {p: (p.read_text() if p.exists() else None) for p in (dvcfile, ignore)}
     dvc_rel, ignore_rel = f"{rel}.dvc", ignore.relative_to(root).as_posix()
-    signature = _signature(target)
+    signature = _signature(target)  # taken before hashing: a change meanwhile makes the next snapshot hash again
     known = _index(root).get(rel)
     prev = read_dvc_file(before[dvcfile]) if before[dvcfile] else None
     try:
@@ -248,7 +253,6 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
                 _cache_in_one_pass(repo, target, progress)
             with _quiet(), _progress(None if target.is_file() else progress, _size(target)):
                 repo.add([str(target)], relink=False)  # a file cached above: DVC only writes the .dvc file
-            signature = _signature(target)  # DVC may have relinked the files from its cache
             info = read_dvc_file(dvcfile.read_text())
             if prev and prev["md5"] == info["md5"] and _committed(root, dvc_rel):
                 snap = Snapshot(rel, info["md5"], info["size"], info["nfiles"], _last_commit(root, dvc_rel),
@@ -272,24 +276,35 @@ def snapshot(path: str | os.PathLike, message: str | None = None, push: bool = F
     return snap
 
 
-CHUNK = 8 << 20
+CHUNK = 4 << 20
 
 
 def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
-    """Hash a file and copy it into DVC's cache at the same time: the copy is the kernel's own
-    (shutil.copyfile -> sendfile / fcopyfile), so it runs beside the hashing instead of after it
-    (DVC on its own hashes, then copies). DVC's state then learns the hash, so its own ``add``
-    finds the object cached and the file already hashed."""
+    """Put a file in DVC's cache reading it once. Where the project's cache.type allows a reflink and the
+    filesystem makes one, the cache object is a copy-on-write clone (no bytes copied). Otherwise the
+    kernel's own copy (shutil.copyfile -> sendfile) runs beside the hashing instead of after it (DVC on its
+    own hashes, then copies) when a core is free for it; where every core is busy the two threads only slow
+    each other, so it runs after, and not at all when the cache already holds the object. DVC's state then
+    learns the hash, so its own ``add`` finds the object cached and the file already hashed. The file
+    itself is hashed, not the clone: its pages are the ones likely in memory (a clone is a new inode, read
+    from disk); a change to it meanwhile is caught by its size and mtime."""
     import threading
     import uuid
 
     from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_objects.fs.system import reflink
 
     cache = Path(repo.cache.local.path)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".mlops-{uuid.uuid4().hex}.tmp"
     before = target.stat()
-    total, done, md5, failed = before.st_size, 0, hashlib.md5(), []
+    total, done, md5, failed, copier, cloned = before.st_size, 0, hashlib.md5(), [], None, False
+    if repo.cache.local.cache_types[:1] == ["reflink"]:
+        try:
+            reflink(target, tmp)
+            cloned = True
+        except OSError:
+            pass  # no reflinks on this filesystem (or across two): copy
 
     def copy():
         try:
@@ -297,17 +312,25 @@ def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
         except OSError as exc:
             failed.append(exc)
 
-    copier = threading.Thread(target=copy, daemon=True)
-    copier.start()
+    if not cloned and _spare_core():
+        copier = threading.Thread(target=copy, daemon=True)
+        copier.start()
     try:
-        with open(target, "rb") as src:
-            while chunk := src.read(CHUNK):
-                md5.update(chunk)  # releases the GIL
-                done += len(chunk)
+        buf = bytearray(CHUNK)  # one buffer reused: no fresh memory (and page faults) per chunk
+        view = memoryview(buf)
+        with open(target, "rb", buffering=0) as src:
+            while n := src.readinto(buf):
+                md5.update(view[:n])  # releases the GIL
+                done += n
                 if progress:
                     progress(done, total)
     finally:
-        copier.join()
+        if copier is not None:
+            copier.join()
+    oid = md5.hexdigest()
+    dest = Path(repo.cache.local.oid_to_path(oid))
+    if not cloned and copier is None and not dest.exists():
+        copy()
     after = target.stat()
     if failed or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         tmp.unlink(missing_ok=True)
@@ -315,16 +338,23 @@ def _cache_in_one_pass(repo, target: Path, progress=None) -> str:
             raise failed[0]
         raise Conflict(f"{target.name} changed while it was being snapshotted; snapshot it again when "
                        "whatever writes it has finished.", what="changing", path=str(target))
-    oid = md5.hexdigest()
-    dest = Path(repo.cache.local.oid_to_path(oid))
     if dest.exists():
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
     else:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)  # DVC keeps cache objects read-only
         os.replace(tmp, dest)
     repo.state.save(str(target), repo.fs, HashInfo("md5", oid), repo.fs.info(str(target)))
     return oid
+
+
+def _spare_core() -> bool:
+    """A core is idle enough to copy while another hashes (the load average says how busy they are)."""
+    try:
+        cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    except (AttributeError, OSError):
+        cores, load = os.cpu_count() or 1, 0.0
+    return cores - load >= 1.5
 
 
 def _raise_clearly(exc: BaseException, what: str, state: str):
@@ -421,9 +451,10 @@ def list_snapshots(path: str | os.PathLike | None = None, root: str | os.PathLik
     if settings is not None and snaps:
         from ..tracking import runs_with_tags
 
-        used = runs_with_tags(settings, sorted({tag_key(s.path) for s in snaps}))
+        # the runs that read each version (or made it), not every run that merely had it in its project
+        used = runs_with_tags(settings, sorted({read_key(s.path) for s in snaps}))
         for s in snaps:
-            s.runs = [r for r in used if r["tags"].get(tag_key(s.path)) == s.md5]
+            s.runs = [r for r in used if r["tags"].get(read_key(s.path)) == s.md5]
     return snaps
 
 

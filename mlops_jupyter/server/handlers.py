@@ -20,7 +20,7 @@ from jupyter_server.utils import url_path_join
 from .. import config
 from ..errors import MlopsError, UnsnapshottedChanges
 from ..tracking import query
-from .runs import PipelineRuns
+from .runs import Jobs, build_command, pipeline_command
 
 NAMESPACE = "mlops"
 # capability -> the module whose presence means its engine is installed (looked up, never imported)
@@ -283,9 +283,9 @@ class PipelineHandler(PipelineMixin, GetRoute):
         from .. import pipeline
         from ..errors import NotFound
 
-        runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
+        jobs: Jobs = self.settings["mlops_jobs"]
         out = {"folder": self.rel(folder), "exported": False, "outdated": False, "steps": [], "models": [],
-               "run": runs.state(folder)}
+               "run": jobs.state("pipeline", folder)}
         try:
             pipe = pipeline.load(folder)
         except NotFound:
@@ -347,12 +347,12 @@ class PipelineRunHandler(PipelineMixin, PostRoute):
     def work(self, nb, folder, body):
         from .. import pipeline
 
-        runs: PipelineRuns = self.settings["mlops_pipeline_runs"]
+        jobs: Jobs = self.settings["mlops_jobs"]
         pipeline.load(folder)  # not exported: a clear 404
         pairs = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (body.get("params") or {}).items()]
+        cmd = pipeline_command(folder, pairs, bool(body.get("force")), body.get("from"))
         # the folder's own lock covers runs started from a terminal too
-        started = None if pipeline.running(folder) else runs.start(folder, pairs, bool(body.get("force")),
-                                                                   body.get("from"), self.project(nb))
+        started = None if pipeline.running(folder) else jobs.start("pipeline", folder, cmd, self.project(nb))
         if started is None:
             raise HTTPProblem(409, f"a pipeline run is already going on {self.rel(folder)}; wait for it to "
                                    "finish (GET pipeline shows its progress).")
@@ -410,6 +410,45 @@ class ServingGenerateHandler(PostRoute):
         return {"folder": self.rel(folder), "model_uri": model_uri, "name": name}
 
 
+class ServingHandler(GetRoute):
+    """GET a serving package's state: its name and version, its last image (tag, size, tests) and the build
+    this server is running or ran on it."""
+
+    def read(self):
+        nb = self.notebook_path()
+        out = self.get_query_argument("out", "")
+        return {"folder": self.inside(out, "out") if out else nb.parent / f"{nb.stem}-serving"}
+
+    def work(self, folder):
+        from ..serving import package_state
+
+        jobs: Jobs = self.settings["mlops_jobs"]
+        return {"folder": self.rel(folder), **package_state(folder), "build": jobs.state("build", folder)}
+
+
+class ServingBuildHandler(PostRoute):
+    """POST start `mlops serve build` on a package (its tests, then its image); progress through GET serving."""
+
+    status = 202
+
+    def read(self):
+        body = self.body(path=str, out=str, tag=str, base=str)
+        nb = self.notebook_path(body.get("path"))
+        return {"nb": nb, "folder": self.inside(body.get("out"), "out"), "tag": body.get("tag") or None,
+                "base": body.get("base") or None}
+
+    def work(self, nb, folder, tag, base):
+        from ..serving import check_build_request
+
+        jobs: Jobs = self.settings["mlops_jobs"]
+        check_build_request(folder, tag, base)  # not a package, a bad tag or no engine: 4xx before anything runs
+        started = jobs.start("build", folder, build_command(folder, tag, base), self.project(nb))
+        if started is None:
+            raise HTTPProblem(409, f"an image build is already going on {self.rel(folder)}; wait for it to "
+                                   "finish (GET serving shows its progress).")
+        return {"folder": self.rel(folder), "started": started}
+
+
 ROUTES = [
     ("status", StatusHandler),
     ("runs", RunsHandler),
@@ -421,12 +460,14 @@ ROUTES = [
     ("pipeline/validate", PipelineValidateHandler),
     ("pipeline/export", PipelineExportHandler),
     ("pipeline/run", PipelineRunHandler),
+    ("serving", ServingHandler),
     ("serving/generate", ServingGenerateHandler),
+    ("serving/build", ServingBuildHandler),
 ]
 
 
 def setup_handlers(web_app) -> None:
     base_url = web_app.settings["base_url"]
-    web_app.settings.setdefault("mlops_pipeline_runs", PipelineRuns())
+    web_app.settings.setdefault("mlops_jobs", Jobs())
     web_app.add_handlers(".*$", [(url_path_join(base_url, NAMESPACE, endpoint), handler)
                                  for endpoint, handler in ROUTES])

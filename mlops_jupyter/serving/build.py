@@ -52,15 +52,30 @@ class Image:
 
 def find_engine(name: str | None = None) -> str:
     """The container engine to build with: ``name`` if given (it must be installed), else the first of
-    docker, podman and buildah on PATH."""
+    docker, podman and buildah on PATH that can build here (docker only when its daemon answers)."""
     if name is not None and name not in ENGINES:
         raise InvalidInput(f"{name!r} is not a container engine this builds with; use one of {', '.join(ENGINES)}.",
                            field="engine", value=name)
-    for engine in (name,) if name else ENGINES:
-        if shutil.which(engine):
+    installed = [engine for engine in ((name,) if name else ENGINES) if shutil.which(engine)]
+    if not installed:
+        raise NotFound(f"no container engine found on PATH (looked for {name or ', '.join(ENGINES)}); install "
+                       "docker, podman or buildah to build the image.", what="container engine",
+                       looked_for=name or ENGINES)
+    if name:
+        return name
+    for engine in installed:
+        if engine != "docker" or _docker_answers():
             return engine
-    raise NotFound(f"no container engine found on PATH (looked for {name or ', '.join(ENGINES)}); install docker, "
-                   "podman or buildah to build the image.", what="container engine", looked_for=name or ENGINES)
+    raise NotFound("docker is installed but its daemon is not answering (docker info failed); start the daemon, "
+                   "or install podman or buildah, which build without one.", what="container engine",
+                   looked_for=ENGINES)
+
+
+def _docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def ca_bundle() -> Path | None:
@@ -87,7 +102,7 @@ def default_tag(folder: Path) -> str:
 
 def run_tests(folder: Path, on_line: Callable[[str], None] | None = None) -> str:
     """Run the package's own tests with this Python; return pytest's summary line, raise when they fail."""
-    out = _stream([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], folder, on_line)
+    out = _stream([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"], folder, on_line)
     summary = next((ln.strip("= ") for ln in reversed(out.lines) if re.search(r"\d+ (passed|failed|error)", ln)),
                    f"pytest exited with status {out.status}")
     if out.status != 0:
@@ -104,14 +119,7 @@ def build_image(folder: str | Path, tag: str | None = None, base: str | None = N
     registry ``push`` when given. Streams the tools' output to ``on_line``; writes build.json beside the
     Dockerfile (what the sidebar shows)."""
     folder = Path(folder).resolve()
-    app_of(folder)  # a generated package, or a clear error
-    tag = check_reference(tag or default_tag(folder), "tag")
-    if base is not None:
-        check_reference(base, "base")
-    if push is not None and not REFERENCE.fullmatch(push.rstrip("/")):
-        raise InvalidInput(f"{push!r} is not a registry; write it as HOST[:PORT][/PATH], e.g. "
-                           "registry.example.com:5000/team.", field="push", value=push)
-    engine = find_engine(engine)
+    tag, engine = check_build_request(folder, tag, base, push, engine)
     tests = run_tests(folder, on_line) if test else "not run"
     cmd = _build_command(engine, folder, tag, base, pip_index)
     start = time.monotonic()
@@ -127,12 +135,41 @@ def build_image(folder: str | Path, tag: str | None = None, base: str | None = N
     return image
 
 
+def check_build_request(folder: Path, tag: str | None = None, base: str | None = None, push: str | None = None,
+                        engine: str | None = None) -> tuple[str, str]:
+    """What a build would be refused for, raised before anything runs; else (the tag, the engine)."""
+    app_of(folder)  # a generated package, or a clear error
+    tag = check_reference(tag or default_tag(folder), "tag")
+    if base is not None:
+        check_reference(base, "base")
+    if push is not None and not REFERENCE.fullmatch(push.rstrip("/")):
+        raise InvalidInput(f"{push!r} is not a registry; write it as HOST[:PORT][/PATH], e.g. "
+                           "registry.example.com:5000/team.", field="push", value=push)
+    return tag, find_engine(engine)
+
+
+def package_state(folder: Path) -> dict:
+    """What the sidebar shows of a package: {"package": is it one, "name", "version", "image": the last
+    image built from it (build.json: tag, engine, size_bytes, tests, build_seconds, pushed) or None}."""
+    try:
+        app_of(folder)
+    except NotFound:
+        return {"package": False, "name": None, "version": None, "image": None}
+    with (folder / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    try:
+        image = json.loads((folder / "build.json").read_text())
+    except (OSError, ValueError):
+        image = None
+    return {"package": True, "name": project["name"], "version": str(project["version"]), "image": image}
+
+
 def _build_command(engine: str, folder: Path, tag: str, base: str | None, pip_index: str | None) -> list[str]:
-    cmd = {"docker": ["docker", "build"],
-           "podman": ["podman", "build", "--format", "docker"],
-           # HEALTHCHECK exists only in the docker image format; chroot isolation needs no user namespaces
-           "buildah": ["buildah", "bud", "--format", "docker",
-                       "--isolation", os.environ.get("BUILDAH_ISOLATION", "chroot")]}[engine]
+    # HEALTHCHECK exists only in the docker image format; chroot isolation needs no user namespaces and no OCI
+    # runtime, so RUN steps work in containers and on CI machines where crun/runc cannot start
+    daemonless = ["--format", "docker", "--isolation", os.environ.get("BUILDAH_ISOLATION", "chroot")]
+    cmd = {"docker": ["docker", "build"], "podman": ["podman", "build", *daemonless],
+           "buildah": ["buildah", "bud", *daemonless]}[engine]
     cmd += ["-t", tag, "-f", str(folder / "Dockerfile")]
     if base:
         cmd += ["--build-arg", f"BASE={base}"]

@@ -23,10 +23,12 @@ LAYOUT = {
     "README.md.tmpl": "README.md",
     "Dockerfile.tmpl": "Dockerfile",
     "dockerignore.tmpl": ".dockerignore",
+    "gitignore.tmpl": ".gitignore",
     "schema.py.tmpl": "{module}/schema.py",
     "app.py": "{module}/app.py",
     "batching.py": "{module}/batching.py",
     "oip.py": "{module}/oip.py",
+    "predlog.py": "{module}/predlog.py",
     "__main__.py": "{module}/__main__.py",
     "lambda_handler.py": "{module}/lambda_handler.py",
     "test_app.py.tmpl": "tests/test_app.py",
@@ -46,7 +48,8 @@ COLUMN_TYPES = {
     "datetime": ("datetime", "datetime64[ns]", "strict=False", "2024-01-01T00:00:00"),  # ISO text from JSON
 }
 # what serving needs beyond the model's own requirements; versions are the ones this package was tested with
-SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "httptools", "uvloop", "prometheus_client", "pandas", "mangum")
+SERVING_STACK = ("fastapi", "pydantic", "uvicorn", "httptools", "uvloop", "prometheus_client", "pandas", "mangum",
+                 "pyarrow")
 # where a serving requirement installs at all (uvloop has no Windows build)
 MARKERS = {"uvloop": "sys_platform != 'win32'"}
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")

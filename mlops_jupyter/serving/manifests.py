@@ -61,7 +61,10 @@ def manifests(folder: str | Path, image: str, replicas: int = 2) -> dict[str, di
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # one worker per pod: the autoscaler adds pods, and a pod's CPU request stays one process's
         "env": [{"name": "PORT", "value": str(PORT)}, {"name": "WEB_CONCURRENCY", "value": "1"},
-                {"name": "SERVE_MAX_LATENCY_MS", "value": "1000"}],
+                {"name": "SERVE_MAX_LATENCY_MS", "value": "1000"},
+                # a pod's disk is not kept: the prediction log goes to stdout too, for the cluster's log shipper
+                {"name": "SERVE_LOG_DIR", "value": "/var/log/serving"}, {"name": "SERVE_LOG_MAX_MB", "value": "512"},
+                {"name": "SERVE_LOG_STDOUT", "value": "ecs"}],
         "resources": {"requests": {"cpu": "500m", "memory": request}, "limits": {"memory": limit}},
         # uvicorn answers nothing until the model is loaded: /health passing means loaded
         "startupProbe": probe("/health", 2, LOAD_SECONDS // 2),
@@ -69,7 +72,8 @@ def manifests(folder: str | Path, image: str, replicas: int = 2) -> dict[str, di
         "livenessProbe": probe("/health", 10, 3),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "prediction-log", "mountPath": "/var/log/serving"}],
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -87,7 +91,8 @@ def manifests(folder: str | Path, image: str, replicas: int = 2) -> dict[str, di
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     # the root filesystem is read-only; /tmp holds the metrics files of several workers
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                                {"name": "prediction-log", "emptyDir": {"sizeLimit": "1Gi"}}],
                 }}}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
                "spec": {"type": "ClusterIP", "selector": selector,

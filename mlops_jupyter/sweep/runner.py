@@ -127,12 +127,15 @@ def connect(address: str | None) -> None:
         elif address.startswith("ray://"):
             import mlops_jupyter  # the cluster's workers get this package with the job
 
-            ray.init(address=address, runtime_env={"py_modules": [str(Path(mlops_jupyter.__file__).parent)]}, **kwargs)
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(mlops_jupyter.__file__).parent)],
+                                                    "excludes": ["__pycache__", "labextension"]}, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure to start or reach Ray is the user's to fix
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        # Ray Client's errors open with a header line ("... from server:") and end with the cause
+        first = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
         raise SweepError(f"could not reach {where}: {first}. A cluster's address is ray://head:10001 for Ray "
                          "Client, or host:6379 for a cluster this machine belongs to.", what="address",
                          address=address or "", reason=first) from None

@@ -76,6 +76,40 @@ def git_state(root: str) -> dict:
     return {"commit": commit.strip(), "dirty": dirty, "diff": _git(root, "diff", "HEAD") if dirty else None}
 
 
+MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
+
+
+def projects(root: str, git: dict, snapshots: list[dict]) -> str:
+    """The code state of every project a run used, as the JSON of its ``mlops.projects`` tag: the notebook's
+    project first, then each other project its snapshots came from (a notebook may ``%cd`` into another
+    one for its data), with its git commit (absent when it is not a repository) and its snapshotted paths."""
+    paths: dict[str, list] = {root: []}
+    for snap in snapshots:
+        paths.setdefault(snap.get("root") or root, []).append(snap["path"])
+    found = []
+    for project, rels in paths.items():
+        state = git if project == root else git_state(project)
+        found.append({"root": project, "commit": state.get("commit"), "dirty": state.get("dirty", False),
+                      "paths": sorted(rels)})
+    text = json.dumps(found)
+    if len(text) > MAX_TAG_CHARS:  # many snapshotted paths: the paths go (reproduce looks for each in every project)
+        text = json.dumps([{k: v for k, v in f.items() if k != "paths"} for f in found])
+    return text
+
+
+def add_project(text: str | None, root: str, path: str) -> str:
+    """``mlops.projects`` with ``path`` of project ``root`` added (a snapshot taken while the run ran)."""
+    found = json.loads(text) if text else []
+    entry = next((f for f in found if f["root"] == root), None)
+    if entry is None:
+        state = git_state(root)
+        entry = {"root": root, "commit": state.get("commit"), "dirty": state.get("dirty", False), "paths": []}
+        found.append(entry)
+    if "paths" in entry and path not in entry["paths"]:
+        entry["paths"] = sorted([*entry["paths"], path])
+    return json.dumps(found)
+
+
 def environment() -> dict:
     """Python version and installed distributions (the equivalent of ``pip freeze``)."""
     dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()

@@ -443,6 +443,7 @@ class Recorder:
                 run_tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
                                  T.GIT_DIRTY: str(git["dirty"]).lower()})
             run_tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
+            run_tags[T.PROJECTS] = capture.projects(root, git, snapshots)
             run_tags.update(op.get("tags", {}))
             self._create_run(key, uri, exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
             self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
@@ -481,7 +482,7 @@ class Recorder:
         if not snapshots:
             return
         inputs = [DatasetInput(Dataset(name=d["path"], digest=d["md5"], source_type="dvc",
-                                       source=json.dumps({"path": d["path"], "project": root,
+                                       source=json.dumps({"path": d["path"], "project": d.get("root") or root,
                                                           "remote": d.get("remote")})),
                                tags=[InputTag("mlflow.data.context", "snapshot")]) for d in snapshots]
         client.log_inputs(run_id, datasets=inputs)
@@ -494,6 +495,10 @@ class Recorder:
         client = self.client(op["tracking_uri"])
         snap = {"path": op["path"], "md5": op["md5"], "remote": op.get("remote")}
         client.set_tag(run_id, data.tag_key(op["path"]), op["md5"])
+        client.set_tag(run_id, data.read_key(op["path"]), op["md5"])  # the run made this version: it used it
+        if op.get("root"):
+            tags = client.get_run(run_id).data.tags
+            client.set_tag(run_id, T.PROJECTS, capture.add_project(tags.get(T.PROJECTS), op["root"], op["path"]))
         self.log_datasets(client, run_id, [snap], op.get("project_root", ""))
 
     def op_end(self, op: dict) -> None:
@@ -512,8 +517,11 @@ class Recorder:
             params = {**info.get("params", {}), **op.get("params", {})}
             params = {k: v for k, v in params.items() if k not in existing.params}
             metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
-            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                             tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
+            # the snapshotted paths the cell read, at the version the run started with
+            reads = [RunTag(data.read_key(rel), existing.tags[data.tag_key(rel)]) for rel in op.get("reads", [])
+                     if data.tag_key(rel) in existing.tags]
+            tags = reads + [RunTag(k, v) for k, v in op.get("tags", {}).items()]  # e.g. hidden state
+            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()], tags=tags)
             counts["params"] = len(existing.params) + len(params)
             counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
 

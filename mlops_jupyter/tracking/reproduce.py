@@ -1,9 +1,16 @@
 """``mlops reproduce RUN_ID``: re-execute a tracked run from its recorded state and compare.
 
 The run's code state (git commit + the dirty diff it recorded) is checked out into a scratch git
-worktree, its data snapshots are restored there from the project's DVC cache or remote, and its
-notebook is executed with papermill up to the run's cell with the run's parameters. The new run
-lands in the same store, tagged ``mlops.reproduces``.
+worktree, its data snapshots are restored from their project's DVC cache or remote, and its notebook
+is executed with papermill up to the run's cell with the run's parameters. The new run lands in the
+same store, tagged ``mlops.reproduces``.
+
+A run may use two projects: a notebook that changes into another git/DVC project for its data
+(``%cd``) records both in ``mlops.projects``. Data of the notebook's own project is restored in its
+worktree. Data the run read from another project is restored where the notebook reads it, in that
+project (its code stays as it is, since the notebook only reads data there), and put back afterwards;
+a path there with changes that are in no snapshot is never overwritten. Whatever cannot be restored is
+said in one line, and nothing is executed then.
 """
 
 from __future__ import annotations
@@ -83,24 +90,28 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
     if not notebook:
         raise MlopsError(f"run {rid} has no notebook path (it ran outside a saved notebook), so there is "
                          "nothing to re-execute; reproduce runs tracked from a notebook in JupyterLab or papermill.")
-    commit = tags.get(T.GIT_COMMIT)
-    root = settings.project_root
+    projects = _projects(tags, settings.project_root)
+    code = projects[0]
+    root, commit = Path(code["root"]), code.get("commit")
     if not commit:
-        raise MlopsError(f"run {rid} recorded no git commit (its project was not a git repository), so its "
+        raise MlopsError(f"run {rid} recorded no git commit (its project {root} was not a git repository), so its "
                          "code state cannot be checked out.")
     try:
         nb_rel = Path(notebook).resolve().relative_to(root)
     except ValueError:
         raise MlopsError(f"run {rid}'s notebook {notebook} is outside this project {root}; run reproduce "
                          "from the project it belongs to.") from None
+    _check_commit(rid, "code", root, commit)
+    sources = _data_sources(rid, tags, projects)  # before anything is checked out: what cannot be restored
     result = Reproduction(original=rid, new=None)
     scratch = Path(tempfile.mkdtemp(prefix=f"mlops-reproduce-{rid[:8]}-"))
     worktree = scratch / "tree"
+    put_back: list = []
     _git(root, "worktree", "add", "--detach", "-q", str(worktree), commit)
     try:
-        if tags.get(T.GIT_DIRTY) == "true":
+        if code.get("dirty"):
             result.notes.append(_apply_recorded_diff(settings, rid, worktree))
-        result.notes += _restore_data(root, worktree, tags)
+        result.notes += _restore_data(rid, sources, root, worktree, _reads(tags), put_back)
         wt_nb = worktree / nb_rel
         if not wt_nb.exists():
             raise MlopsError(f"{nb_rel} is not in commit {commit[:8]}: was the notebook committed before the run?")
@@ -127,8 +138,8 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
         if hidden and result.verdict != "match":
             result.notes.append(hidden)
     finally:
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(worktree)],
-                       capture_output=True)
+        result.notes += _put_back(put_back)
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(worktree)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -178,36 +189,149 @@ def _apply_recorded_diff(settings: Settings, run_id: str, worktree: Path) -> str
     return "applied the run's uncommitted changes (git/diff.patch) on top of its commit"
 
 
-def _restore_data(root: Path, worktree: Path, tags: dict) -> list[str]:
-    """Each snapshot the run recorded, checked out in the worktree from the project's cache/remote."""
-    from ..data import restore, tag_key
+def _projects(tags: dict, here: Path) -> list[dict]:
+    """[{root, commit, dirty, paths?}] of the projects the run used, its notebook's first. A run recorded
+    before runs named their projects used this one (``here``) for both code and data."""
+    try:
+        found = json.loads(tags.get(T.PROJECTS) or "null")
+    except ValueError:
+        found = None
+    if not found:
+        return [{"root": str(here), "commit": tags.get(T.GIT_COMMIT), "dirty": tags.get(T.GIT_DIRTY) == "true"}]
+    if not Path(found[0]["root"]).is_dir() and Path(here).is_dir():  # the project moved (or a clone): use this one
+        found[0] = {**found[0], "root": str(here)}
+    return found
 
-    paths = [k[len(tag_key("")):] for k in tags if k.startswith(tag_key(""))]
-    if not paths:
-        return []
-    if (root / ".dvc" / "config.local").exists():
-        shutil.copy(root / ".dvc" / "config.local", worktree / ".dvc" / "config.local")
-    from dvc.repo import Repo
 
-    repo = Repo(str(worktree))
-    with repo.config.edit("local") as conf:
-        conf["cache"]["dir"] = str(root / ".dvc" / "cache")  # share the project's cache: no copy of the data
-    repo.close()
+def _check_commit(rid: str, what: str, root: Path, commit: str) -> None:
+    out = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    if out.returncode != 0:
+        raise MlopsError(f"cannot reproduce run {rid}: the {what} commit {commit[:8]} it used is not in the history "
+                         f"of {root} (rewritten, or made in another clone); nothing was executed.")
+
+
+def _data_sources(rid: str, tags: dict, projects: list[dict]) -> list[tuple[str, str, dict, str]]:
+    """(path, md5, project, rev) of each snapshot the run recorded: the project that holds it and the commit
+    of its .dvc file at that md5. Raises, in one line, for the first one that cannot be restored."""
+    from ..data import tag_key
+
+    prefix = tag_key("")
+    sources = []
+    for path, md5 in sorted((k[len(prefix):], v) for k, v in tags.items() if k.startswith(prefix)):
+        named = [p for p in projects if path in p.get("paths", ())]
+        reasons = []
+        for project in named or projects:
+            root = Path(project["root"])
+            if not root.is_dir():
+                reasons.append(f"its project {root} no longer exists")
+                continue
+            rev = _commit_with_md5(root, f"{path}.dvc", md5)
+            if rev is None:
+                reasons.append(f"no commit of {root} records that version")
+                continue
+            sources.append((path, md5, project, rev))
+            break
+        else:
+            raise MlopsError(f"cannot reproduce run {rid}: its data {path} (md5 {md5[:8]}) cannot be restored: "
+                             f"{'; '.join(reasons)}; nothing was executed.")
+    return sources
+
+
+def _reads(tags: dict) -> set | None:
+    """The snapshotted paths the run read; None for a run recorded before runs said so (all count then)."""
+    from ..data import read_key
+
+    if T.PROJECTS not in tags:
+        return None
+    prefix = read_key("")
+    return {k[len(prefix):] for k in tags if k.startswith(prefix)}
+
+
+def _restore_data(rid: str, sources: list, code_root: Path, code_tree: Path, reads: set | None,
+                  put_back: list) -> list[str]:
+    """Each snapshot the run recorded, restored from its project's cache/remote: in the code worktree when the
+    notebook's project holds it; in its own project when the run read it from another one (``put_back``
+    collects what to undo there)."""
+    from ..data import restore
+    from ..data.scope import read_dvc_file
+
     notes = []
-    for path in paths:
-        md5 = tags[tag_key(path)]
-        rev = _commit_with_md5(worktree, f"{path}.dvc", md5)
-        restore(path, rev=rev, force=True, root=worktree)
-        notes.append(f"restored {path} (md5 {md5[:8]})")
+    for path, md5, project, rev in sources:
+        root = Path(project["root"])
+        try:
+            if root == code_root:
+                if not (code_tree / ".dvc").is_dir():
+                    raise MlopsError(f"its data {path} is versioned by DVC in {root}, but the commit it checked out "
+                                     "has no .dvc/ folder.")
+                _share_cache(root, code_tree)
+                restore(path, rev=rev, force=True, root=code_tree)
+                notes.append(f"restored {path} (md5 {md5[:8]})")
+                continue
+            if reads is not None and path not in reads:
+                continue  # in that project's scope, never read: left as it is
+            dvcfile = root / f"{path}.dvc"
+            before = dvcfile.read_text() if dvcfile.exists() else None
+            now = read_dvc_file(before) if before else None
+            back = _commit_with_md5(root, f"{path}.dvc", now["md5"]) if now and now["md5"] != md5 else None
+            if now and now["md5"] != md5 and back is None:
+                raise MlopsError(f"{path} in {root} holds a version (md5 {now['md5'][:8]}) that no commit records, "
+                                 "so it could not be put back after the run; snapshot it first.")
+            restore(path, rev=rev, root=root)  # not forced: changes that are in no snapshot stop it
+            if before is not None and (root / f"{path}.dvc").read_text() != before:
+                put_back.append((root, path, back, before))
+            if now and now["md5"] == md5:
+                notes.append(f"{path} in project {root} is the version the run read (md5 {md5[:8]})")
+            else:
+                notes.append(f"restored {path} (md5 {md5[:8]}) in project {root}, where the run read it"
+                             + (f"; it goes back to md5 {now['md5'][:8]} afterwards" if back else ""))
+        except MlopsError as exc:
+            raise MlopsError(f"cannot reproduce run {rid}: in project {root}, {exc} Nothing was executed.") from None
+        except Exception as exc:  # noqa: BLE001 - DVC or the filesystem: one line, never its traceback
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise MlopsError(f"cannot reproduce run {rid}: restoring {path} from {root} failed "
+                             f"({type(exc).__name__}: {first}); nothing was executed.") from None
     return notes
 
 
-def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str:
-    for rev in _git(root, "log", "--all", "--format=%H", "--", dvc_rel).split():
+def _put_back(put_back: list) -> list[str]:
+    """Another project's data as it was before the reproduction (its .dvc file byte for byte)."""
+    from ..data import restore
+
+    notes = []
+    for root, path, rev, text in put_back:
+        try:
+            if rev:
+                restore(path, rev=rev, force=True, root=root)
+            (root / f"{path}.dvc").write_text(text)
+            notes.append(f"put {path} in {root} back as it was")
+        except Exception as exc:  # noqa: BLE001 - the reproduction's result stands; say what is left to do
+            notes.append(f"could not put {path} in {root} back ({type(exc).__name__}: {exc}); its .dvc file "
+                         "and git history say which version it held")
+    return notes
+
+
+def _share_cache(root: Path, tree: Path) -> None:
+    """The worktree uses its project's DVC cache (and local remote): no copy of the data."""
+    from dvc.repo import Repo
+
+    if (root / ".dvc" / "config.local").exists():
+        shutil.copy(root / ".dvc" / "config.local", tree / ".dvc" / "config.local")
+    repo = Repo(str(tree))
+    try:
+        with repo.config.edit("local") as conf:
+            conf["cache"]["dir"] = str(root / ".dvc" / "cache")
+    finally:
+        repo.close()
+
+
+def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str | None:
+    out = subprocess.run(["git", "-C", str(root), "log", "--all", "--format=%H", "--", dvc_rel], capture_output=True,
+                         text=True)
+    for rev in out.stdout.split() if out.returncode == 0 else []:
         if md5 in subprocess.run(["git", "-C", str(root), "show", f"{rev}:{dvc_rel}"], capture_output=True,
                                  text=True).stdout:
             return rev
-    raise MlopsError(f"no commit holds the snapshot of {dvc_rel[:-4]} with md5 {md5}; it cannot be restored.")
+    return None
 
 
 def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float, run_tags: dict) -> None:

@@ -10,6 +10,7 @@ KERNEL = "mlops.kernel"
 RECORD = "mlops.record"  # our journal key: makes replays idempotent
 GIT_COMMIT = "mlops.git.commit"
 GIT_DIRTY = "mlops.git.dirty"
+PROJECTS = "mlops.projects"  # JSON: [{root, commit, dirty, paths}] of every project the run used (code, data)
 ENVIRONMENT = "mlops.environment"  # runs:/<id>/environment of the kernel session's first run
 HOST = "mlops.host"
 KIND = "mlops.kind"  # "sweep" / "pipeline" on the parent run of trials or steps

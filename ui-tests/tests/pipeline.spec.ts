@@ -1,4 +1,5 @@
-/** The Pipeline tab: export a tagged notebook, run it with a live log; a run's model becomes a serving package. */
+/** The Pipeline tab: export a tagged notebook, run it with a live log; a run's model becomes a serving package,
+ * which is tested and built into an image from the panel. */
 import * as fs from 'fs';
 import * as path from 'path';
 import {
@@ -10,6 +11,7 @@ import {
   openSidebar,
   ROOT,
   runCells,
+  seed,
   shot,
   test
 } from './lab';
@@ -105,4 +107,33 @@ test("a run's model becomes a serving package from its row", async ({ page }, te
   });
   expect(fs.existsSync(path.join(ROOT, 'serve-serving', 'Dockerfile'))).toBe(true);
   await shot(page, testInfo, 'serving');
+});
+
+test('a serving package shows its tests and image, and Build makes the image', async ({ page }, testInfo) => {
+  test.setTimeout(600_000); // the package's tests, then a real image build (buildah, cached base)
+  needRoutes('serving', 'serving/build');
+  const made = seed('package', [ROOT, 'built-serving']);
+  notebook('build.ipynb', ['x = 1']);
+  const panel = await openPanel(page, 'build.ipynb', 'pipeline');
+  const serving = panel.getByTestId('mlops-serving');
+  await serving.getByTestId('mlops-serving-out').fill(made.folder);
+  await serving.getByTestId('mlops-serving-out').press('Enter');
+  const pkg = serving.getByTestId('mlops-package');
+  await expect(pkg).toContainText('iris-serving', { timeout: 30_000 });
+  await expect(pkg.getByTestId('mlops-package-tests')).toContainText('not run yet');
+  await expect(pkg.getByTestId('mlops-package-image')).toContainText('no image built yet');
+  await pkg.getByTestId('mlops-package-base').fill(made.base);
+  await pkg.getByTestId('mlops-package-build').click();
+  const log = pkg.getByTestId('mlops-package-log');
+  await expect(log).toContainText('building', { timeout: 30_000 });
+  await expect(pkg.getByTestId('mlops-package-build')).toBeDisabled();
+  await shot(page, testInfo, 'serving_building');
+  await expect(log).toContainText(/last build (succeeded|failed)/, { timeout: 540_000 });
+  await expect(log).toContainText('last build succeeded', { timeout: 1_000 });
+  await expect(pkg.getByTestId('mlops-package-tests')).toHaveText(/^tests: \d+ passed in [\d.]+s$/);
+  await expect(pkg.getByTestId('mlops-package-image')).toContainText('iris-serving:');
+  await expect(pkg.getByTestId('mlops-package-image')).toContainText('MB');
+  await expect(pkg.getByTestId('mlops-package-build')).toHaveText('Build again');
+  expect(fs.existsSync(path.join(ROOT, 'built-serving', 'build.json'))).toBe(true);
+  await shot(page, testInfo, 'serving_built');
 });

@@ -15,7 +15,7 @@ async function confirm(title: string, body: string, label: string): Promise<bool
   return result.button.accept;
 }
 
-/** Snapshotted paths, their versions with the runs that used each, and restore. */
+/** Snapshotted paths, their versions with the runs that read each, and restore. */
 export function DataView(props: { model: MlopsModel }): JSX.Element {
   const { model } = props;
   const path = model.path;
@@ -106,8 +106,8 @@ export function DataView(props: { model: MlopsModel }): JSX.Element {
                     {version.nfiles ? ` · ${version.nfiles} files` : ''} · md5 {version.md5.slice(0, 8)}
                   </div>
                   {version.runs.length > 0 && (
-                    <div className="mlops-version-runs" title="runs that used this version">
-                      used by:{' '}
+                    <div className="mlops-version-runs" title="tracked runs that read this version">
+                      read by:{' '}
                       {version.runs.map(run => (
                         <span className="mlops-chip" key={run.run_id} title={run.run_id}>
                           {run.run_name ?? run.run_id.slice(0, 8)}

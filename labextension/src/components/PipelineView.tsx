@@ -2,7 +2,7 @@ import * as React from 'react';
 
 import { MlopsModel } from '../model';
 import { IGenerated, IPipeline, LIVE_REFRESH_MS } from '../tokens';
-import { ErrorLine, Field, hasCapability, Unavailable, useAction, usePolled } from './common';
+import { ErrorLine, Field, formatSize, hasCapability, JobLog, Unavailable, useAction, usePolled } from './common';
 
 /** Export the notebook as a pipeline, see each step's state, run it; generate a serving package. */
 export function PipelineView(props: {
@@ -28,6 +28,20 @@ export function PipelineView(props: {
   );
 }
 
+/** An `out` folder field (default: beside the notebook, <stem>-SUFFIX): what is typed, and the folder it
+ * commits to on Enter or blur, which the section's state is read for. */
+function useOutFolder(model: MlopsModel, suffix: string) {
+  const [out, setOut] = React.useState(model.defaultFolder(suffix));
+  const [folder, setFolder] = React.useState(out);
+  React.useEffect(() => {
+    const initial = model.defaultFolder(suffix);
+    setOut(initial);
+    setFolder(initial);
+  }, [model.path]);
+  const commit = () => setFolder(out.trim() || model.defaultFolder(suffix));
+  return { out, setOut, folder, setFolder, commit };
+}
+
 /**
  * The step DAG the server draws (pipeline.svg: our own markup, its text escaped), coloured by state and redrawn
  * while a run goes; a click on a step that has run opens its executed notebook.
@@ -46,14 +60,8 @@ function PipelineDag(props: { svg: string; steps: IPipeline['steps']; onOpen: (p
 
 function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => void }): JSX.Element {
   const { model } = props;
-  const [out, setOut] = React.useState(model.defaultFolder('pipeline'));
-  const [folder, setFolder] = React.useState(out); // what the state below is read for (the field, once committed)
+  const { out, setOut, folder, commit } = useOutFolder(model, 'pipeline');
   const { busy, failure, run } = useAction();
-  React.useEffect(() => {
-    const initial = model.defaultFolder('pipeline');
-    setOut(initial);
-    setFolder(initial);
-  }, [model.path]);
   const { data, error, reload } = usePolled(
     () => model.pipeline(folder),
     last => (last?.run?.running ? LIVE_REFRESH_MS : 0),
@@ -78,7 +86,7 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
         testid="mlops-pipeline-out"
         value={out}
         onChange={setOut}
-        onCommit={() => setFolder(out.trim() || model.defaultFolder('pipeline'))}
+        onCommit={commit}
       />
       <div className="mlops-actions">
         <button
@@ -139,15 +147,7 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
           models: {data.models.map(m => `${m.name} (step ${m.step})`).join(', ')}
         </div>
       )}
-      {data?.run && (
-        <div className="mlops-pipeline-run" data-testid="mlops-pipeline-log">
-          <div className="mlops-muted">
-            {data.run.running ? 'running' : data.run.ok ? 'last run succeeded' : 'last run failed'}
-            {data.run.summary ? `: ${data.run.summary}` : ''}
-          </div>
-          <pre className="mlops-log">{data.run.log.join('\n')}</pre>
-        </div>
-      )}
+      {data?.run && <JobLog job={data.run} testid="mlops-pipeline-log" going="running" noun="run" />}
     </section>
   );
 }
@@ -155,17 +155,18 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
 function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Element {
   const { model } = props;
   const [runId, setRunId] = React.useState(props.runId);
-  const [out, setOut] = React.useState(model.defaultFolder('serving'));
+  const { out, setOut, folder, setFolder, commit } = useOutFolder(model, 'serving');
   const [name, setName] = React.useState('');
   const { busy, failure, run } = useAction();
   const [result, setResult] = React.useState<IGenerated | null>(null);
   React.useEffect(() => setRunId(props.runId), [props.runId]);
-  React.useEffect(() => setOut(model.defaultFolder('serving')), [model.path]);
 
   const generate = () =>
     run('generate', async () => {
       setResult(null);
-      setResult(await model.generateServing(runId.trim(), out.trim(), name.trim()));
+      const made = await model.generateServing(runId.trim(), out.trim(), name.trim());
+      setResult(made);
+      setFolder(made.folder);
     });
   return (
     <section className="mlops-serving" data-testid="mlops-serving">
@@ -179,7 +180,13 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
         value={runId}
         onChange={setRunId}
       />
-      <Field label="out" testid="mlops-serving-out" value={out} onChange={setOut} />
+      <Field
+        label="out"
+        testid="mlops-serving-out"
+        value={out}
+        onChange={setOut}
+        onCommit={commit}
+      />
       <Field label="name" placeholder="optional" value={name} onChange={setName} />
       <div className="mlops-actions">
         <button
@@ -198,6 +205,73 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
           {result.name}: {result.folder} (from {result.model_uri}). Serve it: <code>mlops serve run {result.folder}</code>
         </div>
       )}
+      <PackageState model={model} folder={folder} />
     </section>
+  );
+}
+
+/** A generated package: its tests and last image, and Build (`mlops serve build`: tests, then the image). */
+function PackageState(props: { model: MlopsModel; folder: string }): JSX.Element | null {
+  const { model, folder } = props;
+  const [base, setBase] = React.useState('');
+  const { busy, failure, run } = useAction();
+  const { data, error, reload } = usePolled(
+    () => model.serving(folder),
+    last => (last?.build?.running ? LIVE_REFRESH_MS : 0),
+    [model.path, folder]
+  );
+  if (!data?.package) {
+    return error ? <ErrorLine error={error} testid="mlops-package-error" /> : null;
+  }
+  const building = !!data.build?.running;
+  const image = data.image;
+  const build = () =>
+    run('build', async () => {
+      await model.buildServing(folder, base.trim());
+      reload();
+    });
+  return (
+    <div className="mlops-package" data-testid="mlops-package">
+      <div className="mlops-section-title">
+        <span>
+          {data.name} {data.version}
+        </span>
+        <span className="mlops-muted">{data.folder}</span>
+      </div>
+      <div className="mlops-muted" data-testid="mlops-package-tests">
+        tests: {building ? 'running…' : image ? image.tests : 'not run yet'}
+      </div>
+      <div data-testid="mlops-package-image">
+        {image ? (
+          <>
+            image <code>{image.tag}</code> · {formatSize(image.size_bytes)} · built with {image.engine} in{' '}
+            {Math.round(image.build_seconds)} s{image.pushed ? ` · pushed to ${image.pushed}` : ''}
+          </>
+        ) : (
+          <span className="mlops-muted">no image built yet</span>
+        )}
+      </div>
+      <Field
+        label="base"
+        testid="mlops-package-base"
+        placeholder="base image (default: python of the model)"
+        value={base}
+        onChange={setBase}
+      />
+      <div className="mlops-actions">
+        <button
+          type="button"
+          className="mlops-button"
+          data-testid="mlops-package-build"
+          disabled={!!busy || building}
+          title="mlops serve build: the package's tests, then its image"
+          onClick={() => void build()}
+        >
+          {building ? 'building…' : image ? 'Build again' : 'Build'}
+        </button>
+      </div>
+      <ErrorLine error={failure ?? error} testid="mlops-package-error" />
+      {data.build && <JobLog job={data.build} testid="mlops-package-log" going="building" noun="build" />}
+    </div>
   );
 }

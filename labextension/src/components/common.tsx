@@ -1,6 +1,6 @@
 import * as React from 'react';
 
-import { Capability, EXTRAS, IStatus } from '../tokens';
+import { Capability, EXTRAS, IPipelineRun, IStatus } from '../tokens';
 
 export function formatValue(value: unknown): string {
   if (typeof value === 'number') {
@@ -162,4 +162,18 @@ export function usePolled<T>(
     };
   }, [...deps, tick]);
   return { data, error, reload: () => setTick(t => t + 1) };
+}
+
+/** A job the server runs (a pipeline run, an image build): how it stands, its last lines of output. */
+export function JobLog(props: { job: IPipelineRun; testid: string; going: string; noun: string }): JSX.Element {
+  const { job } = props;
+  return (
+    <div className="mlops-pipeline-run" data-testid={props.testid}>
+      <div className="mlops-muted">
+        {job.running ? props.going : job.ok ? `last ${props.noun} succeeded` : `last ${props.noun} failed`}
+        {job.summary ? `: ${job.summary}` : ''}
+      </div>
+      <pre className="mlops-log">{job.log.join('\n')}</pre>
+    </div>
+  );
 }
