@@ -13,7 +13,10 @@ DEMO_OUT := .mlops/demo
 
 .PHONY: demo test ui-test bench clean system-deps
 
-$(STAMP): pyproject.toml labextension/package.json
+# the labextension's sources too: the wheel's copy of the built extension is what JupyterLab (and ui-tests) load
+LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*.tsx labextension/style/*.css)
+
+$(STAMP): pyproject.toml labextension/package.json $(LAB_SOURCES)
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -58,7 +61,7 @@ demo: $(STAMP)
 	@mkdir -p $(DEMO_OUT)
 	@for nb in example_notebooks/*.ipynb; do \
 	  echo "== $$nb"; \
-	  $(BIN)/papermill --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
+	  $(BIN)/papermill --engine mlops --cwd example_notebooks --log-level WARNING --progress-bar "$$nb" "$(DEMO_OUT)/$$(basename $$nb)" || exit 1; \
 	done
 	@echo "== pipeline: example_notebooks/04_pipeline.ipynb -> $(DEMO_OUT)/pipeline"
 	$(BIN)/mlops export example_notebooks/04_pipeline.ipynb --out $(DEMO_OUT)/pipeline

@@ -77,12 +77,17 @@ def text_table(header: list[str], rows: list[list[str]], marks: list[bool] | Non
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def html_table(header: list[str], rows: list[list[str]], marks: list[bool] | None = None, caption: str = "") -> str:
+MARKED = "background:#fef3c7;font-weight:600"
+
+
+def html_table(header: list[str], rows: list[list[str]], marks: list[bool] | None = None, caption: str = "",
+               style: str = MARKED) -> str:
+    """``marks``: rows drawn with ``style`` (differences in a comparison, the best trial of a sweep)."""
     head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
-        style = " style='background:#fef3c7;font-weight:600'" if marks and marks[i] else ""
-        body.append(f"<tr{style}>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
+        attr = f" style='{style}'" if marks and marks[i] else ""
+        body.append(f"<tr{attr}>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
                                              for c in row) + "</tr>")
     cap = f"<caption style='caption-side:bottom;text-align:left'>{html.escape(caption)}</caption>" if caption else ""
     return f"<table class='mlops-table'>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -100,6 +105,19 @@ class Table:
 
     def _repr_html_(self):
         return html_table(self.header, self.rows, self.marks, self.caption)
+
+
+class Picture:
+    """An SVG drawing (the pipeline's DAG) inline in notebooks; where it lives, in text."""
+
+    def __init__(self, svg: str, text: str):
+        self.svg, self.text = svg, text
+
+    def __repr__(self):
+        return self.text
+
+    def _repr_svg_(self):
+        return self.svg
 
 
 def human_bytes(n: int | None) -> str:

@@ -258,7 +258,7 @@ def _serve_manifests(p, door):
     p.add_argument("--out", metavar="DIR", help="where the manifests go (default DIR/k8s)")
 
 
-@verb("pipeline run", "run the steps that changed (and what depends on them) with papermill", doors=(CLI.name,))
+@verb("pipeline run", "run the steps that changed (and what depends on them) with papermill")
 def _pipeline_run(p, door):
     p.add_argument("dir", metavar="DIR")
     p.add_argument("-p", "--param", action="append", default=[], metavar="key=value",
@@ -267,8 +267,7 @@ def _pipeline_run(p, door):
     p.add_argument("--force", action="store_true", help="re-run every step")
 
 
-@verb("pipeline status", "each step: fresh, stale (and why) or failed; and whether the export is outdated",
-      doors=(CLI.name,))
+@verb("pipeline status", "each step: fresh, stale (and why) or failed; and whether the export is outdated")
 def _pipeline_status(p, door):
     p.add_argument("dir", metavar="DIR")
 

@@ -11,7 +11,7 @@ import os
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from . import _render, commands
+from . import _render, commands, quiet
 from .commands import MAGIC, HelpShown, UsageProblem
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
@@ -77,6 +77,13 @@ def _execution_count(shell, info) -> int:
     return shell.execution_count
 
 
+def _compared(settings, run_ids: list) -> _render.Table:
+    from .tracking import query
+
+    header, rows, marks = _render.compare_rows(query.compare_runs(settings, run_ids))
+    return _render.Table(header, rows, marks, caption=f"{sum(marks)} of {len(rows)} values differ (marked ≠)")
+
+
 @magics_class
 class MlopsMagics(Magics):
     def __init__(self, shell, tracker: Tracker):
@@ -110,9 +117,9 @@ class MlopsMagics(Magics):
             parsed = self._header(raw)
             if self.tracker.configured:
                 self.tracker.note_cell(raw, cell_id)
-                if parsed is not None or self.tracker.autotrack:
-                    cell_id = self.tracker.cell_id_for(raw, cell_id)
+                cell_id = self.tracker.cell_id_for(raw, cell_id)  # a stat when the frontend sent none
             count = _execution_count(self.shell, info)
+            self.tracker.note_execution(count, cell_id, raw)
             if parsed is not None:
                 opts, body, first = parsed
                 self.tracker.begin(body, opts, cell_id, magic=first, count=count)
@@ -187,20 +194,23 @@ class MlopsMagics(Magics):
                                                                            tags=tags)),
             child=self.tracker.child,
             place=lambda: (self.tracker.settings.state_dir, self.tracker.notebook_path()))
+        from . import _widgets
+
         shown: dict = {}
 
         def start(total):
-            shown["progress"] = view.Progress(total=total)
-            with self.tracker.unrecorded():  # updated every 0.5 s: the run keeps the final plot and summary
-                shown["handle"] = display(shown["progress"], display_id=True)
+            shown["view"] = _widgets.SweepView(total)
+            with self.tracker.unrecorded():  # live: the run keeps the final plot and summary
+                shown["handle"] = display(shown["view"], display_id=True)
 
         def progress(result):
-            shown["progress"].result = result
-            with self.tracker.unrecorded():
-                shown["handle"].update(shown["progress"])
+            shown["view"].update(result)  # the widget changes in place; its text is re-sent once, at the end
 
         result = tracked.run(spec, self.shell.user_ns, self.shell.user_ns_hidden, recording, name=ns.name,
                              on_progress=progress, on_start=start)
+        if "handle" in shown:
+            with self.tracker.unrecorded():  # a saved notebook's text/plain and text/html: the final table
+                shown["handle"].update(shown["view"])
         png = view.parallel_plot(self.shell.user_ns["sweep"], list(space), ns.metric)
         if png:
             display(Image(png))
@@ -230,20 +240,17 @@ class MlopsMagics(Magics):
         runs = query.list_runs(settings, notebook=nb, last=ns.last, kind=ns.kind, children=True)
         if ns.json:
             return runs
-        header, rows = _render.runs_rows(runs)
-        caption = f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'}"
+        from . import _widgets
+
+        caption = (f"{len(runs)} {ns.kind + ' ' if ns.kind else ''}runs of {nb or 'this project'} · open them in the "
+                   f"MLflow UI: {settings.where_to_look()}")
         if waiting:
             caption += f" · {waiting} more still being written ({self.tracker.degraded or 'store busy'})"
-        return _render.Table(header, rows, caption=caption)
+        return _widgets.RunsTable(runs, caption, compare=lambda ids: _compared(settings, ids))
 
     def _compare(self, ns, _cell):
-        from .tracking import query
-
         settings, nb, _ = self._scope(ns)
-        cmp = query.compare_runs(settings, commands.compared(ns, settings, nb))
-        header, rows, marks = _render.compare_rows(cmp)
-        n = sum(marks)
-        return _render.Table(header, rows, marks, caption=f"{n} of {len(rows)} values differ (marked ≠)")
+        return _compared(settings, commands.compared(ns, settings, nb))
 
     def _settings(self):
         if not self.tracker.configured:
@@ -316,8 +323,34 @@ class MlopsMagics(Magics):
             print(f"mlops: warning: {warning}")
         if ns.check:
             print(f"mlops: {commands.checked(pipe)}")
-        else:
-            print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
+            return None
+        print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
+        drawn = pipe.folder / pipeline.PICTURE
+        return _render.Picture(drawn.read_text(), f"(the pipeline's steps, drawn in {drawn})")
+
+    def _pipeline_run(self, ns, _cell):
+        from IPython.display import display
+
+        from . import _widgets, pipeline
+
+        shown = _widgets.PipelineView(pipeline.load(ns.dir), pipeline.status(ns.dir))
+        handle = display(shown, display_id=True)
+        try:
+            result = pipeline.run(ns.dir, params=ns.param, from_step=ns.from_step, force=ns.force, echo=shown.say,
+                                  on_step=shown.step)
+        finally:
+            handle.update(shown)  # a saved notebook's text/plain and text/html: how the run left each step
+        for note in result.notes:
+            print(f"mlops: {note}")
+        print(f"mlops: {result.summary()}")
+
+    def _pipeline_status(self, ns, _cell):
+        from . import pipeline
+
+        rows = pipeline.status(ns.dir)
+        stale = pipeline.outdated(ns.dir)
+        return _render.Table(["step", "state", "why"], [list(r) for r in rows],
+                             caption=f"the export is outdated: {stale}; export it again" if stale else "")
 
     def _serve_generate(self, ns, _cell):
         from .serving import generate_package, model_of_run
@@ -332,6 +365,7 @@ MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 
 
 def load(shell) -> None:
+    quiet.quiet_engines()
     tracker = Tracker(shell)
     magics = MlopsMagics(shell, tracker)
     shell.register_magics(magics)

@@ -55,7 +55,7 @@ SHARED = [v.name for v in commands.VERBS if set(v.doors) == {"magic", "cli"}]
 
 def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert set(SHARED) == {"runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "export",
-                           "serve generate"}
+                           "serve generate", "pipeline run", "pipeline status"}
     magic, cli = commands.parser(MAGIC), commands.parser(CLI)
     for name in SHARED:
         assert flags(sub(magic, name)) == flags(sub(cli, name)), name
@@ -66,7 +66,7 @@ def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert {"--check", "--out"} <= flags(sub(cli, "export")) and {"--run"} <= flags(sub(cli, "serve generate"))
     # door-only verbs are declared the same way, in their door alone
     with pytest.raises(KeyError):
-        sub(magic, "pipeline run")
+        sub(magic, "serve run")
     assert flags(sub(cli, "serve run")) >= {"--host", "--port", "--workers"}
 
 

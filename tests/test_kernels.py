@@ -27,7 +27,7 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
         assert reply["status"] == "ok"
         (run,) = finished_runs(project, 1)
         later = []  # the line is completed in place when the recorder has written the run
-        wait_for(lambda: later.extend(k.drain_iopub(0.5)) or run.info.run_id in text_of(msgs + later),
+        wait_for(lambda: later.extend(k.drain_iopub(0.5)) or run.info.run_id[:8] in text_of(msgs + later),
                  timeout=60, what="the summary line to show the run id")
     assert run.data.tags["mlops.notebook"] == str(nb)
     assert run.data.tags["mlops.cell_id"] == "cell-fit"
@@ -38,7 +38,10 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
     assert any(p.endswith(".png") for p in artifacts(project, run.info.run_id, "cell/outputs"))
     # one summary line under the cell, completed in place once the recorder has written the run
     shown = text_of(msgs + later)
-    assert "mlops: run" in shown and run.info.run_id in shown and "mlflow ui --backend-store-uri" in shown
+    assert f"mlops: run {run.info.run_id[:8]} FINISHED · acc=0.91" in shown
+    html = [m["content"]["data"]["text/html"] for m in msgs + later if "mlops-run-line" in
+            m["content"].get("data", {}).get("text/html", "")][-1]
+    assert run.info.run_id in html and "mlflow ui --backend-store-uri" in html  # the full id, how to open the UI
 
 
 def test_papermill_run_records_injected_parameters(project):

@@ -37,6 +37,19 @@ def fan_notebook(root: Path, max_iter: int = 500) -> Path:
     ])
 
 
+def drawn(folder: Path) -> tuple[dict, dict, str]:
+    """pipeline.svg as (step -> state, (from, to) -> edge label, all its text); parsing it proves it valid SVG."""
+    from xml.etree import ElementTree as ET
+
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    root = ET.parse(folder / "pipeline.svg").getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    steps = {g.get("data-step"): g.get("data-state") for g in root.iterfind(".//svg:g[@class='step']", ns)}
+    edges = {(g.get("data-from"), g.get("data-to")): "".join(t.text for t in g.iterfind("svg:text", ns))
+             for g in root.iterfind(".//svg:g[@class='edge']", ns)}
+    return steps, edges, " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+
+
 def ran(result) -> set:
     return {s.name for s in result.steps if s.status == "ran"}
 
@@ -57,10 +70,15 @@ def test_fan_out_fan_in_runs_incrementally(project):
     dvc = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]
     assert "../helpers.py" in dvc["model_b"]["deps"] and dvc["model_b"]["params"] == ["depth"]
     assert (folder / ".github" / "workflows" / "pipeline-fan.yml").is_file() and (folder / "README.md").is_file()
+    states, edges, _ = drawn(folder)
+    assert states == dict.fromkeys(spec, "never run")
+    assert edges[("load", "model_a")] == "X, y" and edges[("model_a", "compare")] == "lr"
+    assert edges[("model_b", "compare")] == "tree" and edges[("load", "compare")] == "X, y"  # skips a layer
 
     lines = []
     first = pipeline.run(folder, echo=lines.append)
     assert first.ok and ran(first) == {"load", "model_a", "model_b", "compare"}, "\n".join(lines)
+    assert drawn(folder)[0] == dict.fromkeys(spec, "fresh")
     base = metrics(folder, "compare")
     assert set(base) == {"acc_lr", "acc_tree"}
     assert (folder / "artifacts" / "load" / "X.parquet").is_file()
@@ -129,6 +147,7 @@ def test_failure_stops_descendants_and_resume_reruns_only_the_rest(project):
     assert "1 ran, 1 failed, 1 not run" in out.stdout
     status = subprocess.run(cli + ["pipeline", "status", "pipe"], capture_output=True, text=True, cwd=project)
     assert status.returncode == 1 and "failed" in status.stdout and "broken step" in status.stdout
+    assert drawn(project / "pipe")[0] == {"first": "fresh", "second": "failed", "third": "never run"}
 
     cells[2] = ("b = [x * 2 for x in a]", ["step:second"])
     notebook(nb, cells)
@@ -138,6 +157,7 @@ def test_failure_stops_descendants_and_resume_reruns_only_the_rest(project):
     assert again.ok and ran(again) == {"second", "third"}
     assert [s.name for s in again.steps if s.status == "skipped"] == ["first"]
     assert metrics(project / "pipe", "third") == {"total": 6}
+    assert set(drawn(project / "pipe")[0].values()) == {"fresh"}
 
 
 def test_an_unpicklable_variable_is_a_clear_error(project):
@@ -224,15 +244,41 @@ def test_a_mutating_step_hands_its_version_on_and_data_adds_order(project):
 def test_magic_exports_a_notebook(ip, project, monkeypatch):
     from IPython.core.error import UsageError
 
-    notebook(project / "nb.ipynb", [("a = 1", ["step:one"]), ("b = a", ["step:two"])])
-    ip.run_line_magic("mlops", "export nb.ipynb --out pipe")
+    notebook(project / "nb.ipynb", [("a = 1", ["step:one"]), ("b = a", ["step:two", "resources:gpu=1,memory=8G"])])
+    picture = ip.run_line_magic("mlops", "export nb.ipynb --out pipe")
     assert (project / "pipe" / "steps" / "two.ipynb").is_file()
+    # the picture inline: every step, the variable handed over, the resources tagged
+    svg = picture._repr_svg_()
+    assert svg == (project / "pipe" / "pipeline.svg").read_text() and str(project / "pipe") in repr(picture)
+    states, edges, text = drawn(project / "pipe")
+    assert states == {"one": "never run", "two": "never run"} and edges == {("one", "two"): "a"}
+    assert "gpu 1 · mem 8G" in text
     monkeypatch.setenv("MLOPS_NOTEBOOK", str(project / "nb.ipynb"))  # what JupyterLab's session name tells
     ip.run_line_magic("mlops", "export --out current")
     assert json.loads((project / "current" / "pipeline.json").read_text())["notebook"] == "../nb.ipynb"
     notebook(project / "bad.ipynb", [("a = 1", ["step:one", "after:zzz"])])
     with pytest.raises(UsageError, match="after:zzz"):
         ip.run_line_magic("mlops", "export bad.ipynb --out pipe2")
+
+
+def test_magic_runs_a_pipeline_with_a_step_widget(ip, project):
+    from IPython.utils.capture import capture_output
+
+    notebook(project / "nb.ipynb", [("a = 1", ["step:one"]), ("b = a + 1", ["step:two"]),
+                                    ("raise ValueError('no three')", ["step:three"])])
+    ip.run_line_magic("mlops", "export nb.ipynb --out pipe")
+    with capture_output() as cap:
+        ip.run_line_magic("mlops", "pipeline run pipe")
+    first, *updates = cap.outputs
+    assert "application/vnd.jupyter.widget-view+json" in first.data
+    final = updates[-1].data  # the same widget, its text and HTML as the run left it
+    assert final["application/vnd.jupyter.widget-view+json"] == first.data["application/vnd.jupyter.widget-view+json"]
+    assert "ValueError: no three" in final["text/plain"] and "two" in final["text/plain"]
+    assert 'data-step="two" data-state="fresh"' in final["text/html"]
+    assert 'data-step="three" data-state="failed"' in final["text/html"]
+    assert "mlops: pipeline nb: 2 ran, 1 failed" in cap.stdout
+    status = repr(ip.run_line_magic("mlops", "pipeline status pipe"))
+    assert "fresh" in status and "failed" in status and "no three" in status
 
 
 def test_dvc_repro_runs_the_exported_pipeline(project):

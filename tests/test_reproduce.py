@@ -61,6 +61,33 @@ def test_reproduce_a_run_without_a_notebook_is_a_clear_error(ip, project):
     assert out.returncode == 2 and "has no notebook path" in out.stderr
 
 
+def test_reproduce_of_an_out_of_order_run_says_where_the_difference_comes_from(project):
+    import nbformat
+    from harness import finished_runs, kernel
+
+    nb = project / "order.ipynb"
+    cells = [("setup", "%load_ext mlops_jupyter\n%mlops init"), ("a", "x = 1\nz = 1"),
+             ("b", "%%mlops run --name sum --metrics y\ny = x + z"), ("c", "z = 10")]
+    doc = nbformat.v4.new_notebook()
+    doc.cells = [nbformat.v4.new_code_cell(src, id=cid) for cid, src in cells]
+    doc.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(doc, nb)
+    git(project, "add", "order.ipynb")
+    git(project, "commit", "-q", "-m", "notebook")
+    with kernel(project, env={"JPY_SESSION_NAME": str(nb)}) as k:
+        for cid in ("setup", "a", "c", "b"):  # c, below the tracked cell, ran before it
+            reply, _ = k.run(dict(cells)[cid], cell_id=cid)
+            assert reply["status"] == "ok"
+        k.run("get_ipython()._mlops_magics.tracker.flush(60)", timeout=90)
+    (run,) = finished_runs(project, 1)
+    assert run.data.metrics["y"] == 11 and "run out of order: [3]" in run.data.tags["mlops.hidden_state"]
+    out = mlops(project, "reproduce", run.info.run_id[:8])
+    assert out.returncode == 1, out.stdout + out.stderr  # in order, y = 2
+    assert "verdict: differ" in out.stdout
+    assert "depends on a cell below it, run out of order: [3]" in out.stdout
+    assert "cell/execution_order.json" in out.stdout and "the difference comes from there" in out.stdout
+
+
 def test_reproduce_a_run_whose_data_came_from_another_project(project):
     """The notebook's repository holds the code; it changes into a second git/DVC project for its data (as
     example_notebooks/02_data_versioning.ipynb does). Both are recorded; reproduce restores the data where

@@ -414,6 +414,7 @@ async def test_export_status_run_and_one_run_per_folder(jp_fetch, proj):
     code, body = await call(jp_fetch, "pipeline", path="analysis/pipe.ipynb")
     assert body["exported"] and not body["outdated"]
     assert [(s["name"], s["state"]) for s in body["steps"]] == [("prep", "never"), ("train", "never")]
+    assert 'data-step="prep" data-state="never run"' in body["picture"] and body["steps"][0]["notebook"] is None
 
     code, body = await call(jp_fetch, "pipeline/run", body={"path": "analysis/pipe.ipynb", "params": {"n": 5}})
     assert code == 202 and body["folder"] == "analysis/pipe-pipeline" and body["started"] > 0
@@ -433,6 +434,11 @@ async def test_export_status_run_and_one_run_per_folder(jp_fetch, proj):
     assert run["ok"] is True and run["ended"] >= run["started"], run["log"]
     assert any("prep" in line for line in run["log"]) and run["summary"]
     assert [(s["name"], s["state"]) for s in final["steps"]] == [("prep", "stale"), ("train", "stale")]  # n=5 ran
+    # the picture as the run left it, and each step's executed notebook for the sidebar to open
+    assert 'data-step="train" data-state="fresh"' in final["picture"]
+    for step in final["steps"]:
+        assert step["notebook"].startswith("analysis/pipe-pipeline/runs/") and step["notebook"].endswith(
+            f"/{step['name']}.ipynb") and (proj["root"] / step["notebook"]).is_file()
     metrics = json.loads((proj["root"] / "analysis" / "pipe-pipeline" / "metrics" / "train.json").read_text())
     assert metrics["total"] == 10
 

@@ -22,6 +22,19 @@ def test_interrupt_stops_the_sweep_cleanly_and_the_kernel_goes_on(project):
         reply, msgs = k.run('%%mlops sweep --space "i=grid(1, 2)" --metric acc --mode max\nacc = i\n'
                             "_ = None", timeout=120)
         assert reply["status"] == "ok", text_of(msgs)
+        # one widget updated in place (progress bar, trial table); the saved text: the final table, best marked
+        (shown,) = [m for m in msgs if m["msg_type"] == "display_data"
+                    and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+        final = [m["content"]["data"] for m in msgs if m["msg_type"] == "update_display_data"
+                 and m["content"]["transient"] == shown["content"]["transient"]][-1]
+        assert final["application/vnd.jupyter.widget-view+json"] == shown["content"]["data"][
+            "application/vnd.jupyter.widget-view+json"]
+        best_line = next(ln for ln in final["text/plain"].splitlines() if ln.startswith("*"))
+        assert best_line.split()[2:5] == ["FINISHED", "2", "2"], final["text/plain"]  # i=2, acc=2
+        assert "background:#dcfce7" in final["text/html"]
+        bars = [m["content"]["data"]["state"] for m in msgs if m["msg_type"] in ("comm_open", "comm_msg")
+                and m["content"]["data"].get("state", {}).get("value") == 2]
+        assert bars, "the progress bar reached 2 of 2"
         reply, msgs = k.run("print(best_params, session)")
         assert "{'i': 2}" in text_of(msgs)
         session = text_of(msgs).split()[-1]

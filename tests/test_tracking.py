@@ -48,7 +48,12 @@ def test_tracked_cell_records_params_metrics_tags_and_artifacts(ip, project, cap
     assert "mlflow==" in read_artifact(project, run.info.run_id, "environment/requirements.txt")
     assert "lr = 0.1" in read_artifact(project, run.info.run_id, "cell/source.py")
     out = capsys.readouterr().out
-    assert f"mlops: run {run.info.run_id}" in out and "FINISHED" in out and "mlflow ui --backend-store-uri" in out
+    # one short line, shown at once (the id pending) and completed in place once the run is written
+    *_, line = (ln for ln in out.splitlines() if ln.startswith("mlops: run"))
+    assert line.startswith(f"mlops: run {run.info.run_id[:8]} FINISHED · acc=0.6 · loss=0.4 · ")
+    assert line.endswith(" artifacts") and len(line) < 80
+    # the command that opens the MLflow UI is in %mlops runs
+    assert "mlflow ui --backend-store-uri" in repr(ip.run_line_magic("mlops", "runs"))
     # .mlops/ never shows up in git
     assert ".mlops" not in git(project, "status", "--porcelain", "--untracked-files=all")
 

@@ -1,9 +1,9 @@
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 
 import { mlopsIcon } from './icon';
 import { MlopsModel } from './model';
-import { updateBadges } from './notebook';
+import { updateBadges, updateChips } from './notebook';
 import { PLUGIN_ID, SIDEBAR_ID } from './tokens';
 import { MlopsSidebar } from './widget';
 
@@ -31,7 +31,42 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
     model.changed.connect(badges);
     model.polled.connect(badges);
+    tracker.forEach(watchChips); // notebooks the restored layout opened before this plugin
+    tracker.widgetAdded.connect((_, nb) => watchChips(nb));
   }
 };
+
+/** The step chips of `panel`'s cells, redrawn when a cell's tags change, cells come and go, or a cell is drawn. */
+function watchChips(panel: NotebookPanel): void {
+  let pending = 0;
+  const refresh = () => {
+    // one redraw per frame, however many signals arrive together (a paste of 50 cells)
+    if (!pending) {
+      pending = requestAnimationFrame(() => {
+        pending = 0;
+        if (!panel.isDisposed) {
+          updateChips(panel);
+        }
+      });
+    }
+  };
+  void panel.context.ready.then(() => {
+    const cells = panel.content.model?.cells;
+    if (!cells) {
+      return;
+    }
+    for (const cell of cells) {
+      cell.metadataChanged.connect(refresh);
+    }
+    cells.changed.connect((_, change) => {
+      if (change.type === 'add') {
+        change.newValues.forEach(cell => cell.metadataChanged.connect(refresh));
+      }
+      refresh();
+    });
+    panel.content.cellInViewportChanged.connect(refresh); // windowed: a cell scrolled into view is drawn now
+    refresh();
+  });
+}
 
 export default plugin;

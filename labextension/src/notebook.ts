@@ -2,6 +2,7 @@ import { Cell, ICodeCellModel } from '@jupyterlab/cells';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { mainMetric, formatValue } from './components/common';
+import { parseTags } from './tags';
 import { IRun } from './tokens';
 
 /** What a run's cell looks like in the open notebook: where it is and how the user knows it. */
@@ -112,4 +113,95 @@ function setBadge(cell: Cell, run: IRun | null, onClick: (run: IRun) => void): v
     event.stopPropagation();
     onClick(run);
   };
+}
+
+/** What a cell is in the pipeline export makes of the notebook (pipeline/tags.py): its step, and its roles. */
+export interface ICellRole {
+  step: string;
+  roles: string[];
+}
+
+const SHARED_ROLES = ['parameters', 'imports', 'functions'];
+
+/**
+ * Each cell's step and roles, from the cells' tags in order: a `step:` tag starts a step, an untagged cell
+ * joins the step above it; `parameters`, `imports`, `functions` and `skip` cells belong to no step.
+ */
+export function cellRoles(cellTags: readonly (readonly string[])[]): ICellRole[] {
+  let step = '';
+  return cellTags.map(tags => {
+    const parsed = parseTags(tags);
+    if (parsed.step) {
+      step = parsed.step;
+    }
+    const roles: string[] = [...parsed.flags];
+    if (parsed.model) {
+      roles.push(`model:${parsed.model}`);
+    }
+    const shared = parsed.flags.some(f => SHARED_ROLES.includes(f) || f === 'skip');
+    return { step: shared ? '' : step, roles };
+  });
+}
+
+const CHIPS = 'mlops-chips';
+const STEP_COLOURS = 8; // --mlops-step-0 ... --mlops-step-7 in the style sheet, as Kale colours its blocks
+
+/**
+ * A chip on each cell naming its step (one colour per step, in the order the steps appear) and its roles;
+ * none on a notebook without pipeline tags. Text only (textContent).
+ */
+export function updateChips(panel: NotebookPanel): void {
+  const widgets = panel.content.widgets;
+  const tags = widgets.map(cell => {
+    const value = cell.model.getMetadata('tags');
+    return Array.isArray(value) ? value.map(String) : [];
+  });
+  const roles = cellRoles(tags);
+  const tagged = roles.some(r => r.step || r.roles.length);
+  const order: string[] = [];
+  widgets.forEach((cell, i) => {
+    const { step, roles: those } = roles[i];
+    if (step && !order.includes(step)) {
+      order.push(step);
+    }
+    setChips(cell, tagged ? step : '', tagged ? those : [], order.indexOf(step) % STEP_COLOURS);
+  });
+}
+
+function setChips(cell: Cell, step: string, roles: string[], colour: number): void {
+  const input = cell.node.querySelector<HTMLElement>(':scope > .jp-Cell-inputWrapper');
+  if (!input) {
+    return;
+  }
+  let box = cell.node.querySelector<HTMLElement>(`:scope > .${CHIPS}`);
+  const shown = `${step}|${colour}|${roles.join(',')}`;
+  if (!step && !roles.length) {
+    box?.remove();
+    return;
+  }
+  if (box?.dataset.shown === shown) {
+    return; // unchanged: no DOM writes
+  }
+  if (!box) {
+    box = document.createElement('div');
+    box.className = CHIPS;
+    box.dataset.testid = 'mlops-cell-chips';
+    input.before(box);
+  }
+  box.dataset.shown = shown;
+  box.dataset.step = step;
+  box.replaceChildren();
+  if (step) {
+    const chip = document.createElement('span');
+    chip.className = `mlops-chip mlops-chip-step mlops-step-${colour}`;
+    chip.textContent = step;
+    chip.title = `pipeline step ${step}`;
+    box.append(chip);
+  }
+  for (const role of roles) {
+    const chip = document.createElement('span');
+    chip.className = 'mlops-chip mlops-chip-role';
+    chip.textContent = role;
+    box.append(chip);
+  }
 }

@@ -123,8 +123,11 @@ export interface IPipeline {
   folder: string;
   exported: boolean;
   outdated: boolean;
-  steps: { name: string; state: StepState; reason: string }[];
+  /** `notebook`: the step's latest executed notebook, relative to the server root (null: never executed). */
+  steps: { name: string; state: StepState; reason: string; notebook?: string | null }[];
   models: { name: string; step: string }[];
+  /** pipeline.svg: the step DAG, coloured by state (redrawn live while a run goes); absent before the export. */
+  picture?: string | null;
   run: IPipelineRun | null;
 }
 

@@ -84,6 +84,8 @@ export class MlopsSidebar extends ReactWidget {
   /** Row callbacks that stay the same object across renders, so unchanged rows are not re-rendered. */
   readonly onReveal = (run: IRun): void => this.reveal(run);
   readonly onServe = (run: IRun): void => this.setState({ tab: 'pipeline', serveRun: run.run_id });
+  /** Open a file of the server root (a step's executed notebook) in the main area. */
+  readonly onOpen = (path: string): void => void this.app.commands.execute('docmanager:open', { path });
 
   private state: ISidebarState = { tab: 'runs', focusRun: null, serveRun: '' };
 }
@@ -137,7 +139,9 @@ function SidebarBody(props: {
   } else if (tab === 'sweeps') {
     body = <SweepsView model={model} />;
   } else {
-    body = <PipelineView model={model} serveRun={state.serveRun} pipeline={enabled('pipeline')} />;
+    body = (
+      <PipelineView model={model} serveRun={state.serveRun} pipeline={enabled('pipeline')} onOpen={owner.onOpen} />
+    );
   }
   return (
     <>

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .picture import FILE as PICTURE
 from .source import check, check_cells, default_folder, notebook_of, outdated
 
 
@@ -24,14 +25,15 @@ def export(notebook, out):
     return export_notebook(notebook, out)
 
 
-def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True):
+def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True, on_step=None):
     """Run an exported pipeline incrementally; returns a RunResult. ``wait_records=False``: return once the
     steps are done, leaving the last MLflow records to the recorder when the store has kept up (a process
-    about to exit; `mlops runs` waits for them)."""
+    about to exit; `mlops runs` waits for them). ``on_step(name, status, result)``: each step as it starts
+    executing and as it ends."""
     from .execute import run_pipeline
 
     return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo,
-                        wait_records=wait_records)
+                        wait_records=wait_records, on_step=on_step)
 
 
 def status(folder):
@@ -64,5 +66,5 @@ def running(folder) -> bool:
     return False
 
 
-__all__ = ["export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
+__all__ = ["PICTURE", "export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
            "default_folder"]

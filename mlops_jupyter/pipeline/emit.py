@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidInput, NotFound, PipelineError
-from . import analysis, models, tags
+from . import analysis, models, picture, tags
 from .source import notebook_hash
 
 DEFINITION = "pipeline.json"
@@ -279,6 +279,7 @@ def export_notebook(notebook, out, write: bool = True) -> Pipeline:
     _write_if_changed(folder / ".github" / "workflows" / f"pipeline-{pipe.name}.yml", _workflow(pipe, workdir))
     _write_if_changed(folder / "runs" / ".gitignore", "*\n!.gitignore\n")
     _write_if_changed(folder / ".gitignore", "/.mlops-pipeline/\n")
+    picture.write(folder)
     return pipe
 
 

@@ -24,7 +24,7 @@ from .. import config
 from ..errors import Busy
 from ..tracking.records import Recording
 from . import kernels as K
-from . import resources
+from . import picture, resources
 from . import state as S
 from .emit import Pipeline, load_pipeline
 from .model_worker import ModelWorker
@@ -100,8 +100,8 @@ def _first_line(text: str) -> str:
 
 
 class _Runner:
-    def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int):
-        self.pipe, self.params, self.forced, self.echo_fn = pipe, params, forced, echo
+    def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int, on_step=None):
+        self.pipe, self.params, self.forced, self.echo_fn, self.on_step = pipe, params, forced, echo, on_step
         self.state = S.State(pipe.folder)
         self.status = {s["name"]: "pending" for s in pipe.steps}
         self.results: dict[str, StepResult] = {}
@@ -120,6 +120,9 @@ class _Runner:
         self.width = max(len(s["name"]) for s in pipe.steps)
         self.kernels = K.Kernels(pipe.kernel, self.root)
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
+        # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
+        self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
+        self._draw_lock = threading.Lock()
 
     def echo(self, mark: str, name: str, text: str) -> None:
         with self._echo_lock:
@@ -131,6 +134,18 @@ class _Runner:
             if result is not None:
                 self.results[name] = result
             self.cond.notify_all()
+        if status in picture.LIVE:
+            self._draw(name, picture.LIVE[status])
+        if self.on_step is not None and status in ("executing", *FINAL):
+            self.on_step(name, status, result)
+
+    def _draw(self, name: str, state: str) -> None:
+        with self._draw_lock:
+            self.drawn[name] = state
+            try:
+                picture.write(self.pipe.folder, dict(self.drawn), self.pipe)
+            except OSError:
+                pass  # a read-only pipeline folder still runs; the picture is a view of it
 
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:
@@ -497,8 +512,10 @@ def _lock(folder: Path):
 
 
 def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None,
-                 wait_records=True) -> RunResult:
-    """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run."""
+                 wait_records=True, on_step=None) -> RunResult:
+    """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run. ``on_step(name,
+    status, result)`` hears each step start executing and end (ran, skipped, failed, blocked), from the
+    step's own thread."""
     t0 = time.time()
     pipe = load_pipeline(folder)
     values = S.override(S.load_params(pipe), params)
@@ -512,7 +529,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     lock = _lock(pipe.folder)
     try:
         echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
-        runner = _Runner(pipe, values, forced, echo, workers)
+        runner = _Runner(pipe, values, forced, echo, workers, on_step)
         resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
         try:
             runner.run()
@@ -533,5 +550,9 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
     finally:
         lock.close()
     steps = [runner.results.get(s["name"]) or StepResult(s["name"], "blocked") for s in pipe.steps]
+    try:  # the picture shows how this run left each step
+        picture.write(pipe.folder, picture.after_run({s.name: s.status for s in steps}, runner.state.steps))
+    except OSError:
+        pass  # a read-only pipeline folder still ran; the picture is a view of it
     return RunResult(pipe.name, steps, time.time() - t0, str(runner.runs_dir) if runner.runs_dir else None,
                      run_id, notes)

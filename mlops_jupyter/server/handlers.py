@@ -292,10 +292,26 @@ class PipelineHandler(PipelineMixin, GetRoute):
             return out
         out["exported"] = True
         out["outdated"] = pipeline.outdated(folder) is not None
-        out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why}
+        from ..pipeline.state import State
+
+        known = State(folder).steps
+        out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why,
+                         "notebook": self._executed(known.get(name, {}))}
                         for name, state, why in pipeline.status(folder)]
         out["models"] = _models(pipe.steps)
+        drawn = folder / pipeline.PICTURE  # the DAG, coloured live while a run goes (the runner redraws it)
+        out["picture"] = drawn.read_text() if drawn.is_file() else None
         return out
+
+    def _executed(self, last: dict) -> str | None:
+        """A step's latest executed notebook (a failed run's first), relative to the server root; None if none."""
+        for entry in (last.get("failed"), last.get("success")):
+            if entry and entry.get("notebook"):
+                try:
+                    return self.rel(Path(entry["notebook"]).resolve())
+                except ValueError:  # executed outside the server root: nothing the sidebar can open
+                    return None
+        return None
 
 
 class PipelineExportHandler(PipelineMixin, PostRoute):

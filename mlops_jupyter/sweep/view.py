@@ -47,6 +47,24 @@ class Progress:
         return f"<table class='mlops-table mlops-sweep'><thead><tr>{head}</tr></thead><tbody><tr>{body}</tr></tbody></table>"
 
 
+def trial_table(result: SweepResult | None) -> tuple[list[str], list[list[str]], int | None]:
+    """The trials as (header, rows, index of the best row or None): number, status, params, metrics."""
+    if result is None or not result.trials:
+        return ["trial", "status"], [], None
+    params = list(dict.fromkeys(k for t in result.trials for k in t.params))
+    metric = result.spec.metric
+    others = sorted({k for t in result.trials for k in t.metrics} - {metric})
+    header = ["trial", "status", *params, metric, *others]
+    best = result.best
+    rows, best_row = [], None
+    for i, t in enumerate(result.trials):
+        rows.append([str(t.number), t.status, *[_fmt(t.params.get(p, "")) for p in params],
+                     *[_fmt(t.metrics[m]) if m in t.metrics else "" for m in (metric, *others)]])
+        if best is not None and t is best:
+            best_row = i
+    return header, rows, best_row
+
+
 def summary(result: SweepResult) -> str:
     c, best, metric = result.counts(), result.best, result.spec.metric
     nodes = {t.node for t in result.trials if t.node}

@@ -54,33 +54,35 @@ class NotebookInfo:
                 pass
         return self._parent_notebook
 
-    def _index(self) -> tuple[set, set, dict]:
-        """(ids of parameters cells, their sources, {code cell source: its id}) of the saved notebook."""
+    def _index(self) -> tuple[set, set, dict, dict]:
+        """(ids of parameters cells, their sources, {code cell source: its id}, {code cell id: (position,
+        source)}) of the saved notebook."""
         nb = self.path()
         try:
             st = os.stat(nb) if nb else None
         except OSError:
             st = None
         if st is None:
-            return set(), set(), {}
+            return set(), set(), {}, {}
         stamp = (st.st_mtime_ns, st.st_size)
         if self._cache[0] != stamp:
-            ids, sources, by_source = set(), set(), {}
+            ids, sources, by_source, by_id = set(), set(), {}, {}
             try:
                 with open(nb, encoding="utf-8") as fh:
                     cells = json.load(fh).get("cells", [])
-                for cell in cells:
+                for pos, cell in enumerate(cells):
                     src = cell.get("source", "")
                     src = "".join(src) if isinstance(src, list) else src
                     if cell.get("id") and cell.get("cell_type") == "code":
                         by_source.setdefault(src, cell["id"])
+                        by_id[cell["id"]] = (pos, src)
                     if PARAM_TAGS & set(cell.get("metadata", {}).get("tags", [])):
                         sources.add(src)
                         if cell.get("id"):
                             ids.add(cell["id"])
             except (OSError, ValueError, AttributeError):
                 pass
-            self._cache = (stamp, (ids, sources, by_source))
+            self._cache = (stamp, (ids, sources, by_source, by_id))
         return self._cache[1]
 
     def cell_id_for(self, raw: str, cell_id: str | None) -> str | None:
@@ -91,8 +93,12 @@ class NotebookInfo:
     def is_parameters_cell(self, raw: str, cell_id: str | None) -> bool:
         if raw.lstrip().startswith("# Parameters"):  # papermill's injected-parameters cell
             return True
-        ids, sources, _ = self._index()
+        ids, sources, _, _ = self._index()
         return (cell_id is not None and cell_id in ids) or raw in sources
+
+    def saved_cells(self) -> dict:
+        """{code cell id: (position, source)} of the saved notebook (empty when unknown)."""
+        return self._index()[3]
 
     def note_cell(self, raw: str, cell_id: str | None) -> None:
         """Remember the latest source of each parameters cell, in execution order."""

@@ -447,13 +447,15 @@ class Recorder:
             run_tags.update(op.get("tags", {}))
             self._create_run(key, uri, exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
             self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
-                                       "source": op.get("source", "")}
+                                       "source": op.get("source", ""), "order": op.get("execution_order")}
 
         def files():
             run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
             with tempfile.TemporaryDirectory() as tmp:
                 Path(tmp, "cell").mkdir()
                 Path(tmp, "cell", "source.py").write_text(info.get("source", ""))
+                if info.get("order") is not None:  # the cells this kernel ran up to this one: hidden state
+                    Path(tmp, "cell", "execution_order.json").write_text(json.dumps(info["order"], indent=1))
                 if info.get("git_diff"):
                     Path(tmp, "git").mkdir()
                     Path(tmp, "git", "diff.patch").write_text(info["git_diff"])
@@ -518,7 +520,8 @@ class Recorder:
             # the snapshotted paths the cell read, at the version the run started with
             reads = [RunTag(data.read_key(rel), existing.tags[data.tag_key(rel)]) for rel in op.get("reads", [])
                      if data.tag_key(rel) in existing.tags]
-            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()], tags=reads)
+            tags = reads + [RunTag(k, v) for k, v in op.get("tags", {}).items()]  # e.g. hidden state
+            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()], tags=tags)
             counts["params"] = len(existing.params) + len(params)
             counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
 

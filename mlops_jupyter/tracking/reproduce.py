@@ -124,18 +124,33 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
         # the new run names the original notebook (not the scratch copy) and the run it reproduces
         run_tags = {"mlops.reproduces": rid, "mlops.reproduction": token, T.NOTEBOOK: notebook,
                     "mlflow.source.name": notebook}
-        _execute(wt_nb, out_nb, params, settings, timeout, run_tags)
+        hidden = _hidden_state(tags, rid)
+        try:
+            _execute(wt_nb, out_nb, params, settings, timeout, run_tags)
+        except MlopsError as exc:
+            raise MlopsError(f"{exc}{' ' + hidden if hidden else ''}") from None
         result.notebook = str(out_nb)
         new = _new_run(settings, token, worktree)
         _keep_executed(settings, new.info.run_id, out_nb)
         result.new = new.info.run_id
         result.metrics = {k: (v, new.data.metrics.get(k)) for k, v in sorted(run.data.metrics.items())}
         result.verdict = verdict(result.metrics)
+        if hidden and result.verdict != "match":
+            result.notes.append(hidden)
     finally:
         result.notes += _put_back(put_back)
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(worktree)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _hidden_state(tags: dict, run_id: str) -> str:
+    """Where a difference comes from when the original run read hidden state ('' when it did not)."""
+    said = tags.get(T.HIDDEN_STATE)
+    if not said:
+        return ""
+    return (f"The original run {said} (what its kernel ran before it: runs:/{run_id}/cell/execution_order.json); "
+            "this replay ran the notebook top to bottom in a fresh kernel, so the difference comes from there.")
 
 
 def verdict(metrics: dict) -> str:
@@ -322,6 +337,8 @@ def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str | None:
 def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float, run_tags: dict) -> None:
     import papermill
 
+    from ..quiet import kernel_manager_class
+
     env = {"MLOPS_TRACKING_URI": settings.tracking_uri, "MLOPS_NOTEBOOK": str(nb),
            "MLOPS_RUN_TAGS": json.dumps(run_tags)}
     if settings.artifact_location:
@@ -330,7 +347,8 @@ def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: flo
     os.environ.update(env)  # the kernel inherits them: its runs land in the original store
     try:
         papermill.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent),
-                                   progress_bar=False, execution_timeout=timeout)
+                                   progress_bar=False, execution_timeout=timeout,
+                                   kernel_manager_class=kernel_manager_class())
     except papermill.PapermillExecutionError as exc:
         raise MlopsError(f"re-executing the notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; "
                          f"the executed notebook is {out}.") from None

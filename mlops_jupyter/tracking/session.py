@@ -12,6 +12,7 @@ import base64
 import getpass
 import hashlib
 import os
+import queue
 import sys
 import threading
 import time
@@ -25,6 +26,8 @@ from .. import config
 from ..errors import StoreUnavailable
 from . import display
 from . import journal as J
+from . import order
+from .tags import HIDDEN_STATE
 from .link import RecorderLink
 from .notebook import NotebookInfo
 from .reads import ReadWatch
@@ -55,12 +58,15 @@ class CellRecord:
     metrics: dict = field(default_factory=dict)  # set while the cell runs (e.g. a sweep's best score)
     params: dict = field(default_factory=dict)  # likewise, logged when the cell ends
     run_id: str | None = None
+    experiment_id: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     line: object = None  # the display handle of the cell's summary line
     summary: str = ""
     source: str = ""
     models: list = field(default_factory=list)  # (name, staged folder) of models to log in the run
     done: threading.Event = field(default_factory=threading.Event)  # the recorder has written the whole run
+    hidden: list = field(default_factory=list)  # hidden-state warnings: cells it reads that changed or ran out of order
+    checked: threading.Event = field(default_factory=threading.Event)  # the checker has worked them out
 
 
 class _Tee:
@@ -116,6 +122,12 @@ class Tracker:
         self._experiment_ready = threading.Event()
         self._rescanning: threading.Thread | None = None
         self._rescan_wanted = threading.Event()
+        self.history = order.History()  # every cell this kernel executed, for the hidden-state check
+        self._to_check: queue.SimpleQueue = queue.SimpleQueue()
+        self._checker: threading.Thread | None = None
+        for count, raw in enumerate(shell.user_ns.get("In", [])[1:], 1):  # those run before %load_ext
+            if isinstance(raw, str):
+                self.history.note(count, None, raw)
 
     # ---- set-up ----------------------------------------------------------------------------
     @property
@@ -181,6 +193,23 @@ class Tracker:
     def note_cell(self, raw: str, cell_id: str | None) -> None:
         self.notebook.note_cell(raw, cell_id)
 
+    def note_execution(self, count: int | None, cell_id: str | None, raw: str) -> None:
+        """Every executed cell, tracked or not: the order a later tracked cell records (microseconds)."""
+        self.history.note(count, cell_id, raw)
+
+    def _check_hidden_state(self) -> None:
+        """One long-lived thread: works out each tracked cell's hidden-state warnings while the cell runs."""
+        from .capture import to_python
+
+        while True:
+            rec, cells = self._to_check.get()
+            try:
+                rec.hidden = order.warnings(self.history.dependencies(cells, to_python), cells[-1],
+                                            self.notebook.saved_cells())
+            except Exception:  # noqa: BLE001 - a check that cannot run says nothing rather than break the cell
+                rec.hidden = []
+            rec.checked.set()
+
     # ---- a tracked cell --------------------------------------------------------------------
     def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
               count: int | None = None) -> CellRecord:
@@ -201,8 +230,15 @@ class Tracker:
             "tags": {**self.run_tags, **opts.tags},
             "metric_names": opts.metrics,
             "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
-            "snapshots": self._snapshots_now(),
+            "snapshots": self._snapshots_now(), "execution_order": self.history.order(),
         })
+        if self.history.cells:
+            if self._checker is None:
+                self._checker = threading.Thread(target=self._check_hidden_state, daemon=True, name="mlops-hidden-state")
+                self._checker.start()
+            self._to_check.put((rec, self.history.cells[:]))
+        else:
+            rec.checked.set()
         with self._mutex:
             self.records[key] = rec
         self.current = rec
@@ -358,7 +394,8 @@ class Tracker:
         if status == "FINISHED":
             for name in rec.opts.models:
                 problems += self._stage_named_model(rec, name)
-        rec.summary = display.summary(status, metrics, problems)
+        rec.checked.wait(1.0)
+        rec.summary = display.summary(status, metrics, problems + rec.hidden)
         if result is not None:
             self._show(rec, first=True)  # before the record is sent, so the recorder's reply finds the line
         for name, folder in rec.models:  # before the run ends, so it ends with its models
@@ -366,6 +403,7 @@ class Tracker:
         self._send({
             "op": "end", "key": rec.key, "t": int(time.time() * 1000), "status": status, "metrics": metrics,
             "params": {k: str(v) for k, v in rec.params.items()},
+            "tags": {HIDDEN_STATE: "; ".join(rec.hidden)} if rec.hidden else {},
             "stdout": "".join(rec.stdout), "stderr": "".join(rec.stderr), "outputs": rec.outputs,
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err else None,
             "reads": reads,
@@ -430,7 +468,8 @@ class Tracker:
     def _line(self, rec: CellRecord, counts: dict | None = None) -> display.Line:
         if self.degraded and counts is None:
             return display.waiting_line(self.degraded, rec.summary, self.link.path)
-        return display.run_line(rec.run_id, rec.summary, self.settings.where_to_look(), counts)
+        url = self.settings.run_url(rec.experiment_id, rec.run_id) if rec.run_id and rec.experiment_id else None
+        return display.run_line(rec.run_id, rec.summary, self.settings.where_to_look(), counts, url)
 
     def _show(self, rec: CellRecord, first: bool = False, counts: dict | None = None) -> None:
         self._local.showing = True
@@ -466,7 +505,7 @@ class Tracker:
         with self._mutex:
             rec = self.records.get(event.get("key"))
         if kind == "run" and rec is not None:
-            rec.run_id = event["run_id"]
+            rec.run_id, rec.experiment_id = event["run_id"], event.get("experiment_id")
             rec.ready.set()
             if rec.line is not None:
                 self._show(rec)

@@ -33,6 +33,11 @@ test('the pipeline panel exports the notebook and lists its steps', async ({ pag
   await expect(steps.nth(1)).toContainText('train');
   expect(fs.existsSync(path.join(ROOT, 'pipe-pipeline', 'dvc.yaml'))).toBe(true);
   await expect(steps.nth(0)).toHaveAttribute('data-state', 'never');
+  // the DAG: a box per step coloured by its state, the edge named by the variable handed over
+  const dag = pipeline.getByTestId('mlops-pipeline-dag');
+  await expect(dag.locator('g.step')).toHaveCount(2);
+  await expect(dag.locator('g.step[data-step="load"]')).toHaveAttribute('data-state', 'never run');
+  await expect(dag.locator('g.edge[data-from="load"][data-to="train"]')).toContainText('data');
   await shot(page, testInfo, 'pipeline');
 
   // run it: the log shows while it runs, then every step is fresh
@@ -42,7 +47,37 @@ test('the pipeline panel exports the notebook and lists its steps', async ({ pag
   await expect(log).toContainText('last run succeeded', { timeout: 180_000 });
   await expect(steps.nth(0)).toHaveAttribute('data-state', 'fresh');
   await expect(steps.nth(1)).toHaveAttribute('data-state', 'fresh');
+  const train = dag.locator('g.step[data-step="train"]');
+  await expect(train).toHaveAttribute('data-state', 'fresh');
+  await expect(train.locator('rect')).toHaveAttribute('fill', '#dcfce7');
   await shot(page, testInfo, 'pipeline_run');
+
+  // a click on a step's box opens the notebook that step executed
+  await train.click();
+  await expect(page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab', { hasText: 'train.ipynb' })).toBeVisible({
+    timeout: 30_000
+  });
+});
+
+test('the pipeline DAG shows a failed step and the step it stopped', async ({ page }, testInfo) => {
+  needRoutes('pipeline', 'pipeline/export', 'pipeline/run');
+  notebook('broken.ipynb', [
+    ['xs = [1, 2]', ['step:load']],
+    ["raise ValueError('no model today')\nmodel = sum(xs)", ['step:train']],
+    ['score = model * 2', ['step:score']]
+  ]);
+  const panel = await openPanel(page, 'broken.ipynb', 'pipeline');
+  const pipeline = panel.getByTestId('mlops-pipeline');
+  await pipeline.getByTestId('mlops-pipeline-export').click();
+  const dag = pipeline.getByTestId('mlops-pipeline-dag');
+  await expect(dag.locator('g.step')).toHaveCount(3, { timeout: 60_000 });
+  await pipeline.getByTestId('mlops-pipeline-run').click();
+  await expect(pipeline.getByTestId('mlops-pipeline-log')).toContainText('last run failed', { timeout: 180_000 });
+  await expect(dag.locator('g.step[data-step="load"]')).toHaveAttribute('data-state', 'fresh');
+  await expect(dag.locator('g.step[data-step="train"]')).toHaveAttribute('data-state', 'failed');
+  await expect(dag.locator('g.step[data-step="train"] rect')).toHaveAttribute('fill', '#fee2e2');
+  await expect(dag.locator('g.step[data-step="score"]')).toHaveAttribute('data-state', 'never run');
+  await shot(page, testInfo, 'pipeline_failed');
 });
 
 test("a run's model becomes a serving package from its row", async ({ page }, testInfo) => {

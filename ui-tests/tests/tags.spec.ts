@@ -57,3 +57,38 @@ test('the tag editor writes pipeline tags and shows validation errors', async ({
     ['step:train', 'after:load', 'metrics']
   ]);
 });
+
+test('each cell shows a chip with its step and roles, updated when a tag changes', async ({ page }, testInfo) => {
+  notebook('chips.ipynb', [
+    ['import math', ['imports']],
+    ['x = 1', ['block:load']],
+    'y = x + 1', // untagged: joins the step above it
+    ['z = y * 2', ['step:train', 'metrics']],
+    'w = z'
+  ]);
+  const panel = await openPanel(page, 'chips.ipynb', 'tags');
+  const cells = page.locator('.jp-Notebook .jp-Cell');
+  const chips = (i: number) => cells.nth(i).getByTestId('mlops-cell-chips');
+  await expect(chips(0)).toHaveText('imports');
+  await expect(chips(0).locator('.mlops-chip-step')).toHaveCount(0);
+  await expect(chips(1).locator('.mlops-chip-step')).toHaveText('load');
+  await expect(chips(2).locator('.mlops-chip-step')).toHaveText('load');
+  await expect(chips(3).locator('.mlops-chip-step')).toHaveText('train');
+  await expect(chips(3).locator('.mlops-chip-role')).toHaveText('metrics');
+  await expect(chips(4).locator('.mlops-chip-step')).toHaveText('train');
+  // one colour per step
+  await expect(chips(1).locator('.mlops-chip-step')).toHaveClass(/mlops-step-0/);
+  await expect(chips(3).locator('.mlops-chip-step')).toHaveClass(/mlops-step-1/);
+  await shot(page, testInfo, 'cell_chips');
+
+  // a step tag set in the editor: that cell and the untagged one after it change step at once
+  await cells.nth(2).locator('.jp-InputPrompt').click();
+  const step = panel.getByTestId('mlops-tag-editor').getByTestId('mlops-tag-step');
+  await step.fill('prep');
+  await step.press('Enter');
+  await expect(chips(2).locator('.mlops-chip-step')).toHaveText('prep');
+  await expect(chips(2).locator('.mlops-chip-step')).toHaveClass(/mlops-step-1/);
+  await expect(chips(3).locator('.mlops-chip-step')).toHaveClass(/mlops-step-2/);
+  await expect(chips(1).locator('.mlops-chip-step')).toHaveText('load');
+  await shot(page, testInfo, 'cell_chips_changed');
+});

@@ -1,15 +1,24 @@
 import * as React from 'react';
 
 import { MlopsModel } from '../model';
-import { IGenerated, LIVE_REFRESH_MS } from '../tokens';
+import { IGenerated, IPipeline, LIVE_REFRESH_MS } from '../tokens';
 import { ErrorLine, Field, formatSize, hasCapability, JobLog, Unavailable, useAction, usePolled } from './common';
 
 /** Export the notebook as a pipeline, see each step's state, run it; generate a serving package. */
-export function PipelineView(props: { model: MlopsModel; serveRun: string; pipeline: boolean }): JSX.Element {
+export function PipelineView(props: {
+  model: MlopsModel;
+  serveRun: string;
+  pipeline: boolean;
+  onOpen: (path: string) => void;
+}): JSX.Element {
   const { model } = props;
   return (
     <div className="mlops-pipeline-view">
-      {props.pipeline ? <PipelineSection model={model} /> : <Unavailable capability="pipeline" what="Exporting a pipeline" />}
+      {props.pipeline ? (
+        <PipelineSection model={model} onOpen={props.onOpen} />
+      ) : (
+        <Unavailable capability="pipeline" what="Exporting a pipeline" />
+      )}
       {hasCapability(model.status, 'serving') ? (
         <ServingSection model={model} runId={props.serveRun} />
       ) : (
@@ -33,7 +42,23 @@ function useOutFolder(model: MlopsModel, suffix: string) {
   return { out, setOut, folder, setFolder, commit };
 }
 
-function PipelineSection(props: { model: MlopsModel }): JSX.Element {
+/**
+ * The step DAG the server draws (pipeline.svg: our own markup, its text escaped), coloured by state and redrawn
+ * while a run goes; a click on a step that has run opens its executed notebook.
+ */
+function PipelineDag(props: { svg: string; steps: IPipeline['steps']; onOpen: (path: string) => void }): JSX.Element {
+  const { steps, onOpen } = props;
+  const onClick = (event: React.MouseEvent) => {
+    const box = (event.target as Element).closest('g.step');
+    const step = steps.find(s => s.name === box?.getAttribute('data-step'));
+    if (step?.notebook) {
+      onOpen(step.notebook);
+    }
+  };
+  return <div className="mlops-dag" data-testid="mlops-pipeline-dag" onClick={onClick} dangerouslySetInnerHTML={{ __html: props.svg }} />;
+}
+
+function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => void }): JSX.Element {
   const { model } = props;
   const { out, setOut, folder, commit } = useOutFolder(model, 'pipeline');
   const { busy, failure, run } = useAction();
@@ -94,12 +119,24 @@ function PipelineSection(props: { model: MlopsModel }): JSX.Element {
         </button>
       </div>
       <ErrorLine error={failure ?? error} testid="mlops-pipeline-error" />
+      {data?.picture && <PipelineDag svg={data.picture} steps={data.steps} onOpen={props.onOpen} />}
       {data && data.steps.length > 0 && (
         <ol className="mlops-steps" data-testid="mlops-pipeline-steps">
           {data.steps.map(step => (
             <li key={step.name} className="mlops-step" data-state={step.state}>
               <span className={`mlops-step-state mlops-step-${step.state}`}>{step.state}</span>
-              <span className="mlops-step-name">{step.name}</span>
+              {step.notebook ? (
+                <button
+                  type="button"
+                  className="mlops-link-button mlops-step-name"
+                  title={`open ${step.notebook}`}
+                  onClick={() => props.onOpen(step.notebook!)}
+                >
+                  {step.name}
+                </button>
+              ) : (
+                <span className="mlops-step-name">{step.name}</span>
+              )}
               {step.reason && step.state !== 'never' && <span className="mlops-muted mlops-step-reason">{step.reason}</span>}
             </li>
           ))}
