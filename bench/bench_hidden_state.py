@@ -6,10 +6,10 @@ anyway. The dependency check runs in a thread while the cell runs, off its path.
 from __future__ import annotations
 
 import ast
-import json
 import statistics
 import time
 
+from mlops_jupyter.tracking.journal import RawJSON, dumps
 from mlops_jupyter.tracking.order import History
 
 CELL = ("from sklearn.ensemble import RandomForestClassifier\nn_estimators = 100\nmax_depth = 4\n"
@@ -36,7 +36,7 @@ def main() -> None:
 
     def record():
         history.note(next(count), "cell-7", CELL)
-        json.dumps(history.order())
+        dumps({"op": "start", "execution_order": RawJSON(history.order_json())})  # as the cell's record has it
 
     cost, anchor = per_call(record), per_call(lambda: ast.parse(CELL))
     print(f"recording the execution order: {cost * 1e3:.3f} ms per tracked cell (goal < 0.2 ms): "

@@ -190,6 +190,9 @@ def _restore(p, door):
 def _reproduce(p, door):
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--project", metavar="DIR", help="the project whose store holds the run")
+    p.add_argument("--clean", action="store_true",
+                   help="replay the notebook top to bottom in a fresh kernel, not the kernel's own history (what "
+                        "reproduce always does; named for scripts that want to say so)")
 
 
 @verb("sweep", "this cell as a hyperparameter sweep on Ray Tune, one child run per trial", doors=(MAGIC.name,),

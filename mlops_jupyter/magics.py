@@ -5,6 +5,7 @@ the hint each typed error gets here."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -43,18 +44,13 @@ def _split(line: str) -> list[str]:
         raise UsageError(f"%mlops: {exc}") from None
 
 
-def _run_header(raw: str):
-    """For a ``%%mlops run ...`` cell: (options, body, magic line); None for any other cell.
-    Raises UsageError for a run line with bad arguments."""
-    text = raw.lstrip("\n")
-    if not text.startswith("%%mlops"):
-        return None
-    first, _, body = text.partition("\n")
+def _run_options(first: str) -> RunOptions | None:
+    """The options of a ``%%mlops run ...`` line; None for any other magic line. Raises UsageError for a run
+    line with bad arguments."""
     words = _split(first[len("%%mlops"):])
     if not words or words[0] != "run" or "-h" in words or "--help" in words:
         return None
-    ns = _parse(words)
-    return _options(ns), body, first
+    return _options(_parse(words))
 
 
 def _options(ns) -> RunOptions:
@@ -90,17 +86,26 @@ class MlopsMagics(Magics):
         super().__init__(shell)
         self.tracker = tracker
         self._nested = False
-        self._header_cache = (None, None)
+        self._run_lines: dict = {}  # %%mlops line -> its RunOptions (None: not a valid run line)
 
     # ---- the hooks that make ``%%mlops run`` and autotrack work ----------------------------
     def _header(self, raw: str):
-        if self._header_cache[0] != raw:
+        """For a ``%%mlops run ...`` cell: (options, body, magic line); None for any other cell, and for a run
+        line with bad arguments (left to the cell magic, which reports it). Each line is parsed once: the hooks
+        and the input transformer ask for every cell."""
+        text = raw.lstrip("\n")
+        if not text.startswith("%%mlops"):
+            return None
+        first, _, body = text.partition("\n")
+        if first not in self._run_lines:
+            if len(self._run_lines) > 256:
+                self._run_lines.clear()
             try:
-                parsed = _run_header(raw)
+                self._run_lines[first] = _run_options(first)
             except UsageError:
-                parsed = None  # left to the cell magic, which reports it
-            self._header_cache = (raw, parsed)
-        return self._header_cache[1]
+                self._run_lines[first] = None
+        opts = self._run_lines[first]
+        return None if opts is None else (dataclasses.replace(opts), body, first)
 
     def strip_run_header(self, lines: list[str]) -> list[str]:
         """Input transformer: a valid ``%%mlops run`` cell executes as its plain body, so its

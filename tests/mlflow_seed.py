@@ -27,7 +27,7 @@ def write_notebook(path: Path) -> Path:
 
 def seed_runs(root: Path, notebook: Path, runs: list[dict]) -> list[str]:
     """Create finished runs tagged with ``notebook``'s absolute path; each dict gives
-    name, start (ms), params, metrics and optionally status. Returns the run ids in order."""
+    name, start (ms), params, metrics and optionally status and tags. Returns the run ids in order."""
     from mlflow import MlflowClient
 
     state = root / ".mlops"
@@ -43,6 +43,7 @@ def seed_runs(root: Path, notebook: Path, runs: list[dict]) -> list[str]:
             "mlops.record": f"rec-{spec['name']}",
             "mlops.cell_id": f"cell-{i}",
             "mlops.execution_count": str(i),
+            **spec.get("tags", {}),
         })
         for key, value in spec.get("params", {}).items():
             client.log_param(run.info.run_id, key, value)

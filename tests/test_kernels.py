@@ -22,10 +22,19 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
         reply, _ = k.run("%load_ext mlops_jupyter\n%mlops init")
         assert reply["status"] == "ok"
         assert k.run("lr = 0.05\nepochs = 3", cell_id=params_id)[0]["status"] == "ok"
+        # the summary line comes after everything the cell printed (its streams are flushed ahead of it), once
+        reply, msgs = k.run("%%mlops run\nimport sys\nprint('first')\nprint('epoch ' * 2000, file=sys.stderr)\n"
+                            "print('last')")
+        kinds = [(m["msg_type"], m["content"].get("name") or "mlops-run-line" in str(m["content"].get("data")))
+                 for m in msgs if m["msg_type"] in ("stream", "display_data")]
+        assert kinds[-1] == ("display_data", True) and kinds.count(("display_data", True)) == 1, kinds
+        assert "last" in "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
         reply, msgs = k.run("%%mlops run --metrics acc\nimport matplotlib.pyplot as plt\n"
                             "plt.plot([1, 2, 3])\nacc = 0.91\nprint('fit')", cell_id="cell-fit")
         assert reply["status"] == "ok"
-        (run,) = finished_runs(project, 1)
+        (line,) = [m for m in msgs if m["msg_type"] == "display_data" and "mlops-run-line" in str(m["content"]["data"])]
+        line_id = line["content"]["transient"]["display_id"]
+        (run,) = [r for r in finished_runs(project, 2) if r.data.tags.get("mlops.cell_id") == "cell-fit"]
         later = []  # the line is completed in place when the recorder has written the run
         wait_for(lambda: later.extend(k.drain_iopub(0.5)) or run.info.run_id[:8] in text_of(msgs + later),
                  timeout=60, what="the summary line to show the run id")
@@ -37,6 +46,9 @@ def test_lab_session_records_notebook_cell_parameters_and_figure(project):
     assert run.data.metrics == {"acc": pytest.approx(0.91)}
     assert any(p.endswith(".png") for p in artifacts(project, run.info.run_id, "cell/outputs"))
     # one summary line under the cell, completed in place once the recorder has written the run
+    updates = [m["content"]["data"]["text/plain"] for m in later if m["msg_type"] == "update_display_data"
+               and m["content"]["transient"]["display_id"] == line_id]
+    assert updates and f"run {run.info.run_id[:8]} FINISHED" in updates[-1]
     shown = text_of(msgs + later)
     assert f"mlops: run {run.info.run_id[:8]} FINISHED · acc=0.91" in shown
     html = [m["content"]["data"]["text/html"] for m in msgs + later if "mlops-run-line" in

@@ -21,6 +21,15 @@ def mlops(root, *args):
                           text=True, timeout=600)
 
 
+def runs_listing(root, run_id):
+    """The run as the sidebar's listing gives it (GET runs' rows)."""
+    from mlops_jupyter.config import resolve
+    from mlops_jupyter.tracking.query import list_runs
+
+    rows = list_runs(resolve(root))
+    return next((r for r in rows if r["run_id"] == run_id), {})
+
+
 def test_reproduce_a_seeded_run_gives_the_same_metric(project):
     from sklearn.datasets import load_iris
 
@@ -51,6 +60,10 @@ def test_reproduce_a_seeded_run_gives_the_same_metric(project):
     assert new.data.metrics["accuracy"] == pytest.approx(run.data.metrics["accuracy"], abs=0)
     assert new.data.params["n_estimators"] == "7"
     assert not git(project, "worktree", "list").strip().count("\n")  # the scratch worktree is gone
+    # the original run carries the verdict (the sidebar's "replayed" badge), and the listing shows it
+    replayed = wait_for(lambda: runs_listing(project, run.info.run_id).get("replayed"), timeout=60,
+                        what="the replayed tag")
+    assert replayed == f"match · replayed by run {new.info.run_id}"
 
 
 def test_reproduce_a_run_without_a_notebook_is_a_clear_error(ip, project):
@@ -81,11 +94,14 @@ def test_reproduce_of_an_out_of_order_run_says_where_the_difference_comes_from(p
         k.run("get_ipython()._mlops_magics.tracker.flush(60)", timeout=90)
     (run,) = finished_runs(project, 1)
     assert run.data.metrics["y"] == 11 and "run out of order: [3]" in run.data.tags["mlops.hidden_state"]
-    out = mlops(project, "reproduce", run.info.run_id[:8])
+    out = mlops(project, "reproduce", run.info.run_id[:8], "--clean")
     assert out.returncode == 1, out.stdout + out.stderr  # in order, y = 2
     assert "verdict: differ" in out.stdout
     assert "depends on a cell below it, run out of order: [3]" in out.stdout
     assert "cell/execution_order.json" in out.stdout and "the difference comes from there" in out.stdout
+    row = wait_for(lambda: (lambda r: r if r.get("replayed") else None)(runs_listing(project, run.info.run_id)),
+                   timeout=60, what="the replayed tag")
+    assert row["replayed"].startswith("differ: y by 9") and "run out of order: [3]" in row["hidden_state"]
 
 
 def test_reproduce_a_run_whose_data_came_from_another_project(project):

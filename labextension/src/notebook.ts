@@ -97,7 +97,7 @@ function setBadge(cell: Cell, run: IRun | null, onClick: (run: IRun) => void): v
   }
   const metric = mainMetric(run.metrics, metricsOrder(cell.model.sharedModel.getSource()));
   const [status, value] = Array.from(badge.children) as HTMLElement[];
-  const shown = `${run.run_id} ${run.status} ${metric ? metric[0] : ''}`;
+  const shown = `${run.run_id} ${run.status} ${metric ? metric[0] : ''} ${run.hidden_state ?? ''} ${run.replayed ?? ''}`;
   if (badge.dataset.shown === shown) {
     return; // unchanged since the last poll: no DOM writes
   }
@@ -106,9 +106,16 @@ function setBadge(cell: Cell, run: IRun | null, onClick: (run: IRun) => void): v
   status.textContent = run.status;
   value.className = 'mlops-cell-badge-metric';
   value.textContent = metric ? `${metric[0]}=${formatValue(metric[1])}` : '';
+  // a run that read hidden state says so on its cell, as its summary line did
+  value.textContent += run.hidden_state ? ' ⚠' : '';
   badge.dataset.runId = run.run_id;
   badge.dataset.status = run.status;
-  badge.title = `mlops: latest run ${run.run_name ?? ''} (${run.run_id.slice(0, 8)}) ${run.status}: show it in the MLOps sidebar`;
+  badge.dataset.hiddenState = run.hidden_state ? 'true' : 'false';
+  badge.title =
+    `mlops: latest run ${run.run_name ?? ''} (${run.run_id.slice(0, 8)}) ${run.status}` +
+    (run.hidden_state ? `; it ${run.hidden_state}` : '') +
+    (run.replayed ? `; replayed: ${run.replayed}` : '') +
+    ': show it in the MLOps sidebar';
   badge.onclick = (event: MouseEvent) => {
     event.stopPropagation();
     onClick(run);

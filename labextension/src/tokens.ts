@@ -24,6 +24,10 @@ export interface IRun {
   params: Record<string, string>;
   metrics: Record<string, number>;
   kind?: null | 'sweep' | 'pipeline';
+  /** What the run's summary line said about cells it read that changed since they ran or ran out of order. */
+  hidden_state?: string | null;
+  /** The last clean replay's verdict (`mlops reproduce`): "match · replayed by run ..." or "differ: ...". */
+  replayed?: string | null;
   ui_url?: string | null;
 }
 

@@ -19,6 +19,9 @@ class Line:
     def __repr__(self):
         return self.text
 
+    def bundle(self) -> dict:
+        return {"text/plain": self.text, "text/html": self._repr_html_()}
+
     def _repr_html_(self):
         color = "#b45309" if self.warn else "#4b5563"
         body = html.escape(self.text)

@@ -51,8 +51,17 @@ def try_lock(path: Path):
     return fh
 
 
+class RawJSON(str):
+    """A value already encoded as JSON: written into the record as it is (a tracked cell's execution order,
+    kept encoded as it grows, is not encoded again per cell)."""
+
+
 def dumps(op: dict) -> str:
-    return json.dumps(op, separators=(",", ":"), default=str)
+    raw = [(k, v) for k, v in op.items() if type(v) is RawJSON]
+    if not raw:
+        return json.dumps(op, separators=(",", ":"), default=str)
+    text = json.dumps({k: v for k, v in op.items() if type(v) is not RawJSON}, separators=(",", ":"), default=str)
+    return text[:-1] + ("," if len(text) > 2 else "") + ",".join(f"{json.dumps(k)}:{v}" for k, v in raw) + "}"
 
 
 class JournalWriter:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
+import json
 from dataclasses import dataclass
 
 KEEP = 200  # executions a run records: a long session keeps its latest ones
@@ -34,16 +35,23 @@ def source_hash(source: str) -> str:
 class History:
     def __init__(self):
         self.cells: list[Executed] = []
+        self._encoded: list[str] = []  # each execution as JSON, made once: a run records the latest KEEP
         self._names: dict[str, tuple[set, set]] = {}  # source hash -> (names bound, names used)
 
     def note(self, count: int | None, cell_id: str | None, source: str) -> None:
-        self.cells.append(Executed(count, cell_id, source, source_hash(source)))
+        cell = Executed(count, cell_id, source, source_hash(source))
+        self.cells.append(cell)
+        self._encoded.append(json.dumps({"count": count, "cell_id": cell_id, "hash": cell.hash}))
         if len(self.cells) > 2 * KEEP:
-            del self.cells[:-KEEP]
+            del self.cells[:-KEEP], self._encoded[:-KEEP]
 
     def order(self) -> list[dict]:
         """The executions so far, oldest first (the tracked cell's own last): what its run records."""
-        return [{"count": c.count, "cell_id": c.cell_id, "hash": c.hash} for c in self.cells[-KEEP:]]
+        return json.loads(self.order_json())
+
+    def order_json(self) -> str:
+        """``order()`` as JSON text, without encoding the executions again (microseconds for KEEP of them)."""
+        return "[" + ",".join(self._encoded[-KEEP:]) + "]"
 
     def names(self, cell: Executed, to_python) -> tuple[set, set]:
         if cell.hash not in self._names:

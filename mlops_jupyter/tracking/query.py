@@ -21,7 +21,7 @@ def _client(settings: Settings):
 
 
 # the tags a run's summary shows; a listing reads only these
-SUMMARY_TAGS = (T.NOTEBOOK, T.CELL_ID, T.CELL_KEY, T.EXECUTION_COUNT, T.KIND)
+SUMMARY_TAGS = (T.NOTEBOOK, T.CELL_ID, T.CELL_KEY, T.EXECUTION_COUNT, T.KIND, T.HIDDEN_STATE, T.REPLAYED)
 
 
 def _row(run) -> RunRow:
@@ -47,6 +47,8 @@ def _summary(run: RunRow, settings: Settings | None = None) -> dict:
         "params": dict(run.params),
         "metrics": dict(run.metrics),
         "kind": tags.get(T.KIND),
+        "hidden_state": tags.get(T.HIDDEN_STATE),
+        "replayed": tags.get(T.REPLAYED),
         "ui_url": settings.run_url(run.experiment_id, run.run_id) if settings else None,
     }
 

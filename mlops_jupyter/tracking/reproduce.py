@@ -131,10 +131,10 @@ def reproduce(settings: Settings, run_id: str, timeout: float = 1800) -> Reprodu
             raise MlopsError(f"{exc}{' ' + hidden if hidden else ''}") from None
         result.notebook = str(out_nb)
         new = _new_run(settings, token, worktree)
-        _keep_executed(settings, new.info.run_id, out_nb)
         result.new = new.info.run_id
         result.metrics = {k: (v, new.data.metrics.get(k)) for k, v in sorted(run.data.metrics.items())}
         result.verdict = verdict(result.metrics)
+        _record(settings, rid, result.new, out_nb, result.verdict)
         if hidden and result.verdict != "match":
             result.notes.append(hidden)
     finally:
@@ -376,10 +376,12 @@ def _new_run(settings: Settings, token: str, worktree: Path):
                      "(%%mlops run)?")
 
 
-def _keep_executed(settings: Settings, run_id: str, executed: Path) -> None:
-    """The executed copy of the notebook, as an artifact of the reproduction's run (through the journal)."""
+def _record(settings: Settings, original: str, new: str, executed: Path, said: str) -> None:
+    """Through the journal: the executed copy of the notebook, as an artifact of the reproduction's run, and
+    the verdict on the original run (the sidebar's replayed badge)."""
     from .records import Recording
 
     rec = Recording(settings)
-    rec.files(None, [(executed, "reproduction")], run_id=run_id)
+    rec.files(None, [(executed, "reproduction")], run_id=new)
+    rec.log(run_id=original, tags={T.REPLAYED: f"{said} · replayed by run {new}"})
     rec.close(timeout=60)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import getpass
 import hashlib
+import itertools
 import os
 import queue
 import sys
@@ -60,26 +62,34 @@ class CellRecord:
     run_id: str | None = None
     experiment_id: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
-    line: object = None  # the display handle of the cell's summary line
+    line: str | None = None  # the display id of the cell's summary line, once shown
     summary: str = ""
     source: str = ""
     models: list = field(default_factory=list)  # (name, staged folder) of models to log in the run
     done: threading.Event = field(default_factory=threading.Event)  # the recorder has written the whole run
     hidden: list = field(default_factory=list)  # hidden-state warnings: cells it reads that changed or ran out of order
     checked: threading.Event = field(default_factory=threading.Event)  # the checker has worked them out
+    to_check: list | None = None  # the executions behind it, until the checker (or the cell's end) takes them
 
 
 class _Tee:
-    """Write-through wrapper of sys.stdout/sys.stderr that keeps a copy for the run."""
+    """Write-through wrapper of sys.stdout/sys.stderr that keeps a copy for the run. ``write`` is a closure,
+    not a method: a cell that prints 200 lines calls it some 1,600 times."""
+
+    __slots__ = ("write", "_stream")
 
     def __init__(self, stream, sink: list):
-        self._stream, self._sink, self._size = stream, sink, 0
+        self._stream = stream
+        stream_write, keep, size = stream.write, sink.append, 0
 
-    def write(self, text):
-        if self._size < MAX_STREAM_CHARS and isinstance(text, str):
-            self._sink.append(text[: MAX_STREAM_CHARS - self._size])
-            self._size += len(text)
-        return self._stream.write(text)
+        def write(text):
+            nonlocal size
+            if size < MAX_STREAM_CHARS and isinstance(text, str):
+                keep(text if size + len(text) <= MAX_STREAM_CHARS else text[: MAX_STREAM_CHARS - size])
+                size += len(text)
+            return stream_write(text)
+
+        self.write = write
 
     def writelines(self, lines):
         for line in lines:
@@ -123,6 +133,8 @@ class Tracker:
         self._rescanning: threading.Thread | None = None
         self._rescan_wanted = threading.Event()
         self.history = order.History()  # every cell this kernel executed, for the hidden-state check
+        # record keys: unique in the project (a random prefix per kernel) without drawing randomness per cell
+        self._key_prefix, self._key_seq = uuid.uuid4().hex[:16], itertools.count()
         self._to_check: queue.SimpleQueue = queue.SimpleQueue()
         self._checker: threading.Thread | None = None
         for count, raw in enumerate(shell.user_ns.get("In", [])[1:], 1):  # those run before %load_ext
@@ -146,7 +158,7 @@ class Tracker:
         config.ensure_state_dir(settings.project_root)
         self.run_tags = config.run_tags()
         if self.link is None:  # before anything is marked configured: it is what can fail here
-            self.link = RecorderLink(settings.state_dir, self._on_event)
+            self.link = RecorderLink(settings.state_dir, self._on_event, nice=True)
             atexit.register(self.close)
         self.settings = settings
         self.experiment = settings.experiment or (Path(nb).stem if nb else settings.project_root.name)
@@ -199,16 +211,24 @@ class Tracker:
 
     def _check_hidden_state(self) -> None:
         """One long-lived thread: works out each tracked cell's hidden-state warnings while the cell runs."""
+        while True:
+            self._hidden_state_of(self._to_check.get())
+
+    def _hidden_state_of(self, rec: CellRecord) -> None:
+        """Whoever comes first does the check: the thread during a long cell, the cell's end when it was quick
+        (no waiting for a thread switch)."""
         from .capture import to_python
 
-        while True:
-            rec, cells = self._to_check.get()
-            try:
-                rec.hidden = order.warnings(self.history.dependencies(cells, to_python), cells[-1],
-                                            self.notebook.saved_cells())
-            except Exception:  # noqa: BLE001 - a check that cannot run says nothing rather than break the cell
-                rec.hidden = []
-            rec.checked.set()
+        with self._mutex:
+            cells, rec.to_check = rec.to_check, None
+        if cells is None:
+            return  # taken by the other side
+        try:
+            rec.hidden = order.warnings(self.history.dependencies(cells, to_python), cells[-1],
+                                        self.notebook.saved_cells())
+        except Exception:  # noqa: BLE001 - a check that cannot run says nothing rather than break the cell
+            rec.hidden = []
+        rec.checked.set()
 
     # ---- a tracked cell --------------------------------------------------------------------
     def begin(self, source: str, opts: RunOptions, cell_id: str | None = None, magic: str | None = None,
@@ -218,7 +238,7 @@ class Tracker:
             self.configure()
         nb = self.notebook_path()
         count = self.shell.execution_count if count is None else count
-        key = uuid.uuid4().hex
+        key = self._new_key()
         rec = CellRecord(key=key, opts=opts, started=time.time(), source=source)
         cell_key = f"name:{opts.name}" if opts.name else cell_id or "source:" + hashlib.sha1(source.encode()).hexdigest()[:12]
         stem = Path(nb).stem if nb else "notebook"
@@ -230,13 +250,14 @@ class Tracker:
             "tags": {**self.run_tags, **opts.tags},
             "metric_names": opts.metrics,
             "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
-            "snapshots": self._snapshots_now(), "execution_order": self.history.order(),
+            "snapshots": self._snapshots_now(), "execution_order": J.RawJSON(self.history.order_json()),
         })
         if self.history.cells:
             if self._checker is None:
                 self._checker = threading.Thread(target=self._check_hidden_state, daemon=True, name="mlops-hidden-state")
                 self._checker.start()
-            self._to_check.put((rec, self.history.cells[:]))
+            rec.to_check = self.history.cells[:]
+            self._to_check.put(rec)
         else:
             rec.checked.set()
         with self._mutex:
@@ -248,6 +269,9 @@ class Tracker:
         if "mlflow" in sys.modules or "mlflow" in source:
             self._push_pending(rec, source)
         return rec
+
+    def _new_key(self) -> str:
+        return f"{self._key_prefix}{next(self._key_seq):016x}"
 
     def _snapshots_now(self) -> list[dict]:
         """The snapshots the project holds as this cell starts, from a cache kept fresh off the cell's
@@ -320,7 +344,7 @@ class Tracker:
         artifact paths to text content (a traceback, a log)."""
         now = int(time.time() * 1000)
         self._send({
-            "op": "child", "key": uuid.uuid4().hex, "parent": parent.key, **self._store_fields(),
+            "op": "child", "key": self._new_key(), "parent": parent.key, **self._store_fields(),
             "run_name": name, "t": start_ms or now, "end_t": end_ms or now, "status": status,
             "params": {k: str(v) for k, v in params.items()}, "metrics": {k: float(v) for k, v in metrics.items()},
             "tags": {k: str(v) for k, v in (tags or {}).items()}, "texts": texts or {},
@@ -394,6 +418,7 @@ class Tracker:
         if status == "FINISHED":
             for name in rec.opts.models:
                 problems += self._stage_named_model(rec, name)
+        self._hidden_state_of(rec)
         rec.checked.wait(1.0)
         rec.summary = display.summary(status, metrics, problems + rec.hidden)
         if result is not None:
@@ -474,12 +499,14 @@ class Tracker:
     def _show(self, rec: CellRecord, first: bool = False, counts: dict | None = None) -> None:
         self._local.showing = True
         try:
-            if first:
-                from IPython.display import display
+            # the bundle as it is, past IPython's formatters (a dozen lookups per display), under our own id
+            from IPython.core.display_functions import publish_display_data
 
-                rec.line = display(self._line(rec), display_id=True)
+            if first:
+                _publish_after_output(self.shell, self._line(rec).bundle(), rec.key)
+                rec.line = rec.key
             elif rec.line is not None:
-                rec.line.update(self._line(rec, counts))
+                publish_display_data(self._line(rec, counts).bundle(), transient={"display_id": rec.line}, update=True)
         except Exception:  # noqa: BLE001 - a display problem must never break the cell
             pass
         finally:
@@ -555,6 +582,36 @@ class Tracker:
             self._pending = None
 
 
+def _publish_after_output(shell, bundle: dict, display_id: str) -> None:
+    """Show ``bundle`` below what the cell printed, without waiting on the kernel's IO thread. ipykernel's
+    display flushes stdout and stderr first and waits for its IO thread twice (about 1 ms, a tracked cell's
+    largest cost); here one task on that thread flushes both and then queues the message, which keeps the
+    order. ipykernel's private names stay in this one function (tests/test_kernels.py holds the order);
+    anything else (a terminal, another kernel) takes IPython's public path."""
+    from IPython.core.display_functions import publish_display_data
+
+    pub, streams = getattr(shell, "display_pub", None), (sys.stdout, sys.stderr)
+    thread = getattr(sys.stdout, "pub_thread", None)
+    if (thread is None or not hasattr(thread, "schedule") or not hasattr(pub, "pub_socket")
+            or not all(getattr(s, "pub_thread", None) is thread and hasattr(s, "_flush") for s in streams)):
+        publish_display_data(bundle, transient={"display_id": display_id})
+        return
+    msg = pub.session.msg("display_data", {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}},
+                          parent=pub.parent_header)
+    for hook in getattr(pub, "_hooks", ()):  # an output capture (ipywidgets' Output) takes it, as in display()
+        msg = hook(msg)
+        if msg is None:
+            return
+
+    def flush_then_send():  # on the IO thread: the streams' sends are queued first, then the line's
+        for stream in streams:
+            stream._flush()
+        pub.session.send(pub.pub_socket, msg, ident=pub.topic)
+
+    thread.schedule(flush_then_send)
+
+
+@functools.cache
 def _user() -> str:
     try:
         return getpass.getuser()

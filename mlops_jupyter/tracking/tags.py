@@ -6,6 +6,7 @@ CELL_KEY = "mlops.cell_key"
 EXECUTION_COUNT = "mlops.execution_count"
 SOURCE_HASH = "mlops.source_hash"
 HIDDEN_STATE = "mlops.hidden_state"  # what the summary line said about out-of-order or changed cells it read
+REPLAYED = "mlops.replayed"  # on a run reproduce replayed: its verdict ("match" / "differ: ...") and the new run
 KERNEL = "mlops.kernel"
 RECORD = "mlops.record"  # our journal key: makes replays idempotent
 GIT_COMMIT = "mlops.git.commit"

@@ -39,9 +39,26 @@ test("the sidebar lists the notebook's runs", async ({ page, request }, testInfo
   );
 
   // a run finished while the panel is open shows up with the next poll (every 3 s), in its cell's group
-  seedRuns('demo.ipynb', [{ name: 'live', start: 1_700_000_120_000, metrics: { acc: 0.95 } }]);
+  // it read hidden state, and its clean replay differed: both show on its row
+  seedRuns('demo.ipynb', [
+    {
+      name: 'live',
+      start: 1_700_000_120_000,
+      metrics: { acc: 0.95 },
+      tags: {
+        'mlops.hidden_state': 'depends on a cell below it, run out of order: [3]',
+        'mlops.replayed': 'differ: acc by 0.1 (10.53%) · replayed by run 0123abcd'
+      }
+    }
+  ]);
   await expect(rows).toHaveCount(3, { timeout: 15_000 });
   await expect(rows.nth(0)).toContainText('live');
+  await expect(rows.nth(0).getByTestId('mlops-hidden-state')).toHaveAttribute(
+    'title',
+    'This run depends on a cell below it, run out of order: [3]'
+  );
+  await expect(rows.nth(0).getByTestId('mlops-replayed')).toHaveText('replayed ✗');
+  await expect(rows.nth(1).getByTestId('mlops-hidden-state')).toHaveCount(0);
   await expect(
     panel.locator('.mlops-cell-group').first().locator('.mlops-run-row')
   ).toHaveCount(2);

@@ -236,6 +236,7 @@ const RunRow = React.memo(function RunRow(props: IRunRowProps): JSX.Element {
             {name}
           </button>
           {run.kind && <span className="mlops-kind">{run.kind}</span>}
+          <StateChips run={run} />
           <span className="mlops-run-time" title={formatTime(run.start_time)}>
             {formatShortTime(run.start_time)}
           </span>
@@ -274,3 +275,29 @@ const RunRow = React.memo(function RunRow(props: IRunRowProps): JSX.Element {
     </li>
   );
 });
+
+/** Hidden state the run read, and its last clean replay's verdict: what makes a result hard to reproduce. */
+function StateChips({ run }: { run: IRun }): JSX.Element | null {
+  if (!run.hidden_state && !run.replayed) {
+    return null;
+  }
+  const match = run.replayed?.startsWith('match');
+  return (
+    <>
+      {run.hidden_state && (
+        <span className="mlops-run-chip mlops-hidden-state" data-testid="mlops-hidden-state" title={`This run ${run.hidden_state}`}>
+          ⚠ hidden state
+        </span>
+      )}
+      {run.replayed && (
+        <span
+          className={`mlops-run-chip mlops-replayed${match ? '' : ' mlops-replayed-differ'}`}
+          data-testid="mlops-replayed"
+          title={`mlops reproduce (a fresh kernel, the notebook top to bottom): ${run.replayed}`}
+        >
+          {match ? 'replayed ✓' : 'replayed ✗'}
+        </span>
+      )}
+    </>
+  );
+}
