@@ -158,7 +158,7 @@ class Tracker:
         config.ensure_state_dir(settings.project_root)
         self.run_tags = config.run_tags()
         if self.link is None:  # before anything is marked configured: it is what can fail here
-            self.link = RecorderLink(settings.state_dir, self._on_event, nice=True)
+            self.link = RecorderLink(settings.state_dir, self._on_event)
             atexit.register(self.close)
         self.settings = settings
         self.experiment = settings.experiment or (Path(nb).stem if nb else settings.project_root.name)
