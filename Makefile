@@ -11,10 +11,10 @@ UI := ui-tests
 UI_STAMP := $(UI)/node_modules/.installed
 DEMO_OUT := .mlops/demo
 
-.PHONY: demo test ui-test bench clean system-deps
+.PHONY: demo test ui-test lab-check bench clean system-deps
 
 # the labextension's sources too: the wheel's copy of the built extension is what JupyterLab (and ui-tests) load
-LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*.tsx labextension/style/*.css)
+LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*.tsx labextension/style/*.css labextension/schema/*.json)
 
 $(STAMP): pyproject.toml labextension/package.json $(LAB_SOURCES)
 	@$(MAKE) --no-print-directory system-deps
@@ -45,8 +45,14 @@ system-deps:
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory system-deps
+	@$(MAKE) --no-print-directory lab-check
 	$(BIN)/python -m pytest --durations=15
 	@$(MAKE) --no-print-directory ui-test
+
+# the labextension's own checks, seconds: prettier + eslint, and jest unit tests (tags, the runs poll's row keeping);
+# its node modules came with the package's install (the build installs them)
+lab-check: $(STAMP)
+	cd labextension && ../$(BIN)/jlpm lint && ../$(BIN)/jlpm test
 
 # galata + Playwright for the browser tests; they drive Debian's chromium (system-deps), no browser download
 $(UI_STAMP): $(UI)/package.json $(UI)/yarn.lock | $(STAMP)

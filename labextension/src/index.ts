@@ -1,5 +1,6 @@
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { mlopsIcon } from './icon';
 import { MlopsModel } from './model';
@@ -13,8 +14,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'MLOps sidebar: runs by cell, compare, pipeline tags, data, sweeps, pipelines, serving.',
   autoStart: true,
   requires: [INotebookTracker],
-  activate: (app: JupyterFrontEnd, tracker: INotebookTracker) => {
+  optional: [ISettingRegistry],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, registry: ISettingRegistry | null) => {
     const model = new MlopsModel(tracker);
+    if (registry) {
+      // Settings > MLOps: the refresh intervals, applied as they are edited
+      void registry.load(PLUGIN_ID).then(
+        settings => {
+          const apply = () => {
+            model.intervals = {
+              idle: settings.get('refreshInterval').composite as number,
+              live: settings.get('liveRefreshInterval').composite as number
+            };
+          };
+          settings.changed.connect(apply);
+          apply();
+        },
+        (reason: unknown) => console.warn('mlops-jupyter: settings not loaded, default refresh intervals', reason)
+      );
+    }
     const panel = new MlopsSidebar(app, tracker, model);
     panel.id = SIDEBAR_ID;
     panel.title.icon = mlopsIcon;

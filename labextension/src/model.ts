@@ -1,7 +1,10 @@
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { postAPI, requestAPI, requestReply } from './request';
+import { pollFrequency } from './poll';
+import { keepUnchanged } from './rows';
 import {
   ICompare,
   IGenerated,
@@ -19,6 +22,12 @@ import {
   REFRESH_MS
 } from './tokens';
 
+/** How often to re-read the store (ms): while nothing runs, and while something does (Settings > MLOps). */
+export interface IIntervals {
+  idle: number;
+  live: number;
+}
+
 /** What the runs list shows for the current notebook. */
 export interface IRunsState {
   path: string | null;
@@ -32,9 +41,26 @@ export interface IRunsState {
  */
 export class MlopsModel {
   constructor(private readonly tracker: INotebookTracker) {
+    // backs off while the server fails, stands by while the page is hidden, ticks again when it shows
+    this.poll = new Poll({
+      factory: () => this.tick(),
+      frequency: pollFrequency(REFRESH_MS),
+      name: 'mlops-jupyter:runs',
+      standby: 'when-hidden'
+    });
     tracker.currentChanged.connect(this.onCurrentChanged, this);
     document.addEventListener('visibilitychange', this.onVisibility);
     this.onCurrentChanged();
+  }
+
+  /** The refresh intervals, from the settings; a change applies from the next read. */
+  get intervals(): IIntervals {
+    return this._intervals;
+  }
+
+  set intervals(value: IIntervals) {
+    this._intervals = { ...value };
+    void this.poll.refresh();
   }
 
   /** Emitted when the runs, the status or the current notebook changed. */
@@ -63,9 +89,6 @@ export class MlopsModel {
     return this.tracker.currentWidget;
   }
 
-  /** Timings of the last forced refresh, for the speed test: fetch, then until rows are in the DOM. */
-  readonly timing = { started: 0, fetchMs: 0 };
-
   /** Re-read the runs; `force` skips the ETag (a user's click, the speed test). */
   async refresh(force = false): Promise<void> {
     const path = this.path;
@@ -78,18 +101,9 @@ export class MlopsModel {
       return;
     }
     this.inFlight = path;
-    const started = performance.now();
     try {
       const etag = !force && this.etagPath === path ? this.etag : null;
-      const reply = await requestReply<IRunList>(
-        'runs',
-        { path },
-        etag ? { headers: { 'If-None-Match': etag } } : {}
-      );
-      if (force) {
-        this.timing.started = started;
-        this.timing.fetchMs = performance.now() - started;
-      }
+      const reply = await requestReply<IRunList>('runs', { path }, etag ? { headers: { 'If-None-Match': etag } } : {});
       if (this.path !== path) {
         // the user switched notebooks while we waited: this list is not the current one's
       } else if (reply.status !== 304 && reply.data) {
@@ -199,7 +213,7 @@ export class MlopsModel {
   }
 
   dispose(): void {
-    window.clearTimeout(this.timer);
+    this.poll.dispose();
     document.removeEventListener('visibilitychange', this.onVisibility);
     Signal.clearData(this);
   }
@@ -222,28 +236,29 @@ export class MlopsModel {
     this._runs = { path: this.path, data: null, error: null };
     this._changed.emit();
     void this.loadStatus();
-    this.schedule(0);
+    void this.poll.refresh();
   }
 
   private readonly onVisibility = (): void => {
-    // a background tab polls nothing; coming back refreshes at once
-    this.schedule(document.hidden ? -1 : 0);
+    // coming back to the page reads at once rather than at the poll's next tick
+    if (!document.hidden) {
+      void this.poll.refresh();
+    }
   };
 
-  private schedule(delay: number): void {
-    window.clearTimeout(this.timer);
-    if (delay < 0) {
-      return;
+  /** One poll: the runs, then the pace of the next (a failure rejects, so the poll backs off). */
+  private async tick(): Promise<void> {
+    if (this.path) {
+      await this.refresh();
+      this._polled.emit();
     }
-    this.timer = window.setTimeout(async () => {
-      if (this.path && !document.hidden) {
-        await this.refresh();
-        this._polled.emit();
-      }
-      if (!document.hidden) {
-        this.schedule(this.isLive() ? LIVE_REFRESH_MS : REFRESH_MS);
-      }
-    }, delay);
+    const interval = this.isLive() ? this._intervals.live : this._intervals.idle;
+    if (this.poll.frequency.interval !== interval) {
+      this.poll.frequency = pollFrequency(interval);
+    }
+    if (this._runs.error) {
+      throw new Error(this._runs.error);
+    }
   }
 
   private readonly _changed = new Signal<this, void>(this);
@@ -255,18 +270,6 @@ export class MlopsModel {
   private etagPath: string | null = null;
   private inFlight: string | null = null;
   private again = false;
-  private timer = 0;
-}
-
-/** ``next`` with each run that equals the one in ``prev`` replaced by that earlier object. */
-function keepUnchanged(prev: IRunList | null, next: IRunList): IRunList {
-  if (!prev) {
-    return next;
-  }
-  const before = new Map(prev.runs.map(run => [run.run_id, run]));
-  const runs = next.runs.map(run => {
-    const old = before.get(run.run_id);
-    return old && JSON.stringify(old) === JSON.stringify(run) ? old : run;
-  });
-  return { ...next, runs };
+  private _intervals: IIntervals = { idle: REFRESH_MS, live: LIVE_REFRESH_MS };
+  private readonly poll: Poll;
 }

@@ -14,7 +14,10 @@ export interface ICellInfo {
 
 /** The first line a user recognises a cell by: the `%%mlops ...` magic line is skipped. */
 export function firstLine(source: string): string {
-  const lines = source.split('\n').map(line => line.trim()).filter(Boolean);
+  const lines = source
+    .split('\n')
+    .map(line => line.trim())
+    .filter(Boolean);
   const line = lines.find(l => !l.startsWith('%%')) ?? lines[0] ?? '';
   return line.length > 80 ? `${line.slice(0, 79)}…` : line;
 }

@@ -4,7 +4,7 @@ export const FLAGS = ['parameters', 'imports', 'functions', 'metrics', 'skip'] a
 export type Flag = (typeof FLAGS)[number];
 
 /** Kale's names, read as ours (a Kale-tagged notebook edits as it is). */
-const ALIASES: Record<string, string> = {
+export const ALIASES: Record<string, string> = {
   'pipeline-parameters': 'parameters',
   'pipeline-metrics': 'metrics',
   block: 'step',

@@ -153,3 +153,14 @@ test('a tracked cell run in Lab shows up, reaches its cell and compares', async 
   expect(inLab[0].notebook).toBe(path.join(ROOT, 'live.ipynb'));
   expect(inLab[0].cell_id).toBe(cellIds[1]);
 });
+
+test('the refresh intervals are settings, editable in Settings', async ({ page, request }) => {
+  const settings = await getJson(request, 'lab/api/settings/mlops-jupyter:plugin');
+  expect(settings.schema.properties.refreshInterval.default).toBe(3000);
+  expect(settings.schema.properties.liveRefreshInterval.default).toBe(1000);
+  await page.evaluate(async () => {
+    await (window as any).jupyterapp.commands.execute('settingeditor:open', { query: 'MLOps' });
+  });
+  await expect(page.getByText('Refresh interval (ms)', { exact: true })).toBeVisible({ timeout: 20_000 });
+  await expect(page.getByText('Live refresh interval (ms)', { exact: true })).toBeVisible();
+});

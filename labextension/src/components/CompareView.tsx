@@ -29,7 +29,7 @@ export function CompareView(props: { model: MlopsModel; ids: string[]; onClose: 
   }, [key]);
 
   const metricNames = data ? Object.keys(data.metrics).sort() : [];
-  const shown = metricNames.includes(metric) ? metric : metricNames[0] ?? '';
+  const shown = metricNames.includes(metric) ? metric : (metricNames[0] ?? '');
   const names = data?.runs.map(run => run.run_name ?? run.run_id.slice(0, 8)) ?? [];
 
   return (
@@ -102,7 +102,11 @@ function CompareRows(props: {
         return (
           <tr key={key} className={differs ? 'mlops-differs' : ''} data-key={key}>
             <th title={differs ? 'differs between the runs' : 'the same in every run'}>
-              {differs && <span className="mlops-differs-mark" aria-label="differs">≠ </span>}
+              {differs && (
+                <span className="mlops-differs-mark" aria-label="differs">
+                  ≠{' '}
+                </span>
+              )}
               {key}
             </th>
             {props.values[key].map((value, i) => (

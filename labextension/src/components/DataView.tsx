@@ -19,7 +19,11 @@ async function confirm(title: string, body: string, label: string): Promise<bool
 export function DataView(props: { model: MlopsModel }): JSX.Element {
   const { model } = props;
   const path = model.path;
-  const { data, error, reload } = usePolled(() => model.snapshots(), () => 0, [path]);
+  const { data, error, reload } = usePolled(
+    () => model.snapshots(),
+    () => 0,
+    [path]
+  );
   const [note, setNote] = React.useState<string | null>(null);
   const { busy, failure, run } = useAction();
 
@@ -83,12 +87,18 @@ export function DataView(props: { model: MlopsModel }): JSX.Element {
             </div>
             <ul className="mlops-versions">
               {entry.versions.map(version => (
-                <li className={`mlops-version${version.current ? ' mlops-current' : ''}`} key={version.rev} data-rev={version.rev}>
+                <li
+                  className={`mlops-version${version.current ? ' mlops-current' : ''}`}
+                  key={version.rev}
+                  data-rev={version.rev}
+                >
                   <div className="mlops-version-head">
                     <code title={version.rev}>{version.rev.slice(0, 7)}</code>
                     <span className="mlops-version-message">{version.message}</span>
                     {version.current ? (
-                      <span className="mlops-chip" title="the workspace holds this version">current</span>
+                      <span className="mlops-chip" title="the workspace holds this version">
+                        current
+                      </span>
                     ) : (
                       <button
                         type="button"

@@ -97,7 +97,9 @@ function Bars(props: IChartProps): JSX.Element {
   );
 }
 
-function Lines(props: IChartProps & { series: { id: string; name: string; i: number; points: [number, number][] }[] }): JSX.Element {
+function Lines(
+  props: IChartProps & { series: { id: string; name: string; i: number; points: [number, number][] }[] }
+): JSX.Element {
   const steps = props.series.flatMap(s => s.points.map(p => p[0]));
   const values = props.series.flatMap(s => s.points.map(p => p[1]));
   const [lo, hi] = extent(values);

@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { MlopsModel } from '../model';
-import { IGenerated, IPipeline, LIVE_REFRESH_MS } from '../tokens';
+import { IGenerated, IPipeline } from '../tokens';
 import { ErrorLine, Field, formatSize, hasCapability, JobLog, Unavailable, useAction, usePolled } from './common';
 
 /** Export the notebook as a pipeline, see each step's state, run it; generate a serving package. */
@@ -55,7 +55,14 @@ function PipelineDag(props: { svg: string; steps: IPipeline['steps']; onOpen: (p
       onOpen(step.notebook);
     }
   };
-  return <div className="mlops-dag" data-testid="mlops-pipeline-dag" onClick={onClick} dangerouslySetInnerHTML={{ __html: props.svg }} />;
+  return (
+    <div
+      className="mlops-dag"
+      data-testid="mlops-pipeline-dag"
+      onClick={onClick}
+      dangerouslySetInnerHTML={{ __html: props.svg }}
+    />
+  );
 }
 
 function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => void }): JSX.Element {
@@ -64,7 +71,7 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
   const { busy, failure, run } = useAction();
   const { data, error, reload } = usePolled(
     () => model.pipeline(folder),
-    last => (last?.run?.running ? LIVE_REFRESH_MS : 0),
+    last => (last?.run?.running ? model.intervals.live : 0),
     [model.path, folder]
   );
 
@@ -79,15 +86,13 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
     <section className="mlops-pipeline" data-testid="mlops-pipeline">
       <div className="mlops-section-title">
         <span>Pipeline</span>
-        {data && <span className="mlops-muted">{data.exported ? (data.outdated ? 'notebook changed since export' : 'exported') : 'not exported yet'}</span>}
+        {data && (
+          <span className="mlops-muted">
+            {data.exported ? (data.outdated ? 'notebook changed since export' : 'exported') : 'not exported yet'}
+          </span>
+        )}
       </div>
-      <Field
-        label="out"
-        testid="mlops-pipeline-out"
-        value={out}
-        onChange={setOut}
-        onCommit={commit}
-      />
+      <Field label="out" testid="mlops-pipeline-out" value={out} onChange={setOut} onCommit={commit} />
       <div className="mlops-actions">
         <button
           type="button"
@@ -137,15 +142,15 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
               ) : (
                 <span className="mlops-step-name">{step.name}</span>
               )}
-              {step.reason && step.state !== 'never' && <span className="mlops-muted mlops-step-reason">{step.reason}</span>}
+              {step.reason && step.state !== 'never' && (
+                <span className="mlops-muted mlops-step-reason">{step.reason}</span>
+              )}
             </li>
           ))}
         </ol>
       )}
       {data && data.models.length > 0 && (
-        <div className="mlops-muted">
-          models: {data.models.map(m => `${m.name} (step ${m.step})`).join(', ')}
-        </div>
+        <div className="mlops-muted">models: {data.models.map(m => `${m.name} (step ${m.step})`).join(', ')}</div>
       )}
       {data?.run && <JobLog job={data.run} testid="mlops-pipeline-log" going="running" noun="run" />}
     </section>
@@ -180,13 +185,7 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
         value={runId}
         onChange={setRunId}
       />
-      <Field
-        label="out"
-        testid="mlops-serving-out"
-        value={out}
-        onChange={setOut}
-        onCommit={commit}
-      />
+      <Field label="out" testid="mlops-serving-out" value={out} onChange={setOut} onCommit={commit} />
       <Field label="name" placeholder="optional" value={name} onChange={setName} />
       <div className="mlops-actions">
         <button
@@ -202,7 +201,8 @@ function ServingSection(props: { model: MlopsModel; runId: string }): JSX.Elemen
       <ErrorLine error={failure} testid="mlops-serving-error" />
       {result && (
         <div className="mlops-note" role="status" data-testid="mlops-serving-note">
-          {result.name}: {result.folder} (from {result.model_uri}). Serve it: <code>mlops serve run {result.folder}</code>
+          {result.name}: {result.folder} (from {result.model_uri}). Serve it:{' '}
+          <code>mlops serve run {result.folder}</code>
         </div>
       )}
       <PackageState model={model} folder={folder} />
@@ -217,7 +217,7 @@ function PackageState(props: { model: MlopsModel; folder: string }): JSX.Element
   const { busy, failure, run } = useAction();
   const { data, error, reload } = usePolled(
     () => model.serving(folder),
-    last => (last?.build?.running ? LIVE_REFRESH_MS : 0),
+    last => (last?.build?.running ? model.intervals.live : 0),
     [model.path, folder]
   );
   if (!data?.package) {

@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { MlopsModel } from '../model';
-import { ISweep, LIVE_REFRESH_MS, REFRESH_MS } from '../tokens';
+import { ISweep } from '../tokens';
 import { ErrorLine, formatTime, formatValue, StatusBadge, usePolled } from './common';
 
 /** This notebook's sweeps, newest first; polled every second while one is live. */
@@ -9,7 +9,7 @@ export function SweepsView(props: { model: MlopsModel }): JSX.Element {
   const { model } = props;
   const { data, error } = usePolled(
     () => model.sweeps(),
-    last => (last?.sweeps.some(s => s.live) ? LIVE_REFRESH_MS : REFRESH_MS),
+    last => (last?.sweeps.some(s => s.live) ? model.intervals.live : model.intervals.idle),
     [model.path]
   );
   return (
@@ -18,7 +18,8 @@ export function SweepsView(props: { model: MlopsModel }): JSX.Element {
       <div className="mlops-body">
         {data && !data.sweeps.length && (
           <div className="mlops-empty">
-            No sweeps yet: <code>%%mlops sweep --space "lr=loguniform(1e-4,1e-1)" --samples 20 --metric acc --mode max</code>
+            No sweeps yet:{' '}
+            <code>%%mlops sweep --space "lr=loguniform(1e-4,1e-1)" --samples 20 --metric acc --mode max</code>
           </div>
         )}
         {data?.sweeps.map((sweep, i) => (
@@ -36,7 +37,9 @@ function SweepCard(props: { sweep: ISweep; open: boolean }): JSX.Element {
   // grid points times --samples: the server's count, or what the table already lists
   const total = Math.max(sweep.samples ?? 0, sweep.trials.length, 1);
   const metric =
-    sweep.metric ?? Object.keys(best?.metrics ?? sweep.trials.find(t => Object.keys(t.metrics).length)?.metrics ?? {})[0] ?? '';
+    sweep.metric ??
+    Object.keys(best?.metrics ?? sweep.trials.find(t => Object.keys(t.metrics).length)?.metrics ?? {})[0] ??
+    '';
   const paramNames = Array.from(new Set<string>(sweep.trials.flatMap(t => Object.keys(t.params)))).sort();
   return (
     <details className="mlops-sweep" open={props.open} data-live={sweep.live ? 'true' : 'false'}>

@@ -150,8 +150,14 @@ export function TagEditor(props: { model: MlopsModel; tracker: INotebookTracker 
       ...parsed,
       step: draft.step,
       model: draft.model,
-      after: draft.after.split(',').map(a => a.trim()).filter(Boolean),
-      deps: draft.deps.split(',').map(d => d.trim()).filter(Boolean),
+      after: draft.after
+        .split(',')
+        .map(a => a.trim())
+        .filter(Boolean),
+      deps: draft.deps
+        .split(',')
+        .map(d => d.trim())
+        .filter(Boolean),
       resources: draft.resources
     });
 

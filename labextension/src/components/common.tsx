@@ -1,5 +1,7 @@
+import { Poll } from '@lumino/polling';
 import * as React from 'react';
 
+import { pollFrequency } from '../poll';
 import { Capability, EXTRAS, IPipelineRun, IStatus } from '../tokens';
 
 export function formatValue(value: unknown): string {
@@ -125,7 +127,10 @@ export function useAction(): {
   return { busy, failure, run };
 }
 
-/** Run `load` now and every `ms` while mounted (and while `active`); returns its last result. */
+/**
+ * Run `load` now and every `ms(last)` milliseconds while mounted (0: until `reload`), as a Lumino `Poll`: it
+ * backs off while `load` fails and stands by while the page is hidden. Returns its last result.
+ */
 export function usePolled<T>(
   load: () => Promise<T>,
   ms: (last: T | null) => number,
@@ -133,35 +138,43 @@ export function usePolled<T>(
 ): { data: T | null; error: string | null; reload: () => void } {
   const [data, setData] = React.useState<T | null>(null);
   const [error, setError] = React.useState<string | null>(null);
-  const [tick, setTick] = React.useState(0);
+  const poll = React.useRef<Poll | null>(null);
   React.useEffect(() => {
     let alive = true;
-    let timer = 0;
-    const step = async () => {
-      let last: T | null = null;
-      try {
-        last = await load();
-        if (alive) {
-          setData(last);
-          setError(null);
-        }
-      } catch (err) {
-        if (alive) {
-          setError((err as Error).message);
-        }
-      }
+    const pace = (last: T | null) => {
       const delay = ms(last);
-      if (alive && delay > 0) {
-        timer = window.setTimeout(step, delay);
+      const interval = delay > 0 ? delay : Poll.NEVER;
+      if (current.frequency.interval !== interval) {
+        current.frequency = pollFrequency(interval);
       }
     };
-    void step();
+    const current = new Poll({
+      factory: async () => {
+        try {
+          const last = await load();
+          if (alive) {
+            setData(last);
+            setError(null);
+          }
+          pace(last);
+        } catch (err) {
+          if (alive) {
+            setError((err as Error).message);
+          }
+          pace(null);
+          throw err; // the poll backs off
+        }
+      },
+      frequency: pollFrequency(Poll.NEVER),
+      standby: 'when-hidden'
+    });
+    poll.current = current;
     return () => {
       alive = false;
-      window.clearTimeout(timer);
+      current.dispose();
     };
-  }, [...deps, tick]);
-  return { data, error, reload: () => setTick(t => t + 1) };
+  }, deps);
+  return { data, error, reload: () => void poll.current?.refresh() };
 }
 
 /** A job the server runs (a pipeline run, an image build): how it stands, its last lines of output. */
