@@ -22,6 +22,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-s
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--disable-quic"]
 TOKEN = "mlops-ui-test-token"
+MEASURE_RENDER = Path(__file__).with_name("measure_render.js")  # shared with ui-tests/tests/lab.ts
 SIDEBAR_TAB = '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]'
 
 
@@ -121,29 +122,10 @@ def measure_render(page, url: str, path: str) -> dict:
     """Time, in the page, a forced refresh of the runs panel (fetch -> rows in the DOM) and, as the
     anchor, the same GET runs fetched raw (JSON parsed, nothing drawn). Milliseconds.
 
-    The click and the wait happen inside the page: Playwright's own polling of an attribute builds an
-    accessibility snapshot of the whole page each time, on the main thread the panel renders on."""
-    figures = page.evaluate(
-        """async () => {
-             const panel = document.querySelector('[data-testid=mlops-sidebar]');
-             performance.clearResourceTimings();  // the buffer holds 250: a long session's polls fill it
-             const started = performance.now();
-             const drawn = new Promise((resolve, reject) => {
-               // the panel marks each draw of new runs (User Timing); the first after the click is ours
-               const watch = new PerformanceObserver(list => {
-                 const mark = list.getEntriesByName('mlops-runs-drawn').find(m => m.startTime >= started);
-                 if (mark) { watch.disconnect(); resolve(mark); }
-               });
-               watch.observe({ type: 'mark' });
-               setTimeout(() => reject(new Error('the runs panel did not redraw within 30 s')), 30000);
-             });
-             panel.querySelector('[data-testid=mlops-refresh]').click();
-             const mark = await drawn;
-             const fetched = performance.getEntriesByType('resource')
-               .filter(e => e.name.includes('/mlops/runs?') && e.startTime >= started);
-             return { render_ms: mark.startTime - started, fetch_ms: fetched.length ? fetched[0].duration : NaN,
-                      rows: mark.detail.rows };
-           }""")
+    The click and the wait happen inside the page (measure_render.js, shared with the galata suite):
+    Playwright's own polling of an attribute builds an accessibility snapshot of the whole page each
+    time, on the main thread the panel renders on."""
+    figures = page.evaluate(f"({MEASURE_RENDER.read_text()})()")
     figures["raw_fetch_ms"] = page.evaluate(
         """async (u) => { const t = performance.now(); const r = await fetch(u, {cache: 'no-store'});
                           await r.json();

@@ -89,12 +89,22 @@ export class MlopsModel {
     return this.tracker.currentWidget;
   }
 
+  /** Whether a refresh the user asked for is on its way: the refresh button is busy until its rows are drawn. */
+  get refreshing(): boolean {
+    return this._refreshing;
+  }
+
   /** Re-read the runs; `force` skips the ETag (a user's click, the speed test). */
   async refresh(force = false): Promise<void> {
     const path = this.path;
     if (!path) {
+      this._refreshing = false;
       this.setRuns({ path: null, data: null, error: null });
       return;
+    }
+    if (force && !this._refreshing) {
+      this._refreshing = true;
+      this._changed.emit();
     }
     if (this.inFlight) {
       this.again = this.again || force || this.inFlight !== path;
@@ -104,6 +114,9 @@ export class MlopsModel {
     try {
       const etag = !force && this.etagPath === path ? this.etag : null;
       const reply = await requestReply<IRunList>('runs', { path }, etag ? { headers: { 'If-None-Match': etag } } : {});
+      if (force) {
+        this._refreshing = false; // cleared in the same redraw as the rows
+      }
       if (this.path !== path) {
         // the user switched notebooks while we waited: this list is not the current one's
       } else if (reply.status !== 304 && reply.data) {
@@ -113,11 +126,14 @@ export class MlopsModel {
         // (a live cell's metrics arrive every second); a forced refresh redraws everything
         const data = force ? reply.data : keepUnchanged(this._runs.data, reply.data);
         this.setRuns({ path, data, error: null });
-      } else if (this._runs.error) {
+      } else if (this._runs.error || force) {
         this.setRuns({ ...this._runs, error: null });
       }
     } catch (error) {
       this.etag = null;
+      if (force) {
+        this._refreshing = false;
+      }
       if (this.path === path) {
         this.setRuns({ path, data: null, error: (error as Error).message });
       }
@@ -270,6 +286,7 @@ export class MlopsModel {
   private etagPath: string | null = null;
   private inFlight: string | null = null;
   private again = false;
+  private _refreshing = false;
   private _intervals: IIntervals = { idle: REFRESH_MS, live: LIVE_REFRESH_MS };
   private readonly poll: Poll;
 }

@@ -4,6 +4,7 @@
  * open the MLOps sidebar on a tab, run cells, time a refresh of the runs panel).
  */
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import { expect, galata, IJupyterLabPageFixture, test as base } from '@jupyterlab/galata';
 import type { APIRequestContext, Locator, Page, TestInfo } from '@playwright/test';
@@ -12,6 +13,8 @@ const PYTHON = process.env.MLOPS_PYTHON!;
 /** The project the lab serves (its root_dir), seeded before the server started. */
 export const ROOT = path.join(process.env.MLOPS_UI_STATE!, 'project');
 const SEED = path.resolve(__dirname, '..', 'seed.py');
+// the in-page timing of a refresh, shared with the Python bench (tests/lab_browser.py)
+const MEASURE_RENDER = path.resolve(__dirname, '..', '..', 'tests', 'measure_render.js');
 const SIDEBAR_TAB =
   '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="mlops-jupyter:sidebar"]';
 
@@ -155,37 +158,13 @@ export interface RenderFigures {
 export async function measureRender(page: Page, rel: string): Promise<RenderFigures> {
   // the click and the wait happen inside the page: expect()'s polling of an attribute builds an
   // accessibility snapshot of the whole page each time, on the main thread the panel renders on
-  const drawn = await page.evaluate(async () => {
-    const panel = document.querySelector<HTMLElement>('[data-testid=mlops-sidebar]')!;
-    performance.clearResourceTimings(); // the buffer holds 250: a long session's polls would fill it
-    const started = performance.now();
-    const done = new Promise<{ startTime: number; rows: number }>((resolve, reject) => {
-      // the panel marks each draw of new runs (User Timing); the first after the click is this refresh's
-      const watch = new PerformanceObserver(list => {
-        const mark = list.getEntriesByName('mlops-runs-drawn').find(m => m.startTime >= started) as
-          | PerformanceMark
-          | undefined;
-        if (mark) {
-          watch.disconnect();
-          resolve({ startTime: mark.startTime, rows: mark.detail.rows });
-        }
-      });
-      watch.observe({ type: 'mark' });
-      setTimeout(() => reject(new Error('the runs panel did not redraw within 30 s')), 30_000);
-    });
-    panel.querySelector<HTMLElement>('[data-testid=mlops-refresh]')!.click();
-    const mark = await done;
-    const fetched = performance
-      .getEntriesByType('resource')
-      .filter(e => e.name.includes('/mlops/runs?') && e.startTime >= started);
-    return { renderMs: mark.startTime - started, fetchMs: fetched.length ? fetched[0].duration : NaN, rows: mark.rows };
-  });
-  const { renderMs, fetchMs, rows } = drawn;
+  const script = fs.readFileSync(MEASURE_RENDER, 'utf-8');
+  const { render_ms, fetch_ms, rows } = await page.evaluate<Omit<RenderFigures, 'raw_fetch_ms'>>(`(${script})()`);
   const raw = await page.evaluate(async url => {
     const t = performance.now();
     const r = await fetch(url, { cache: 'no-store' });
     await r.json();
     return performance.now() - t;
   }, `/mlops/runs?path=${rel}`);
-  return { render_ms: renderMs, fetch_ms: fetchMs, raw_fetch_ms: raw, rows };
+  return { render_ms, fetch_ms, raw_fetch_ms: raw, rows };
 }

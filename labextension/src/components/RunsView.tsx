@@ -53,9 +53,6 @@ function cellLabel(group: IGroup, info: ICellInfo | undefined): { count: string;
 }
 
 /** The runs panel: this notebook's runs by cell, a checkbox per run to compare two or more. */
-/** The User Timing mark made each time new runs are drawn (detail: { rows }). */
-export const RUNS_DRAWN = 'mlops-runs-drawn';
-
 export function RunsView(props: IRunsViewProps): JSX.Element {
   const { model } = props;
   const { data, error, path } = model.runs;
@@ -69,14 +66,6 @@ export function RunsView(props: IRunsViewProps): JSX.Element {
     setSelected([]);
     setExpanded([]);
   }, [path]);
-
-  // new rows are in the DOM: a User Timing mark (the browser's Performance panel, the speed test)
-  React.useLayoutEffect(() => {
-    if (data) {
-      performance.mark(RUNS_DRAWN, { detail: { rows: body.current?.querySelectorAll('.mlops-run-row').length ?? 0 } });
-      performance.clearMarks(RUNS_DRAWN); // observers have it; nothing piles up in a long session
-    }
-  }, [data]);
 
   React.useEffect(() => {
     if (props.focusRun) {
@@ -111,9 +100,10 @@ export function RunsView(props: IRunsViewProps): JSX.Element {
         )}
         <button
           type="button"
-          className="mlops-button"
+          className={`mlops-button${model.refreshing ? ' mlops-busy' : ''}`}
           data-testid="mlops-refresh"
           title="Re-read the runs now"
+          aria-busy={model.refreshing}
           onClick={() => void model.refresh(true)}
         >
           ↻
