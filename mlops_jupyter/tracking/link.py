@@ -43,9 +43,11 @@ class RecorderLink:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def send(self, op: dict) -> None:
+    def send(self, op: dict, wake: bool = True) -> None:
+        """``wake=False``: journal it now, leave the recorder asleep until a later record (or ``wake``)."""
         self.journal.append(op)
-        self.wake()
+        if wake:
+            self.wake()
 
     def wake(self) -> None:
         with self._mutex:

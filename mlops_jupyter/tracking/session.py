@@ -34,6 +34,7 @@ from .link import RecorderLink
 from .notebook import NotebookInfo
 from .reads import ReadWatch
 
+START_WAKE_S = 0.5  # a tracked cell still running after this has its run made at once (else: when it ends)
 MAX_STREAM_CHARS = 1 << 20  # per stream per cell; a chatty training loop should not bloat the journal
 MAX_OUTPUT_CHARS = 8 << 20
 RUN_ID_WAIT_S = 30.0
@@ -70,6 +71,7 @@ class CellRecord:
     hidden: list = field(default_factory=list)  # hidden-state warnings: cells it reads that changed or ran out of order
     checked: threading.Event = field(default_factory=threading.Event)  # the checker has worked them out
     to_check: list | None = None  # the executions behind it, until the checker (or the cell's end) takes them
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class _Tee:
@@ -137,6 +139,8 @@ class Tracker:
         self._key_prefix, self._key_seq = uuid.uuid4().hex[:16], itertools.count()
         self._to_check: queue.SimpleQueue = queue.SimpleQueue()
         self._checker: threading.Thread | None = None
+        self._cell_began = threading.Event()
+        self._announcer: threading.Thread | None = None
         for count, raw in enumerate(shell.user_ns.get("In", [])[1:], 1):  # those run before %load_ext
             if isinstance(raw, str):
                 self.history.note(count, None, raw)
@@ -177,8 +181,8 @@ class Tracker:
         return {"tracking_uri": self.settings.tracking_uri, "experiment": self.experiment,
                 "artifact_location": self.settings.artifact_location}
 
-    def _send(self, op: dict) -> None:
-        self.link.send(op)
+    def _send(self, op: dict, wake: bool = True) -> None:
+        self.link.send(op, wake)
         if self.link.failed:
             self.degraded = self.link.failed
 
@@ -213,6 +217,19 @@ class Tracker:
         """One long-lived thread: works out each tracked cell's hidden-state warnings while the cell runs."""
         while True:
             self._hidden_state_of(self._to_check.get())
+
+    def _announce(self) -> None:
+        """One long-lived thread: a cell still running START_WAKE_S after it began gets its run made now (the
+        sidebar shows it RUNNING). A quicker cell's whole run is written after it ends: the recorder's writes
+        never compete with the cell for the machine."""
+        while True:
+            self._cell_began.wait()
+            self._cell_began.clear()
+            rec = self.current
+            if rec is None or rec.ended.wait(max(0.0, rec.started + START_WAKE_S - time.time())):
+                continue
+            if self.current is rec:
+                self.link.wake()
 
     def _hidden_state_of(self, rec: CellRecord) -> None:
         """Whoever comes first does the check: the thread during a long cell, the cell's end when it was quick
@@ -251,7 +268,7 @@ class Tracker:
             "metric_names": opts.metrics,
             "kernel": self.link.journal.kernel, "user": _user(), "project_root": str(self.settings.project_root),
             "snapshots": self._snapshots_now(), "execution_order": J.RawJSON(self.history.order_json()),
-        })
+        }, wake=False)  # the recorder writes after the cell, or once it has run START_WAKE_S (_announce)
         if self.history.cells:
             if self._checker is None:
                 self._checker = threading.Thread(target=self._check_hidden_state, daemon=True, name="mlops-hidden-state")
@@ -263,6 +280,10 @@ class Tracker:
         with self._mutex:
             self.records[key] = rec
         self.current = rec
+        self._cell_began.set()
+        if self._announcer is None:
+            self._announcer = threading.Thread(target=self._announce, daemon=True, name="mlops-announce")
+            self._announcer.start()
         self.reads.start()
         self._saved_streams = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, rec.stdout), _Tee(sys.stderr, rec.stderr)
@@ -392,6 +413,7 @@ class Tracker:
         rec, self.current = self.current, None
         if rec is None:
             return
+        rec.ended.set()
         reads = self.reads.stop()
         if self._saved_streams is not None:
             if isinstance(sys.stdout, _Tee):
