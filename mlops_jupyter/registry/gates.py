@@ -71,7 +71,8 @@ def _metric(candidate, holder, ctx):
 def _lineage(candidate, holder, ctx):
     state = candidate.tags.get(LINEAGE, "incomplete: never recorded")
     if state == "complete":
-        return "passed", "commit and data snapshots recorded"
+        commit = candidate.tags.get("mlops.git.commit", "")[:8]
+        return "passed", f"run from a clean tree at commit {commit}"
     return "failed", f"lineage is {state}"
 
 
