@@ -24,8 +24,8 @@ EVAL = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=Tru
         "X.assign(target=y).iloc[1::2].to_csv('eval.csv', index=False)")
 
 
-def env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in CLEAN_VARS}
+def env(user: str = "alice") -> dict:
+    return {**{k: v for k, v in os.environ.items() if k not in CLEAN_VARS}, "MLFLOW_TRACKING_USERNAME": user}
 
 
 def papermill(project, nb):
@@ -34,9 +34,9 @@ def papermill(project, nb):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def mlops(project, *args, ok: bool = True) -> subprocess.CompletedProcess:
+def mlops(project, *args, ok: bool = True, user: str = "alice") -> subprocess.CompletedProcess:
     out = subprocess.run([PY, "-m", "mlops_jupyter.cli", *args], cwd=project, capture_output=True, text=True,
-                         timeout=600, env=env())
+                         timeout=600, env=env(user))
     assert (out.returncode == 0) == ok, out.stdout + out.stderr
     return out
 
@@ -149,6 +149,15 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
 def test_bad_input_gets_one_paragraph(world, args, says):
     out = mlops(world["root"], *args, ok=False)
     assert says in one_paragraph(out.stderr), out.stderr
+
+
+def test_only_the_promoters_move_prod(world):
+    """prod names its promoters (alice): bob is refused before any gate runs, for a promotion and a rollback."""
+    for args in (("promote", "iris@staging", "--to", "prod"), ("rollback", "iris", "--env", "prod")):
+        out = mlops(world["root"], *args, ok=False, user="bob")
+        assert "bob may not move @prod of iris in prod: only its promoters may (alice); nothing was changed" in \
+            one_paragraph(out.stderr), out.stderr
+        assert "gate" not in out.stderr
 
 
 def test_unknown_environment_from_mlops_env(project, monkeypatch):

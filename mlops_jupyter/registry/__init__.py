@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .. import config
-from ..errors import InvalidInput, ModelNotFound, GateFailed, RegistryError, StoreUnavailable
+from ..errors import AccessDenied, GateFailed, InvalidInput, ModelNotFound, RegistryError, StoreUnavailable
 from . import gates as G
 
 AUDIT_PREFIX = "mlops.audit."
@@ -56,6 +56,16 @@ def _client(uri: str):
 
 def _who() -> str:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def _may_move(env: config.Environment, name: str) -> None:
+    """MLflow cannot say who may move one alias, so an environment's ``promoters`` do; checked before any
+    gate runs or anything is written."""
+    who = _who()
+    if env.promoters and who not in env.promoters:
+        raise AccessDenied(f"{who} may not move @{env.name} of {name} in {env.name}: only its promoters may "
+                           f"({', '.join(env.promoters)}); nothing was changed.", user=who, environment=env.name,
+                           resource=name, permission="promoter")
 
 
 def _audit(action: str, env: str, **fields) -> dict:
@@ -124,8 +134,8 @@ def register(settings: config.Settings, run: str, name: str, env: str | None = N
     if not models:
         raise ModelNotFound(f"run {found.info.run_id} has no logged model, so there is nothing to register; log "
                             "one in the run (a tracked cell's model) first.", run=found.info.run_id, model=name)
-    model = next((m for m in models if m["name"] == name), models[0]) if len(models) == 1 or \
-        any(m["name"] == name for m in models) else None
+    named = [m for m in models if m["name"] == name]
+    model = named[0] if named else models[0] if len(models) == 1 else None
     if model is None:
         raise InvalidInput(f"run {found.info.run_id} logged {len(models)} models ({', '.join(m['name'] for m in models)}) "
                            f"and none is called {name!r}; register it under one of those names.",
@@ -242,6 +252,7 @@ def promote(settings: config.Settings, ref: str, to: str, force: dict | None = N
     envs = config.environments(settings)
     src = envs[alias] if alias in envs else config.environment(settings, env)
     dst = config.environment(settings, to)
+    _may_move(dst, name)
     candidate = _version(src, name, version, alias)
     holder = None
     if _versions(_client(dst.registry_uri), name):
@@ -302,6 +313,7 @@ def records(settings: config.Settings, name: str, env: str | None = None) -> lis
 def rollback(settings: config.Settings, name: str, env: str) -> Moved:
     """``env``'s alias back to the version that held it before the last promotion (or rollback) moved it."""
     target = config.environment(settings, env)
+    _may_move(target, name)
     current = _version(target, name, alias=target.name)
     moves = [r for r in records(settings, name, target.name) if r.get("alias") == target.name]
     last = next((r for r in reversed(moves) if r["version"] == str(current.version)), None)
