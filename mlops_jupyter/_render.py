@@ -248,4 +248,5 @@ def history_rows(hist: dict) -> tuple[list, list]:
 def holders_text(hist: dict, at) -> str:
     when = at.isoformat(timespec="seconds") if at else "now"
     held = "; ".join(f"@{env} -> version {v}" for env, v in sorted(hist["holders"].items())) or "no alias set"
-    return f"at {when}: {held}"
+    silent = f" (not answering: {', '.join(hist['unreachable'])})" if hist.get("unreachable") else ""
+    return f"at {when}: {held}{silent}"

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from harness import CLEAN_VARS, finished_runs, git, make_git_project, mlflow_server, notebook
+from harness import CLEAN_VARS, finished_runs, free_port, git, make_git_project, mlflow_server, notebook
 
 PY = sys.executable
 DATA = ("from sklearn.datasets import load_iris\n"
@@ -59,6 +59,7 @@ def world(tmp_path_factory):
             '[project]\nname = "demo"\nversion = "0"\n\n'
             f'[tool.mlops.environments.staging]\ntracking-uri = "{staging}"\n\n'
             f'[tool.mlops.environments.prod]\ntracking-uri = "{prod}"\npromoters = ["alice"]\n\n'
+            f'[tool.mlops.environments.down]\ntracking-uri = "http://127.0.0.1:{free_port()}"\n\n'
             '[tool.mlops.promotion]\nmetric = "accuracy"\nmode = "max"\nevaluation-data = "eval.csv"\n')
         (root / "notes.txt").write_text("clean\n")
         subprocess.run([PY, "-c", EVAL], cwd=root, check=True)
@@ -129,12 +130,13 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
     assert "rolled back iris: @prod in prod is version 1 (was version 2)" in out.stdout, out.stdout
     hist = mlops(root, "models", "history", "iris").stdout
     assert "rollback" in hist and "@prod -> version 1" in hist.splitlines()[-1], hist
+    assert "(not answering: down)" in hist.splitlines()[-1], hist
     listing = mlops(root, "models").stdout
     assert "@prod -> 1" in listing and "@staging -> 2" in listing, listing
 
 
 @pytest.mark.parametrize("args, says", [
-    (("promote", "iris/1", "--to", "qa"), "there is no environment 'qa'; the configured ones are dev, prod, staging"),
+    (("promote", "iris/1", "--to", "qa"), "there is no environment 'qa'; the configured ones are dev, down, prod, staging"),
     (("register", "good", "--model", "iris", "--env", "qa"), "there is no environment 'qa'"),
     (("promote", "nosuch/1", "--to", "staging"), "there is no registered model 'nosuch' in dev"),
     (("promote", "iris/99", "--to", "staging"), "iris has no version 99 in dev; its versions there are 1, 2, 3, 4"),
@@ -149,6 +151,14 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
 def test_bad_input_gets_one_paragraph(world, args, says):
     out = mlops(world["root"], *args, ok=False)
     assert says in one_paragraph(out.stderr), out.stderr
+
+
+def test_a_registry_that_does_not_answer_stops_the_promotion(world):
+    """A target whose server is down is never read as "no holder, gates pass": the promotion stops, says so."""
+    out = mlops(world["root"], "promote", "iris/1", "--to", "down", ok=False)
+    assert "is not answering" in one_paragraph(out.stderr) and "gate" not in out.stderr, out.stderr
+    listing = mlops(world["root"], "models").stdout
+    assert "down" in listing and "not answering" in listing, listing
 
 
 def test_only_the_promoters_move_prod(world):

@@ -98,6 +98,7 @@ def _version(env: config.Environment, name: str, version: str | None = None, ali
     try:
         return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
+        _absent_or_raise(exc, env.registry_uri)
         what = f"alias @{alias}" if alias else f"version {version}"
         known = [str(mv.version) for mv in _versions(client, name)]
         if not known:
@@ -109,12 +110,24 @@ def _version(env: config.Environment, name: str, version: str | None = None, ali
                             environment=env.name, known=known) from exc
 
 
+ABSENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}  # MLflow's "no such thing"
+
+
+def _absent_or_raise(exc, uri: str) -> None:
+    """A registry that said "no such model/alias" is fine to read as empty; one that did not answer is not
+    (a gate must never pass because the holder could not be read)."""
+    if getattr(exc, "error_code", None) not in ABSENT:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(uri=uri, reason=first) from None
+
+
 def _versions(client, name: str) -> list:
     from mlflow.exceptions import MlflowException
 
     try:
         return client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
+    except MlflowException as exc:
+        _absent_or_raise(exc, client.tracking_uri)
         return []
 
 
@@ -256,10 +269,12 @@ def promote(settings: config.Settings, ref: str, to: str, force: dict | None = N
     candidate = _version(src, name, version, alias)
     holder = None
     if _versions(_client(dst.registry_uri), name):
+        from mlflow.exceptions import MlflowException
+
         try:
             holder = _client(dst.registry_uri).get_model_version_by_alias(name, dst.name)
-        except Exception:  # noqa: BLE001 - no version holds the alias yet
-            holder = None
+        except MlflowException as exc:  # no version holds the alias yet, unless the registry is down
+            _absent_or_raise(exc, dst.registry_uri)
     same_registry = src.registry_uri == dst.registry_uri
     if holder is not None and same_registry and str(holder.version) == str(candidate.version):
         raise RegistryError(f"{name} version {candidate.version} already holds @{dst.name} in {dst.name}.",
@@ -292,14 +307,26 @@ def promote(settings: config.Settings, ref: str, to: str, force: dict | None = N
 # ---- rollback and history -----------------------------------------------------------------------------
 def records(settings: config.Settings, name: str, env: str | None = None) -> list[dict]:
     """The audit records of ``name`` (in ``env``'s registry, or every environment's), oldest first."""
+    return _records(settings, name, env)[0]
+
+
+def _records(settings: config.Settings, name: str, env: str | None) -> tuple[list, list]:
+    """(records, the environments that did not answer): a named environment that does not answer raises; across
+    all of them, the silent ones are named rather than left out unsaid."""
     from mlflow.exceptions import MlflowException
 
     envs = [config.environment(settings, env)] if env else list(config.environments(settings).values())
-    out, seen = [], False
+    out, seen, silent = [], False, []
     for e in envs:
         try:
             model = _client(e.registry_uri).get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            try:
+                _absent_or_raise(exc, e.registry_uri)
+            except StoreUnavailable:
+                if env:
+                    raise
+                silent.append(e.name)
             continue
         seen = True
         out += [json.loads(v) for k, v in model.tags.items() if k.startswith(AUDIT_PREFIX)]
@@ -307,7 +334,7 @@ def records(settings: config.Settings, name: str, env: str | None = None) -> lis
         where = env or ", ".join(config.environments(settings))
         raise ModelNotFound(f"there is no registered model {name!r} in {where}; register a run's model under that "
                             "name first.", model=name, environment=env)
-    return sorted(out, key=lambda r: r["t"])
+    return sorted(out, key=lambda r: r["t"]), silent
 
 
 def rollback(settings: config.Settings, name: str, env: str) -> Moved:
@@ -338,15 +365,15 @@ def parse_time(text: str) -> datetime:
 
 def history(settings: config.Settings, name: str, env: str | None = None, at: datetime | None = None) -> dict:
     """{"records": the audit records up to ``at`` (all when None), "holders": {env: version holding its alias
-    at ``at`` (now when None)}}."""
-    found = records(settings, name, env)
+    at ``at`` (now when None)}, "unreachable": environments that did not answer}."""
+    found, silent = _records(settings, name, env)
     if at is not None:
         found = [r for r in found if r["t"] <= at.timestamp() * 1000]
     holders = {}
     for r in found:
         if r.get("alias"):
             holders[r["env"]] = r["version"]
-    return {"records": found, "holders": holders}
+    return {"records": found, "holders": holders, "unreachable": silent}
 
 
 def models(settings: config.Settings) -> list[dict]:
