@@ -204,3 +204,49 @@ def in_worker(fn, *args):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+# ---- the registry ---------------------------------------------------------------------------------
+def gate_rows(gates: list[dict]) -> tuple[list, list]:
+    return ["gate", "result", "detail"], [[g["gate"], g["status"], g["detail"]] for g in gates]
+
+
+def moved_text(moved) -> str:
+    """What a register / promote / rollback did, with each gate's result when gates ran."""
+    lines = []
+    if moved.gates:
+        lines.append(text_table(*gate_rows(moved.gates)))
+    lines.append(moved.summary())
+    return "\n".join(lines)
+
+
+def failed_gates_text(exc) -> str:
+    """A refused promotion's gate table (every gate's result), shown above its one-paragraph error."""
+    return text_table(*gate_rows(exc.gates))
+
+
+def model_rows(models: list[dict]) -> tuple[list, list]:
+    rows = []
+    for m in models:
+        if m.get("error"):
+            rows.append([m["env"], "", "", f"not answering: {m['error']}"])
+            continue
+        aliases = ", ".join(f"@{a} -> {v}" for a, v in sorted(m["aliases"].items()))
+        rows.append([m["env"], m["name"], ", ".join(m["versions"]), aliases])
+    return ["env", "model", "versions", "aliases"], rows
+
+
+def history_rows(hist: dict) -> tuple[list, list]:
+    rows = []
+    for r in hist["records"]:
+        moved = f"{r.get('previous') or '-'} -> {r['version']}" if r.get("alias") else r["version"]
+        gates = ", ".join(f"{g['gate']} {g['status']}" for g in r.get("gates") or [])
+        rows.append([r["when"], r["env"], r["action"], moved, r["who"], gates, r.get("reason") or ""])
+    return ["when", "env", "action", "version", "who", "gates", "reason"], rows
+
+
+def holders_text(hist: dict, at) -> str:
+    when = at.isoformat(timespec="seconds") if at else "now"
+    held = "; ".join(f"@{env} -> version {v}" for env, v in sorted(hist["holders"].items())) or "no alias set"
+    silent = f" (not answering: {', '.join(hist['unreachable'])})" if hist.get("unreachable") else ""
+    return f"at {when}: {held}{silent}"

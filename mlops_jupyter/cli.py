@@ -171,10 +171,54 @@ def _pipeline_status(args) -> int:
     return 0 if all(r[1] == "fresh" for r in rows) and not stale else 1
 
 
+def _register(args) -> int:
+    from . import registry
+
+    print(_render.moved_text(registry.register(config.resolve(), args.run, args.model, env=args.env)))
+    return 0
+
+
+def _promote(args) -> int:
+    from . import registry
+    from .errors import GateFailed
+
+    try:
+        moved = registry.promote(config.resolve(), args.ref, args.to, force=commands.forced(args), env=args.env)
+    except GateFailed as exc:
+        print(_render.failed_gates_text(exc), file=sys.stderr)
+        raise
+    print(_render.moved_text(moved))
+    return 0
+
+
+def _rollback(args) -> int:
+    from . import registry
+
+    print(_render.moved_text(registry.rollback(config.resolve(), args.name, args.env)))
+    return 0
+
+
+def _models(args) -> int:
+    from . import registry
+
+    commands.history_args(args)
+    settings = config.resolve()
+    if args.history:
+        at = registry.parse_time(args.at) if args.at else None
+        hist = registry.history(settings, args.name, env=args.env, at=at)
+        print(_render.text_table(*_render.history_rows(hist)))
+        print(_render.holders_text(hist, at))
+        return 0
+    header, rows = _render.model_rows(registry.models(settings))
+    print(_render.text_table(header, rows) if rows else "no registered models yet")
+    return 0
+
+
 HANDLERS = {"runs": _runs, "compare": _compare, "snapshot": _snapshot, "snapshots": _snapshots, "restore": _restore,
             "reproduce": _reproduce, "serve generate": _serve_generate, "serve run": _serve_run, "export": _export,
             "pipeline run": _pipeline_run, "pipeline status": _pipeline_status, "serve build": _serve_build,
-            "serve manifests": _serve_manifests}
+            "serve manifests": _serve_manifests, "register": _register, "promote": _promote, "rollback": _rollback,
+            "models": _models}
 
 
 def parser():
@@ -192,6 +236,7 @@ def main(argv=None) -> int:
     # a terminal wants a prompt answer when a server is down, not MLflow's minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per outcome, no bars
     name = commands.command(CLI, args.spec)
     try:
         return HANDLERS[args.spec.name](args)

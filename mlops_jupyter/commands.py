@@ -275,6 +275,63 @@ def _pipeline_status(p, door):
     p.add_argument("dir", metavar="DIR")
 
 
+def _env_option(p, what: str) -> None:
+    p.add_argument("--env", metavar="ENV", help=f"{what} (default: MLOPS_ENV, else dev)")
+
+
+@verb("register", "register a run's model as a new version in an environment's model registry")
+def _register(p, door):
+    p.add_argument("run", metavar="RUN", help="run id, unique prefix or run name")
+    p.add_argument("--model", required=True, metavar="NAME", help="registered model name")
+    _env_option(p, "the environment whose registry gets the version")
+
+
+GATES = ("signature", "metric", "lineage")  # registry.gates.NAMES, named here so the doors import no engine
+
+
+@verb("promote", "move an environment's alias to a model version, after the gates")
+def _promote(p, door):
+    p.add_argument("ref", metavar="NAME/VERSION|NAME@ALIAS", help="e.g. iris/3, or iris@staging (then the version "
+                   "staging holds)")
+    p.add_argument("--to", required=True, metavar="ENV", help="the environment whose alias moves")
+    p.add_argument("--force", action="append", default=[], metavar="GATE", help=f"skip a gate ({', '.join(GATES)}); "
+                   "needs --reason, recorded with the promotion")
+    p.add_argument("--reason", metavar="TEXT", help="why the forced gates are skipped")
+    _env_option(p, "where NAME/VERSION is looked up")
+
+
+@verb("rollback", "return an environment's alias to the version that held it before")
+def _rollback(p, door):
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", required=True, metavar="ENV", help="the environment whose alias goes back")
+
+
+@verb("models", "registered models, their versions and each environment's alias; `history NAME` for the audit")
+def _models(p, door):
+    p.add_argument("history", nargs="?", choices=["history"], help="the audit records of NAME")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--env", metavar="ENV", help="only this environment's records")
+    p.add_argument("--at", metavar="TIME", help="what each alias pointed at then (ISO 8601, UTC by default)")
+
+
+def forced(ns) -> dict:
+    """``--force GATE ... --reason TEXT`` as {gate: reason}; a reason without a gate, or a gate without a
+    reason, is a usage mistake."""
+    if ns.force and not (ns.reason or "").strip():
+        raise UsageProblem(f"--force {ns.force[0]} needs --reason TEXT: the reason is recorded with the promotion")
+    if ns.reason and not ns.force:
+        raise UsageProblem("--reason goes with --force GATE (the gate to skip); without --force no gate is skipped")
+    return {gate: ns.reason for gate in ns.force}
+
+
+def history_args(ns) -> None:
+    """``models history NAME``'s arguments hang together: NAME is given, --env/--at only with history."""
+    if ns.history and not ns.name:
+        raise UsageProblem("models history needs the model's NAME, e.g. models history iris --env prod")
+    if not ns.history and (ns.name or ns.env or ns.at):
+        raise UsageProblem("NAME, --env and --at go with history: models history NAME [--env ENV] [--at TIME]")
+
+
 def verbs(door: Door) -> list[Verb]:
     return [v for v in VERBS if door.name in v.doors]
 
@@ -379,6 +436,11 @@ def checked(pipe) -> str:
 # ("%mlops" / "mlops") and other names are the error's fields; an entry whose fields the error lacks
 # is skipped. The first match wins, so specific entries come first.
 HINTS = [
+    (E.UnknownEnvironment, {}, "pick one with --env (or MLOPS_ENV), or add a [tool.mlops.environments.{environment}] "
+                               "table with its tracking-uri"),
+    (E.GateFailed, {}, "fix what failed, or skip one gate with `{p} promote {model}/{version} --to {environment} "
+                       "--force GATE --reason TEXT`"),
+    (E.ModelNotFound, {}, "`{p} models` lists the registered models and their versions"),
     (E.UnsnapshottedChanges, {}, "snapshot them first (`{p} snapshot {path}`), or restore with --force to "
                                  "overwrite them"),
     (E.RunNotFound, {}, "`{p} runs --all` lists the run ids"),

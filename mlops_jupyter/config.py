@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownEnvironment
 
 STATE_DIR = ".mlops"
 
@@ -77,24 +77,34 @@ def find_project_root(start: str | os.PathLike | None = None) -> Path:
     return here
 
 
-def _pyproject_table(root: Path) -> dict:
+TABLES = ("environments", "promotion")  # [tool.mlops.X] sub-tables, read by their own functions below
+
+
+def _mlops_table(root: Path) -> dict:
     path = root / "pyproject.toml"
     if not path.is_file():
         return {}
     try:
         with path.open("rb") as fh:
-            table = tomllib.load(fh).get("tool", {}).get("mlops", {})
+            return tomllib.load(fh).get("tool", {}).get("mlops", {})
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file so [tool.mlops] can be read.",
                           path=str(path)) from None
+
+
+def _pyproject_table(root: Path) -> dict:
+    path = root / "pyproject.toml"
+    table = _mlops_table(root)
     if not isinstance(table, dict):
         raise ConfigError(f"[tool.mlops] in {path} must be a table, e.g. [tool.mlops] / experiment = \"demo\".",
                           path=str(path))
     out = {}
     for key, value in table.items():
         norm = key.replace("-", "_")
+        if norm in TABLES:
+            continue
         if norm not in KNOWN_KEYS:
-            valid = ", ".join(k.replace("_", "-") for k in KNOWN_KEYS)
+            valid = ", ".join(k.replace("_", "-") for k in KNOWN_KEYS + TABLES)
             raise ConfigError(f"[tool.mlops] in {path} has an unknown key {key!r}; the known keys are: {valid}.",
                               path=str(path), key=key)
         if not isinstance(value, str) or not value.strip():
@@ -144,6 +154,100 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
         raise ConfigError(f"ui-url {ui!r} (from {origin['ui_url']}) is not a web address; give the URL the MLflow "
                           "UI answers on, e.g. http://127.0.0.1:5000.", key="ui_url", value=ui, origin=origin["ui_url"])
     return Settings(project_root=root, origin=origin, **values)
+
+
+DEFAULT_ENV = "dev"
+ENV_KEYS = ("tracking_uri", "registry_uri", "dvc_remote", "serving", "promoters")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One place models live in: its registry (an MLflow store) and, optionally, its data remote, serving
+    settings and who may move its aliases (``promoters``; empty = anyone the registry lets write)."""
+    name: str
+    tracking_uri: str
+    registry_uri: str
+    dvc_remote: str | None = None
+    serving: dict = field(default_factory=dict, compare=False)
+    promoters: tuple = ()
+    embedded: bool = False  # the project's own store (no [tool.mlops.environments] entry)
+
+
+def environments(settings: Settings) -> dict[str, Environment]:
+    """Every configured environment by name; with none configured, ``dev`` is the project's own store (a
+    configured list without ``dev`` still gets it, so a notebook's runs always have a registry)."""
+    path = settings.project_root / "pyproject.toml"
+    table = _mlops_table(settings.project_root).get("environments", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.mlops.environments] in {path} must hold one table per environment, e.g. "
+                          "[tool.mlops.environments.staging] / tracking-uri = \"http://127.0.0.1:5001\".", path=str(path))
+    found = {DEFAULT_ENV: Environment(DEFAULT_ENV, settings.tracking_uri, settings.tracking_uri, embedded=True)}
+    for name, entry in table.items():
+        where = f"[tool.mlops.environments.{name}] in {path}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table with at least tracking-uri = \"...\".", path=str(path), env=name)
+        values = {}
+        for key, value in entry.items():
+            norm = key.replace("-", "_")
+            if norm not in ENV_KEYS:
+                valid = ", ".join(k.replace("_", "-") for k in ENV_KEYS)
+                raise ConfigError(f"{where} has an unknown key {key!r}; the known keys are: {valid}.",
+                                  path=str(path), env=name, key=key)
+            values[norm] = value
+        uri = values.get("tracking_uri")
+        if not isinstance(uri, str) or "://" not in uri and not uri.startswith("sqlite:"):
+            raise ConfigError(f"{where} needs tracking-uri, a store URI such as http://127.0.0.1:5001 or "
+                              f"sqlite:///path/to/mlflow.db; got {uri!r}.", path=str(path), env=name)
+        promoters = values.get("promoters", [])
+        if not isinstance(promoters, list) or not all(isinstance(p, str) for p in promoters):
+            raise ConfigError(f"{where} promoters must be a list of user names, e.g. promoters = [\"alice\"]; got "
+                              f"{promoters!r}.", path=str(path), env=name)
+        found[name] = Environment(name, uri, values.get("registry_uri") or uri, values.get("dvc_remote"),
+                                  dict(values.get("serving") or {}), tuple(promoters))
+    return found
+
+
+def environment(settings: Settings, name: str | None = None, env: dict | None = None) -> Environment:
+    """The environment ``name`` names (else ``MLOPS_ENV``, else ``dev``)."""
+    name = name or (os.environ if env is None else env).get("MLOPS_ENV") or DEFAULT_ENV
+    known = environments(settings)
+    if name not in known:
+        raise UnknownEnvironment(environment=name, known=sorted(known),
+                                 path=str(settings.project_root / "pyproject.toml"))
+    return known[name]
+
+
+PROMOTION_KEYS = ("metric", "mode", "min_delta", "evaluation_data", "target")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """[tool.mlops.promotion]: how the metric gate re-scores a candidate and the alias holder."""
+    metric: str | None = None
+    mode: str = "max"
+    min_delta: float = 0.0
+    evaluation_data: str | None = None  # a snapshotted file (CSV or Parquet) holding the features and ``target``
+    target: str = "target"
+
+
+def promotion(settings: Settings) -> Promotion:
+    path = settings.project_root / "pyproject.toml"
+    table = _mlops_table(settings.project_root).get("promotion", {})
+    values = {}
+    for key, value in (table if isinstance(table, dict) else {}).items():
+        norm = key.replace("-", "_")
+        if norm not in PROMOTION_KEYS:
+            valid = ", ".join(k.replace("_", "-") for k in PROMOTION_KEYS)
+            raise ConfigError(f"[tool.mlops.promotion] in {path} has an unknown key {key!r}; the known keys are: "
+                              f"{valid}.", path=str(path), key=key)
+        values[norm] = value
+    if values.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"[tool.mlops.promotion] mode in {path} must be \"max\" or \"min\", got "
+                          f"{values['mode']!r}.", path=str(path), key="mode")
+    if not isinstance(values.get("min_delta", 0.0), (int, float)):
+        raise ConfigError(f"[tool.mlops.promotion] min-delta in {path} must be a number, e.g. 0.01; got "
+                          f"{values['min_delta']!r}.", path=str(path), key="min_delta")
+    return Promotion(**values)
 
 
 def run_tags(env: dict | None = None) -> dict:

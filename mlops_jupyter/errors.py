@@ -28,6 +28,20 @@ class ConfigError(MlopsError):
     code = "bad_config"
 
 
+class UnknownEnvironment(ConfigError):
+    """``environment`` is not one of the ``known`` environments configured in ``path``."""
+
+    code = "unknown_environment"
+
+    def __init__(self, message: str = "", environment: str = "", known: list | None = None, path: str = "",
+                 **fields):
+        known = list(known or [])
+        super().__init__(message or f"there is no environment {environment!r}; the configured ones are "
+                                    f"{', '.join(known)} (each a [tool.mlops.environments.NAME] table in {path}, "
+                                    "plus the project's own store as dev).",
+                         environment=environment, known=known, path=path, **fields)
+
+
 class InvalidInput(MlopsError):
     """A value the user gave (an argument, a field of a request) that cannot be used as given."""
 
@@ -124,3 +138,30 @@ class ServingError(MlopsError):
 
     http_status = 422
     code = "serving_error"
+
+
+class RegistryError(MlopsError):
+    """A registry operation that cannot go ahead as asked."""
+
+    code = "registry_error"
+
+
+class ModelNotFound(NotFound):
+    """No registered model ``model`` (or no ``version`` / ``alias`` of it) in ``environment``'s registry."""
+
+    code = "model_not_found"
+
+
+class GateFailed(Conflict):
+    """Promotion refused: ``failed`` names the gates that did not pass; ``gates`` holds every gate's result
+    (name, status, detail)."""
+
+    code = "gate_failed"
+
+    def __init__(self, message: str = "", model: str = "", version: str = "", environment: str = "",
+                 gates: list | None = None, failed: list | None = None, **fields):
+        gates, failed = list(gates or []), list(failed or [])
+        details = "; ".join(f"{g['gate']}: {g['detail']}" for g in gates if g["gate"] in failed)
+        super().__init__(message or f"{model} version {version} was not promoted to {environment}: {details}.",
+                         model=model, version=version, environment=environment, gates=gates, failed=failed,
+                         **fields)

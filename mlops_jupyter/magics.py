@@ -365,6 +365,37 @@ class MlopsMagics(Magics):
         out = generate_package(uri, ns.out, name=ns.name, settings=settings)
         print(f"mlops: serving package for {uri} in {out} · start it from a terminal: mlops serve run {out}")
 
+    def _register(self, ns, _cell):
+        from . import registry
+
+        print(f"mlops: {_render.moved_text(registry.register(self._settings(), ns.run, ns.model, env=ns.env))}")
+
+    def _promote(self, ns, _cell):
+        from . import registry
+        from .errors import GateFailed
+
+        try:
+            moved = registry.promote(self._settings(), ns.ref, ns.to, force=commands.forced(ns), env=ns.env)
+        except GateFailed as exc:
+            print(_render.failed_gates_text(exc))
+            raise
+        print(f"mlops: {_render.moved_text(moved)}")
+
+    def _rollback(self, ns, _cell):
+        from . import registry
+
+        print(f"mlops: {_render.moved_text(registry.rollback(self._settings(), ns.name, ns.env))}")
+
+    def _models(self, ns, _cell):
+        from . import registry
+
+        commands.history_args(ns)
+        if ns.history:
+            at = registry.parse_time(ns.at) if ns.at else None
+            hist = registry.history(self._settings(), ns.name, env=ns.env, at=at)
+            return _render.Table(*_render.history_rows(hist), caption=_render.holders_text(hist, at))
+        return _render.Table(*_render.model_rows(registry.models(self._settings())))
+
 
 MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 

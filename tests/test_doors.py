@@ -55,7 +55,8 @@ SHARED = [v.name for v in commands.VERBS if set(v.doors) == {"magic", "cli"}]
 
 def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert set(SHARED) == {"runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "export",
-                           "serve generate", "pipeline run", "pipeline status"}
+                           "serve generate", "pipeline run", "pipeline status", "register", "promote", "rollback",
+                           "models"}
     magic, cli = commands.parser(MAGIC), commands.parser(CLI)
     for name in SHARED:
         assert flags(sub(magic, name)) == flags(sub(cli, name)), name
@@ -70,7 +71,7 @@ def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert flags(sub(cli, "serve run")) >= {"--host", "--port", "--workers"}
 
 
-@pytest.mark.parametrize("verb", ["snapshot", "restore", "reproduce", "serve generate"])
+@pytest.mark.parametrize("verb", ["snapshot", "restore", "reproduce", "serve generate", "promote"])
 def test_help_is_the_same_text_in_both_doors(ip, project, capsys, verb):
     ip.run_line_magic("mlops", f"{verb} --help")
     magic = capsys.readouterr().out

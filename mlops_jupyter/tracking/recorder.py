@@ -9,7 +9,8 @@ backoff; whatever it cannot write stays in the journal for the next recorder.
 Every MLflow record the product makes comes through here (the one writer): cells ("start"/"end",
 "dataset"), and runs of any other writer (sweeps, pipelines, models, reproductions) as generic ops:
 "run" (create, optionally under a parent), "log" (params, metrics, tags), "files", "text", "model" (an
-MLflow model folder becomes a logged model of the run) and "finish". Each op names its run by the
+MLflow model folder becomes a logged model of the run) and "finish"; and the registry's: "register" (a model
+version), "copy" (a version into another registry) and "alias" (an alias moved, with its audit record). Each op names its run by the
 writer's key; creating a run is idempotent on that key (tag ``mlops.record``), and an op's steps that
 already succeeded are not repeated, so a replay never duplicates anything.
 
@@ -406,6 +407,85 @@ class Recorder:
         self.client(op["tracking_uri"]).set_terminated(run_id, op["status"], end_time=op.get("t"))
         self.state["open"].pop(op.get("key"), None)
         self.emit(event="done", key=op.get("key"), run_id=run_id, status=op["status"], counts={})
+
+    # ---- registry ops: versions, copies between registries, aliases and their audit records --------------
+    def _version_of(self, client, name: str, key: str):
+        """The version of ``name`` an earlier attempt at record ``key`` made, if any (replays make none twice)."""
+        for mv in client.search_model_versions(f"name = '{name}'"):
+            if mv.tags.get(T.RECORD) == key:
+                return mv
+        return None
+
+    def _ensure_model(self, client, name: str) -> None:
+        try:
+            client.create_registered_model(name)
+        except Exception as exc:  # noqa: BLE001 - it exists already: the common case
+            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def op_register(self, op: dict) -> None:
+        """A model version of registered model ``name`` from ``source`` (a logged model of run ``run_id``)."""
+        client, key, name = self.client(op["tracking_uri"]), op["key"], op["name"]
+
+        def create():
+            self._ensure_model(client, name)
+            mv = self._version_of(client, name, key) or client.create_model_version(
+                name, op["source"], run_id=op.get("run_id"), tags={**op.get("tags", {}), T.RECORD: key},
+                model_id=op.get("model_id"))
+            self.state.setdefault("versions", {})[key] = str(mv.version)
+
+        self.steps(create, lambda: self._audit(client, name, self.state["versions"][key], op.get("audit")))
+        self.emit(event="version", key=key, name=name, version=str(self.state["versions"][key]))
+
+    def op_copy(self, op: dict) -> None:
+        """Version ``version`` of ``name`` in registry ``src_uri`` copied into this op's registry, artifacts
+        included: a run of experiment ``experiment`` holds them there (the version's source)."""
+        client, key, name = self.client(op["tracking_uri"]), op["key"], op["name"]
+
+        def copy():
+            self._ensure_model(client, name)
+            mv = self._version_of(client, name, key)
+            if mv is None:
+                exp_id = self.experiment_id(op["tracking_uri"], op["experiment"], None)
+                run_id = self._create_run(key, op["tracking_uri"], exp_id, run_name=f"{name} v{op['version']}",
+                                          tags={"mlops.copied_from": f"{op['src_uri']}#{name}/{op['version']}"})
+                self._initializing = True  # moving a model's files takes seconds: the store is not slow because of it
+                try:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        from mlflow.artifacts import download_artifacts
+
+                        where = self.client(op["src_uri"]).get_model_version_download_uri(name, op["version"])
+                        folder = download_artifacts(where, dst_path=tmp, tracking_uri=op["src_uri"])
+                        client.log_artifacts(run_id, folder, "model")
+                finally:
+                    self._initializing = False
+                source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+                mv = client.create_model_version(name, source, run_id=run_id,
+                                                 tags={**op.get("tags", {}), T.RECORD: key})
+                client.set_terminated(run_id, "FINISHED")
+            self.state.setdefault("versions", {})[key] = str(mv.version)
+
+        self.steps(copy)
+        self.emit(event="version", key=key, name=name, version=str(self.state["versions"][key]))
+
+    def op_alias(self, op: dict) -> None:
+        """The audit record first (on the version and in the model's log), then the alias moves: an alias is
+        never where no record says it went, and a replay finishes whichever step was cut off."""
+        client, name, version = self.client(op["tracking_uri"]), op["name"], op["version"]
+        if version is None:  # a version made by an earlier op of this journal (a copy), named by its key
+            version = self.state.get("versions", {}).get(op.get("version_key"))
+            if version is None:
+                return  # that op was skipped as permanently invalid
+        self.steps(lambda: self._audit(client, name, version, op.get("audit")),
+                   lambda: client.set_registered_model_alias(name, op["alias"], str(version)))
+        self.emit(event="alias", key=op.get("key"), name=name, alias=op["alias"], version=str(version))
+
+    def _audit(self, client, name: str, version, audit: dict | None) -> None:
+        if not audit:
+            return
+        record = json.dumps({**audit, "version": str(version)}, sort_keys=True)[:5000]
+        client.set_model_version_tag(name, str(version), audit["key"], record)
+        client.set_registered_model_tag(name, audit["key"], record)
 
     def op_start(self, op: dict) -> None:
         key, uri = op["key"], op["tracking_uri"]

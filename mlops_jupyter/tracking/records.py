@@ -53,6 +53,8 @@ class Recording:
         self.settings, self.experiment = settings, experiment
         self._ids: dict = {}
         self._models: dict = {}
+        self._versions: dict = {}
+        self.warnings: list = []  # records the store refused for good (the recorder skipped them), in its words
         self._error: str | None = None
         self._cond = threading.Condition()
         self._exited = False
@@ -73,6 +75,10 @@ class Recording:
                 self._ids[event["key"]] = event["run_id"]
             elif kind == "model":
                 self._models[f"{event['key']}/{event['name']}"] = f"models:/{event['model_id']}"
+            elif kind == "warning":
+                self.warnings.append(event.get("message") or "a record was refused")
+            elif kind == "version":
+                self._versions[event["key"]] = event["version"]
             elif kind == "degraded":
                 self._error = event.get("error") or "the store is not answering"
             elif kind == "recovered":
@@ -113,6 +119,36 @@ class Recording:
         """MLflow model folder ``folder`` (see tracking.models.save) becomes logged model ``name`` of run ``key``."""
         self.link.send({"op": "model", "key": key, **self._store(), "name": name, "dir": os.fspath(folder),
                         "tags": _strings(tags)})
+
+    # ---- the registry ---------------------------------------------------------------------------
+    def register(self, key: str, name: str, source: str, *, run_id: str | None = None, model_id: str | None = None,
+                 tags: dict | None = None, audit: dict | None = None) -> None:
+        """A version of registered model ``name`` (made if new); ``version(key)`` gives its number."""
+        self.link.send({"op": "register", "key": key, **self._store(), "name": name, "source": source,
+                        "run_id": run_id, "model_id": model_id, "tags": _strings(tags), "audit": audit})
+
+    def copy_version(self, key: str, src_uri: str, name: str, version: str, tags: dict | None = None) -> None:
+        """Version ``version`` of ``name`` in the registry at ``src_uri`` copied into this recording's registry."""
+        self.link.send({"op": "copy", "key": key, **self._store(), "experiment": "mlops-registry",
+                        "src_uri": src_uri, "name": name, "version": version, "tags": _strings(tags)})
+
+    def alias(self, name: str, alias: str, *, version: str | None = None, version_key: str | None = None,
+              audit: dict | None = None) -> None:
+        """Alias ``alias`` of ``name`` moved to ``version`` (or to the version record ``version_key`` made),
+        after its audit record is written."""
+        self.link.send({"op": "alias", "key": (audit or {}).get("key"), **self._store(), "name": name,
+                        "alias": alias, "version": version, "version_key": version_key, "audit": audit})
+
+    def version(self, key: str, timeout: float = 0.0) -> str | None:
+        """The version number record ``key`` made, waiting up to ``timeout`` s while the store answers."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while key not in self._versions and self._error is None and not self._exited:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._versions.get(key)
 
     def end_run(self, key: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
         self.link.send({"op": "finish", "key": key, **self._store(), "status": status,
