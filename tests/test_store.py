@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from harness import all_runs, finished_runs, notebook, store_uri, wait_for
+from harness import all_runs, finished_runs, kernel_stderr, notebook, store_uri, wait_for
 
 from mlops_jupyter.tracking import store
 
@@ -44,7 +44,7 @@ def test_six_autotracked_notebooks_on_a_new_project(project):
                               cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for k in range(6)]
     for p in procs:
-        outs.append(p.communicate(timeout=600)[0])
+        outs.append(kernel_stderr(p.communicate(timeout=600)[0]))
         assert p.returncode == 0, outs[-1][-3000:]
     runs = finished_runs(project, 6 * 8, timeout=180)
     assert len(runs) == 48 and {r.info.status for r in runs} == {"FINISHED"}
