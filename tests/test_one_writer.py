@@ -49,6 +49,21 @@ def assert_tracked_cell(run, project: Path, uri: str) -> None:
     assert any(p.startswith("cell/outputs/") and p.endswith(".png") for p in kept), kept
 
 
+@contextmanager
+def store_locked(project: Path):
+    """The project's store made, then held under an exclusive lock: nothing can write (as root, a lock is what
+    makes a file unwritable)."""
+    subprocess.run([PY, "-c", "from mlops_jupyter.tracking import store; import sys; store.client(sys.argv[1])",
+                    store_uri(project)], check=True)
+    con = sqlite3.connect(store_uri(project)[len("sqlite:///"):], isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
@@ -208,15 +223,8 @@ def test_pipeline_with_the_server_down_then_up(project, tmp_path):
 
 
 def test_pipeline_with_the_store_locked_then_released(project):
-    subprocess.run([PY, "-c", "from mlops_jupyter.tracking import store; import sys; store.client(sys.argv[1])",
-                    store_uri(project)], check=True)
-    con = sqlite3.connect(store_uri(project)[len("sqlite:///"):], isolation_level=None)
-    con.execute("BEGIN EXCLUSIVE")  # nothing can write: as root, a lock is what makes a file unwritable
-    try:
+    with store_locked(project):
         out = run_pipeline(project, {})
-    finally:
-        con.execute("ROLLBACK")
-        con.close()
     assert out.returncode == 0, out.stdout + out.stderr
     assert "wait in" in out.stderr, out.stderr
     wait_for(lambda: not journals(project), timeout=180, what="the records once the store is free")
@@ -259,12 +267,7 @@ def test_sweep_with_the_server_down_then_up(project, tmp_path):
 
 def test_a_recorder_killed_mid_replay_and_replayed_again_writes_each_record_once(project):
     settings = config.resolve(project)
-    con_path = store_uri(project)[len("sqlite:///"):]
-    subprocess.run([PY, "-c", "from mlops_jupyter.tracking import store; import sys; store.client(sys.argv[1])",
-                    store_uri(project)], check=True)
-    con = sqlite3.connect(con_path, isolation_level=None)
-    con.execute("BEGIN EXCLUSIVE")
-    try:
+    with store_locked(project):
         rec = Recording(settings, "replays")
         for i in range(30):
             key = rec.start_run(f"r{i}", params={"i": i})
@@ -272,9 +275,6 @@ def test_a_recorder_killed_mid_replay_and_replayed_again_writes_each_record_once
             rec.end_run(key)
         rec.close(timeout=3)
         wait_for(lambda: not recorder_pids(str(project)), timeout=60, what="the writer's recorder to stop")
-    finally:
-        con.execute("ROLLBACK")
-        con.close()
     (journal,) = journals(project)
     cmd = [PY, "-m", "mlops_jupyter.tracking.recorder", str(journal)]
     first = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -295,3 +295,51 @@ def test_a_recorder_killed_mid_replay_and_replayed_again_writes_each_record_once
 
     history = MlflowClient(store_uri(project)).get_metric_history(runs[0].info.run_id, "m")
     assert len(history) == 1 and not list(journal.parent.glob("*.jsonl"))
+
+
+def test_quick_cells_written_whole_once_after_a_recorder_dies_mid_cell(project):
+    """A quick cell's start and end are written as one record ("cell"): a recorder that dies between its steps
+    (here: once it has written all but the run's end) leaves the next one just the rest, and whole replays of
+    the journal add nothing."""
+    from mlops_jupyter.tracking import recorder as recorder_module
+
+    cells = ["%load_ext mlops_jupyter"] + [f"%%mlops run --name c{i} --metrics acc\nlr = {i}\nacc = {i} / 10\n"
+                                           f"print('cell', {i})" for i in range(6)]
+    with store_locked(project):
+        out = papermill(project, notebook(project / "quick.ipynb", cells), {"MLOPS_RECORDER_EXIT_GRACE_S": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        wait_for(lambda: not recorder_pids(str(project)), timeout=60, what="the kernel's recorder to give up")
+    (journal,) = journals(project)
+    saved = journal.read_bytes()
+
+    class Died(BaseException):
+        pass
+
+    def dies(*_args):
+        raise Died
+
+    rec = recorder_module.Recorder(journal, follow=False)
+    rec._terminate = dies  # the process dies here, mid-way through the first cell's record
+    with pytest.raises(Died):
+        rec.drain(None)
+    assert [r.info.status for r in all_runs(project)] == ["RUNNING"]
+    assert rec.state["step"] == 4  # the cell's start and end as one record: made, values, files, inputs done
+    cmd = [PY, "-m", "mlops_jupyter.tracking.recorder"]
+    subprocess.run([*cmd, str(journal)], check=True, stderr=subprocess.DEVNULL, timeout=300)
+    for n in range(2):
+        copy = journal.with_name(journal.stem + f"-again{n}.jsonl")
+        copy.write_bytes(saved)
+        subprocess.run([*cmd, str(copy)], check=True, stderr=subprocess.DEVNULL, timeout=300)
+    runs = {r.info.run_name: r for r in all_runs(project)}
+    assert sorted(runs) == [f"c{i}" for i in range(6)] and {r.info.status for r in runs.values()} == {"FINISHED"}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store_uri(project))
+    for i in range(6):
+        run = runs[f"c{i}"]
+        assert run.data.params == {"lr": str(i)} and run.data.metrics == {"acc": i / 10}
+        assert len(client.get_metric_history(run.info.run_id, "acc")) == 1
+        assert {"cell/source.py", "cell/stdout.txt"} <= set(artifacts(project, run.info.run_id))
+    assert "environment/requirements.txt" in artifacts(project, runs["c0"].info.run_id)
+    assert {r.data.tags["mlops.environment"] for r in runs.values()} == {f"runs:/{runs['c0'].info.run_id}/environment"}
+    assert not list(journal.parent.glob("*.jsonl"))

@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -110,10 +111,20 @@ def add_project(text: str | None, root: str, path: str) -> str:
     return json.dumps(found)
 
 
+_HEADER = re.compile(r"^(Name|Version): *(.+?) *$", re.MULTILINE)
+
+
+def _requirement(dist) -> str | None:
+    """``name==version`` from a distribution's metadata headers (read directly: the email parser behind
+    ``dist.metadata`` took a third of a second for a few hundred distributions)."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    found = dict(_HEADER.findall(text.split("\n\n", 1)[0]))
+    return f"{found['Name']}=={found['Version']}" if "Name" in found and "Version" in found else None
+
+
 def environment() -> dict:
     """Python version and installed distributions (the equivalent of ``pip freeze``)."""
-    dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
-                    if d.metadata["Name"]}, key=str.lower)
+    dists = sorted(filter(None, map(_requirement, metadata.distributions())), key=str.lower)
     return {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable": sys.executable, "platform": platform.platform()},

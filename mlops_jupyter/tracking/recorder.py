@@ -46,6 +46,14 @@ MIME_FILES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "
               "text/markdown": "md", "application/json": "json", "text/plain": "txt"}
 
 
+def _parse(raw: bytes) -> dict:
+    try:
+        op = json.loads(raw)
+    except ValueError:
+        return {"op": "corrupt"}
+    return op if isinstance(op, dict) else {"op": "corrupt"}
+
+
 class StoreDown(Exception):
     pass
 
@@ -65,7 +73,7 @@ class Recorder:
                       "env_run": None, "models": {}}
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text()))
-        self.clients, self.experiments = {}, {}
+        self.clients, self.experiments, self.artifact_uris = {}, {}, {}
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
         self._initializing = False
@@ -121,17 +129,19 @@ class Recorder:
         with open(self.journal, "rb") as fh:
             fh.seek(self.state["offset"])
             data = fh.read()
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
-                break  # a line the kernel is still writing
-            try:
-                op = json.loads(raw)
-            except ValueError:
-                op = {"op": "corrupt"}
+        lines = data.splitlines(keepends=True)
+        i = 0
+        while i < len(lines) and lines[i].endswith(b"\n"):  # an unterminated line is one still being written
+            op, size = _parse(lines[i]), len(lines[i])
+            if op.get("op") == "start" and i + 1 < len(lines) and lines[i + 1].endswith(b"\n"):
+                end = _parse(lines[i + 1])
+                if end.get("op") == "end" and end.get("key") == op.get("key"):  # a quick cell: both at once
+                    op, size, i = {"op": "cell", "start": op, "end": end}, size + len(lines[i + 1]), i + 1
             if not self.retrying(self.apply, op, deadline):
                 return False
-            self.state.update(offset=self.state["offset"] + len(raw), step=0, attempting=None)
+            self.state.update(offset=self.state["offset"] + size, step=0, attempting=None)
             self.save()
+            i += 1
         if self.state["offset"] >= COMPACT_BYTES:
             self.compact()
         return True
@@ -204,7 +214,8 @@ class Recorder:
                 continue
             fn()
             self.state["step"] = max(self.state["step"], i + 1)  # a step may mark later ones done
-            self.save()
+            if i + 1 < len(fns):  # after the last, the op's end is saved with the journal offset
+                self.save()
 
     # ---- MLflow ----------------------------------------------------------------------------
     def client(self, uri: str):
@@ -257,12 +268,14 @@ class Recorder:
             found = client.search_runs([exp_id], filter_string=f"tags.`{T.RECORD}` = '{key}'", max_results=1)
             if found:
                 self.state["runs"][key] = found[0].info.run_id
+                self.artifact_uris[found[0].info.run_id] = found[0].info.artifact_uri
                 return found[0].info.run_id
         self.state["attempting"] = self.state["offset"]
         self.save()
         create["tags"] = {**{k: str(v) for k, v in create.get("tags", {}).items()}, T.RECORD: key}  # a server wants strings
         run = client.create_run(exp_id, **create)
         self.state["runs"][key] = run.info.run_id
+        self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         self.emit(event="run", key=key, run_id=run.info.run_id, experiment_id=exp_id)
         return run.info.run_id
 
@@ -487,9 +500,9 @@ class Recorder:
         client.set_model_version_tag(name, str(version), audit["key"], record)
         client.set_registered_model_tag(name, audit["key"], record)
 
-    def op_start(self, op: dict) -> None:
-        key, uri = op["key"], op["tracking_uri"]
-        client = self.client(uri)
+    # ---- tracked cells: "start" and "end", or both at once ("cell", a cell that ended before its run was made)
+    def _begun(self, op: dict) -> tuple[str, dict, list, dict]:
+        """What a cell's start record stands for: (project root, git state, snapshots, params)."""
         root = op.get("project_root") or os.getcwd()
         git = capture.git_state(root)
         snapshots = op.get("snapshots")  # the snapshots the project held as the cell started
@@ -502,58 +515,114 @@ class Recorder:
         skip = set(op.get("metric_names", []))  # a literal metric (acc = 0.9) is a metric, not a param
         params = {k: capture.param_value(v) for k, v in params.items() if k not in skip}
         params.update({k: str(v) for k, v in op.get("params", {}).items()})
+        return root, git, snapshots, params
 
-        def create():
-            exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
-            notebook = op.get("notebook") or ""
-            run_tags = {
-                T.KERNEL: op.get("kernel", ""), T.HOST: socket.gethostname(),
-                T.CELL_KEY: op.get("cell_key", ""), T.SOURCE_HASH: capture.source_hash(op.get("source", "")),
-                "mlflow.user": op.get("user", ""), "mlflow.source.type": "NOTEBOOK",
-                "mlflow.note.content": f"Cell [{op.get('execution_count')}] of `{notebook or 'an unsaved notebook'}`"
-                                       f"\n\n```python\n{op.get('source', '')}\n```",
-            }
-            if notebook:
-                run_tags.update({T.NOTEBOOK: notebook, "mlflow.source.name": notebook})
-            if op.get("cell_id"):
-                run_tags[T.CELL_ID] = op["cell_id"]
-            if op.get("execution_count") is not None:
-                run_tags[T.EXECUTION_COUNT] = str(op["execution_count"])
-            if git:
-                run_tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
-                                 T.GIT_DIRTY: str(git["dirty"]).lower()})
-            run_tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
-            run_tags[T.PROJECTS] = capture.projects(root, git, snapshots)
-            run_tags.update(op.get("tags", {}))
-            self._create_run(key, uri, exp_id, start_time=op["t"], tags=run_tags, run_name=op.get("run_name"))
-            self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
-                                       "source": op.get("source", ""), "order": op.get("execution_order")}
+    def _create_cell_run(self, op: dict, begun: tuple) -> str:
+        key, uri = op["key"], op["tracking_uri"]
+        root, git, snapshots, params = begun
+        exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
+        notebook = op.get("notebook") or ""
+        tags = {
+            T.KERNEL: op.get("kernel", ""), T.HOST: socket.gethostname(),
+            T.CELL_KEY: op.get("cell_key", ""), T.SOURCE_HASH: capture.source_hash(op.get("source", "")),
+            "mlflow.user": op.get("user", ""), "mlflow.source.type": "NOTEBOOK",
+            "mlflow.note.content": f"Cell [{op.get('execution_count')}] of `{notebook or 'an unsaved notebook'}`"
+                                   f"\n\n```python\n{op.get('source', '')}\n```",
+        }
+        if notebook:
+            tags.update({T.NOTEBOOK: notebook, "mlflow.source.name": notebook})
+        if op.get("cell_id"):
+            tags[T.CELL_ID] = op["cell_id"]
+        if op.get("execution_count") is not None:
+            tags[T.EXECUTION_COUNT] = str(op["execution_count"])
+        if git:
+            tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
+                         T.GIT_DIRTY: str(git["dirty"]).lower()})
+        tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
+        tags[T.PROJECTS] = capture.projects(root, git, snapshots)
+        if self.state["env_run"] is not None:  # the first run of this journal holds the environment's files
+            tags[T.ENVIRONMENT] = f"runs:/{self.state['env_run']}/environment"
+        tags.update(op.get("tags", {}))
+        run_id = self._create_run(key, uri, exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
+        self.state["open"][key] = {"params": params, "git_diff": git.get("diff"), "uri": uri,
+                                   "source": op.get("source", ""), "order": op.get("execution_order")}
+        return run_id
+
+    def _started_files(self, folder: Path, info: dict) -> bool:
+        """A cell's source, execution order and git diff into ``folder``, and the environment's files when no run
+        of this journal holds them yet; True if it added those."""
+        Path(folder, "cell").mkdir(exist_ok=True)
+        Path(folder, "cell", "source.py").write_text(info.get("source", ""))
+        if info.get("order") is not None:  # the cells this kernel ran up to this one: hidden state
+            Path(folder, "cell", "execution_order.json").write_text(json.dumps(info["order"], indent=1))
+        if info.get("git_diff"):
+            Path(folder, "git").mkdir()
+            Path(folder, "git", "diff.patch").write_text(info["git_diff"])
+        if self.state["env_run"] is not None:
+            return False
+        env = capture.environment()
+        Path(folder, "environment").mkdir()
+        Path(folder, "environment", "requirements.txt").write_text(env["requirements"])
+        Path(folder, "environment", "python.json").write_text(json.dumps(env["python"], indent=2))
+        return True
+
+    def _log_folder(self, client, run_id: str, folder: Path) -> int:
+        """Every file under ``folder`` as the run's artifacts (into the location its creation returned, without
+        asking the store again); how many."""
+        n = sum(1 for p in Path(folder).rglob("*") if p.is_file())
+        if n:
+            uri = self.artifact_uris.get(run_id)
+            if uri is None:
+                client.log_artifacts(run_id, str(folder))
+            else:
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(uri, tracking_uri=client.tracking_uri).log_artifacts(str(folder))
+        return n
+
+    def _environment_held(self, client, run_id: str) -> None:
+        self.state["env_run"] = run_id
+        client.set_tag(run_id, T.ENVIRONMENT, f"runs:/{run_id}/environment")
+
+    def op_start(self, op: dict) -> None:
+        key, client = op["key"], self.client(op["tracking_uri"])
+        begun = self._begun(op)
 
         def files():
             run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
             with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, "cell").mkdir()
-                Path(tmp, "cell", "source.py").write_text(info.get("source", ""))
-                if info.get("order") is not None:  # the cells this kernel ran up to this one: hidden state
-                    Path(tmp, "cell", "execution_order.json").write_text(json.dumps(info["order"], indent=1))
-                if info.get("git_diff"):
-                    Path(tmp, "git").mkdir()
-                    Path(tmp, "git", "diff.patch").write_text(info["git_diff"])
-                if self.state["env_run"] is None:
-                    env = capture.environment()
-                    Path(tmp, "environment").mkdir()
-                    Path(tmp, "environment", "requirements.txt").write_text(env["requirements"])
-                    Path(tmp, "environment", "python.json").write_text(json.dumps(env["python"], indent=2))
-                client.log_artifacts(run_id, tmp)
-                info["files"] = sum(1 for p in Path(tmp).rglob("*") if p.is_file())
-            if self.state["env_run"] is None:
-                self.state["env_run"] = run_id
-            client.set_tag(run_id, T.ENVIRONMENT, f"runs:/{self.state['env_run']}/environment")
+                env = self._started_files(Path(tmp), info)
+                info["files"] = self._log_folder(client, run_id, Path(tmp))
+            if env:
+                self._environment_held(client, run_id)
 
-        def inputs():
-            self.log_datasets(client, self.state["runs"][key], snapshots, root)
+        self.steps(lambda: self._create_cell_run(op, begun), files,
+                   lambda: self.log_datasets(client, self.state["runs"][key], begun[2], begun[0]))
 
-        self.steps(create, files, inputs)
+    def op_cell(self, op: dict) -> None:
+        """A cell whose end was journalled before its start was applied (most cells: the recorder is woken by
+        the end): one run made with all it holds, its files in one upload, and no reads of it back."""
+        start, end = op["start"], op["end"]
+        key, client = start["key"], self.client(start["tracking_uri"])
+        begun, counts = self._begun(start), {}
+
+        def values():
+            info = self.state["open"].get(key, {})
+            counts.update(self._log_end_values(client, self.state["runs"][key], info, end, {}, {
+                data.tag_key(d["path"]): d["md5"] for d in begun[2]}))
+
+        def files():
+            run_id, info = self.state["runs"][key], self.state["open"].get(key, {})
+            with tempfile.TemporaryDirectory() as tmp:
+                env = self._started_files(Path(tmp), info)
+                self._output_files(Path(tmp), end)
+                counts["artifacts"] = self._log_folder(client, run_id, Path(tmp))
+            if env:
+                self._environment_held(client, run_id)
+
+        self.steps(lambda: self._create_cell_run(start, begun), values, files,
+                   lambda: self.log_datasets(client, self.state["runs"][key], begun[2], begun[0]),
+                   lambda: self._terminate(client, key, end, counts))
 
     def log_datasets(self, client, run_id: str, snapshots: list[dict], root: str) -> None:
         """Snapshots as MLflow dataset inputs: digest = the DVC md5, source = path (+ remote)."""
@@ -591,29 +660,38 @@ class Recorder:
         counts = {}
 
         def values():
-            from mlflow.entities import Metric, Param, RunTag
-
-            existing = client.get_run(run_id).data
-            params = {**info.get("params", {}), **op.get("params", {})}
-            params = {k: v for k, v in params.items() if k not in existing.params}
-            metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
-            # the snapshotted paths the cell read, at the version the run started with
-            reads = [RunTag(data.read_key(rel), existing.tags[data.tag_key(rel)]) for rel in op.get("reads", [])
-                     if data.tag_key(rel) in existing.tags]
-            tags = reads + [RunTag(k, v) for k, v in op.get("tags", {}).items()]  # e.g. hidden state
-            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()], tags=tags)
-            counts["params"] = len(existing.params) + len(params)
+            existing = client.get_run(run_id).data  # a snapshot taken in the cell added its tag meanwhile
+            counts.update(self._log_end_values(client, run_id, info, op, existing.params, existing.tags))
             counts["metrics"] = len(set(existing.metrics) | set(op.get("metrics", {})))
 
         def files():
-            counts["artifacts"] = info.get("files", 0) + self.write_outputs(client, run_id, op)
+            with tempfile.TemporaryDirectory() as tmp:
+                self._output_files(Path(tmp), op)
+                counts["artifacts"] = info.get("files", 0) + self._log_folder(client, run_id, Path(tmp))
 
-        def terminate():
-            client.set_terminated(run_id, op["status"], end_time=op["t"])
-            self.state["open"].pop(key, None)
-            self.emit(event="done", key=key, run_id=run_id, status=op["status"], counts=counts)
+        self.steps(values, files, lambda: self._terminate(client, key, op, counts))
 
-        self.steps(values, files, terminate)
+    def _log_end_values(self, client, run_id: str, info: dict, op: dict, existing: dict, data_tags: dict) -> dict:
+        """A cell's params (its literals and given ones), metrics and end tags in one batch; their counts."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        params = {**info.get("params", {}), **op.get("params", {})}
+        params = {k: v for k, v in params.items() if k not in existing}
+        metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
+        # the snapshotted paths the cell read, at the version the run started with
+        reads = [RunTag(data.read_key(rel), data_tags[data.tag_key(rel)]) for rel in op.get("reads", [])
+                 if data.tag_key(rel) in data_tags]
+        tags = reads + [RunTag(k, v) for k, v in op.get("tags", {}).items()]  # e.g. hidden state
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()], tags=tags)
+        return {"params": len(existing) + len(params), "metrics": len(metrics)}
+
+    def _terminate(self, client, key: str, op: dict, counts: dict) -> None:
+        run_id = self.state["runs"][key]
+        client.set_terminated(run_id, op["status"], end_time=op["t"])
+        self.state["open"].pop(key, None)
+        self.state["runs"].pop(key)  # no record names an ended cell: the state stays small in a long session
+        self.artifact_uris.pop(run_id, None)
+        self.emit(event="done", key=key, run_id=run_id, status=op["status"], counts=counts)
 
     def op_child(self, op: dict) -> None:
         """A finished child run in one record (a sweep trial): run, values, texts, end."""
@@ -634,33 +712,29 @@ class Recorder:
         self.steps(create, lambda: self.op_text(op),
                    lambda: self.client(uri).set_terminated(self.state["runs"][key], op["status"], end_time=op["end_t"]))
 
-    def write_outputs(self, client, run_id: str, op: dict) -> int:
-        with tempfile.TemporaryDirectory() as tmp:
-            cell = Path(tmp, "cell")
-            cell.mkdir()
-            for name in ("stdout", "stderr", "traceback"):
-                if op.get(name):
-                    (cell / f"{name}.txt").write_text(op[name])
-            outputs = op.get("outputs", [])
-            if outputs:
-                (cell / "outputs.json").write_text(json.dumps(outputs, indent=1, default=str))
-                folder = cell / "outputs"
-                folder.mkdir()
-                for i, out in enumerate(outputs):
-                    for mime, data in out.get("data", {}).items():
-                        ext = MIME_FILES.get(mime)
-                        if ext is None or (mime == "text/plain" and len(out["data"]) > 1):
-                            continue  # text/plain beside a richer form is only its fallback
-                        path = folder / f"{i:03d}.{ext}"
-                        if mime in ("image/png", "image/jpeg"):
-                            path.write_bytes(base64.b64decode(data))
-                        else:
-                            path.write_text(data if isinstance(data, str) else json.dumps(data))
-            files = [p for p in Path(tmp).rglob("*") if p.is_file()]
-            if files:
-                client.log_artifacts(run_id, tmp)
-            return len(files)
-
+    @staticmethod
+    def _output_files(folder: Path, op: dict) -> None:
+        """A cell's streams, traceback and displayed outputs (one file per rich output) into ``folder``/cell."""
+        cell = folder / "cell"
+        cell.mkdir(exist_ok=True)
+        for name in ("stdout", "stderr", "traceback"):
+            if op.get(name):
+                (cell / f"{name}.txt").write_text(op[name])
+        outputs = op.get("outputs", [])
+        if outputs:
+            (cell / "outputs.json").write_text(json.dumps(outputs, indent=1, default=str))
+            out_dir = cell / "outputs"
+            out_dir.mkdir()
+            for i, out in enumerate(outputs):
+                for mime, value in out.get("data", {}).items():
+                    ext = MIME_FILES.get(mime)
+                    if ext is None or (mime == "text/plain" and len(out["data"]) > 1):
+                        continue  # text/plain beside a richer form is only its fallback
+                    path = out_dir / f"{i:03d}.{ext}"
+                    if mime in ("image/png", "image/jpeg"):
+                        path.write_bytes(base64.b64decode(value))
+                    else:
+                        path.write_text(value if isinstance(value, str) else json.dumps(value))
     def finish(self, deadline) -> bool:
         """Runs whose cell never reported back (kernel died mid-cell) end KILLED."""
         for key in list(self.state["open"]):
