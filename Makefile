@@ -43,7 +43,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: $(STAMP)
+test: $(STAMP) $(UI_STAMP)
 	@$(MAKE) --no-print-directory system-deps
 	@$(MAKE) --no-print-directory lab-check
 	$(BIN)/python -m pytest --durations=15

@@ -120,6 +120,19 @@ class Picture:
         return self.svg
 
 
+class Document:
+    """An HTML document part (a report) in notebooks; its Markdown in text."""
+
+    def __init__(self, html_text: str, text: str):
+        self.html_text, self.text = html_text, text
+
+    def __repr__(self):
+        return self.text
+
+    def _repr_html_(self):
+        return self.html_text
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return ""

@@ -214,11 +214,28 @@ def _models(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from . import reports
+
+    commands.report_args(args)
+    settings = config.resolve(args.target if args.target and os.path.isdir(args.target) else None)
+    made = reports.build(settings, args.target, args.baseline, args.out, env=args.env, plots=bool(args.out))
+    if args.out:
+        print(f"mlops report: {args.out} ({len(made.plots)} plots in {made.folder})")
+        for problem in made.problems:
+            print(f"mlops report: plot not made: {problem}", file=sys.stderr)
+    else:
+        print(made.markdown(), end="")
+    if args.comment:
+        print(f"mlops report: {reports.comment(made, args.out, dry_run=args.dry_run)}")
+    return 0
+
+
 HANDLERS = {"runs": _runs, "compare": _compare, "snapshot": _snapshot, "snapshots": _snapshots, "restore": _restore,
             "reproduce": _reproduce, "serve generate": _serve_generate, "serve run": _serve_run, "export": _export,
             "pipeline run": _pipeline_run, "pipeline status": _pipeline_status, "serve build": _serve_build,
             "serve manifests": _serve_manifests, "register": _register, "promote": _promote, "rollback": _rollback,
-            "models": _models}
+            "models": _models, "report": _report}
 
 
 def parser():

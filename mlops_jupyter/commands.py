@@ -314,6 +314,29 @@ def _models(p, door):
     p.add_argument("--at", metavar="TIME", help="what each alias pointed at then (ISO 8601, UTC by default)")
 
 
+@verb("report", "a pipeline's (or a run's) results against a baseline: Markdown for a pull request, HTML here")
+def _report(p, door):
+    p.add_argument("target", nargs="?", metavar="PIPELINE_DIR|RUN", help="a pipeline folder (its newest run) or a "
+                   "run; default: the pipeline in the working directory")
+    p.add_argument("--baseline", metavar="BRANCH|NAME@ALIAS|RUN|none", help="the run at the newest commit of BRANCH "
+                   "that has one, the run behind a model version, or a run; default: the pull request's base branch "
+                   "in CI, else main or master; none: this run alone")
+    p.add_argument("--out", metavar="report.md", help="write the Markdown there, its plots in <stem>_files/ beside it")
+    _env_option(p, "the environment whose registry NAME@ALIAS and the promotions are read from")
+    p.add_argument("--comment", action="store_true", help="post the report on the pull request as one comment, "
+                   "updated on later runs (needs the gh CLI and GH_TOKEN)")
+    p.add_argument("--dry-run", action="store_true", help="with --comment: write the comment's body to a file "
+                   "beside --out instead of posting it")
+
+
+def report_args(ns) -> None:
+    """``report``'s flags hang together: --dry-run only with --comment, --comment only with --out."""
+    if ns.dry_run and not ns.comment:
+        raise UsageProblem("--dry-run goes with --comment (it writes the comment instead of posting it)")
+    if ns.comment and not ns.out:
+        raise UsageProblem("--comment needs --out FILE.md: the plots and the comment's body are written beside it")
+
+
 def forced(ns) -> dict:
     """``--force GATE ... --reason TEXT`` as {gate: reason}; a reason without a gate, or a gate without a
     reason, is a usage mistake."""

@@ -397,6 +397,18 @@ class MlopsMagics(Magics):
         return _render.Table(*_render.model_rows(registry.models(self._settings())))
 
 
+    def _report(self, ns, _cell):
+        from . import config, reports
+
+        commands.report_args(ns)
+        target = ns.target
+        settings = config.resolve(target) if target and os.path.isdir(target) else self._settings()
+        made = reports.build(settings, target, ns.baseline, ns.out, env=ns.env)
+        if ns.comment:
+            print(f"mlops: {reports.comment(made, ns.out, dry_run=ns.dry_run)}")
+        return _render.Document(made.html(), made.markdown())
+
+
 MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 
 

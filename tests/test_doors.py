@@ -56,7 +56,7 @@ SHARED = [v.name for v in commands.VERBS if set(v.doors) == {"magic", "cli"}]
 def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert set(SHARED) == {"runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "export",
                            "serve generate", "pipeline run", "pipeline status", "register", "promote", "rollback",
-                           "models"}
+                           "models", "report"}
     magic, cli = commands.parser(MAGIC), commands.parser(CLI)
     for name in SHARED:
         assert flags(sub(magic, name)) == flags(sub(cli, name)), name
@@ -235,7 +235,7 @@ CLI_ERRORS = [
 STORE_DOWN = [["runs"], ["runs", "--kind", "pipeline"], ["compare", "0123abcd", "4567ef01"], ["compare", "--last", "2"],
               ["reproduce", "0123abcd"], ["restore", "data.csv", "--run", "0123abcd"],
               ["serve", "generate", "--run", "0123abcd", "--out", "x"],
-              ["serve", "generate", "runs:/0123abcd/model", "--out", "x"]]
+              ["serve", "generate", "runs:/0123abcd/model", "--out", "x"], ["report", "0123abcd"]]
 
 
 def test_every_cli_verb_fails_in_one_line_without_a_traceback(cli_project):

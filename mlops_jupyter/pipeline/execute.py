@@ -190,7 +190,7 @@ class _Runner:
                 self.parent = self.recording.start_run(
                     f"pipeline {self.pipe.name}", params=self.params, start_ms=int(time.time() * 1000),
                     tags={"mlops.kind": "pipeline", "mlops.pipeline": self.pipe.name,
-                          "mlops.pipeline.folder": str(self.pipe.folder)})
+                          "mlops.pipeline.folder": str(self.pipe.folder)}, code=self.root)
                 if models:
                     self.worker = ModelWorker({"folder": str(self.pipe.folder), "root": str(self.root),
                                                "blobs": str(self.recording.link.blobs)})

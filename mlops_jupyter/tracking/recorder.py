@@ -54,6 +54,21 @@ def _parse(raw: bytes) -> dict:
     return op if isinstance(op, dict) else {"op": "corrupt"}
 
 
+def _code_state(root: str, snapshots: list | None = None) -> tuple[dict, list]:
+    """The project's git state and the DVC snapshots in its scope (``snapshots`` when already known)."""
+    return capture.git_state(root), data.in_scope(root) if snapshots is None else snapshots
+
+
+def _code_tags(root: str, git: dict, snapshots: list) -> dict:
+    """A run's tags for the code and data it used: commit and dirtiness, each snapshot's md5, the projects."""
+    tags = {data.tag_key(d["path"]): d["md5"] for d in snapshots}
+    if git:
+        tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
+                     T.GIT_DIRTY: str(git["dirty"]).lower()})
+    tags[T.PROJECTS] = capture.projects(root, git, snapshots)
+    return tags
+
+
 class StoreDown(Exception):
     pass
 
@@ -295,6 +310,8 @@ class Recorder:
 
             exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
             tags = dict(op.get("tags", {}))
+            if op.get("project_root"):  # a run of the project's code (a pipeline): its commit and data versions
+                tags.update(_code_tags(op["project_root"], *_code_state(op["project_root"])))
             if parent is not None:
                 tags[T.PARENT] = self.state["runs"][parent]
             run_id = self._create_run(key, uri, exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
@@ -504,10 +521,7 @@ class Recorder:
     def _begun(self, op: dict) -> tuple[str, dict, list, dict]:
         """What a cell's start record stands for: (project root, git state, snapshots, params)."""
         root = op.get("project_root") or os.getcwd()
-        git = capture.git_state(root)
-        snapshots = op.get("snapshots")  # the snapshots the project held as the cell started
-        if snapshots is None:
-            snapshots = data.in_scope(root)
+        git, snapshots = _code_state(root, op.get("snapshots"))  # the snapshots held as the cell started
         params = {}
         for src in op.get("param_sources", []):
             params.update(capture.literal_assignments(src))
@@ -535,11 +549,7 @@ class Recorder:
             tags[T.CELL_ID] = op["cell_id"]
         if op.get("execution_count") is not None:
             tags[T.EXECUTION_COUNT] = str(op["execution_count"])
-        if git:
-            tags.update({T.GIT_COMMIT: git["commit"], "mlflow.source.git.commit": git["commit"],
-                         T.GIT_DIRTY: str(git["dirty"]).lower()})
-        tags.update({data.tag_key(d["path"]): d["md5"] for d in snapshots})
-        tags[T.PROJECTS] = capture.projects(root, git, snapshots)
+        tags.update(_code_tags(root, git, snapshots))
         if self.state["env_run"] is not None:  # the first run of this journal holds the environment's files
             tags[T.ENVIRONMENT] = f"runs:/{self.state['env_run']}/environment"
         tags.update(op.get("tags", {}))

@@ -89,22 +89,24 @@ class Recording:
 
     # ---- records ----------------------------------------------------------------------------
     def start_run(self, name: str, *, parent: str | None = None, tags: dict | None = None,
-                  params: dict | None = None, start_ms: int | None = None) -> str:
-        """A new run (a child of ``parent``'s run when given); returns its key."""
+                  params: dict | None = None, start_ms: int | None = None, code: os.PathLike | None = None) -> str:
+        """A new run (a child of ``parent``'s run when given); returns its key. ``code``: the project root whose
+        git commit and data snapshots the run records, as a tracked cell's run does."""
         if not self.experiment:
             raise ValueError("a Recording made without an experiment cannot start runs")
         key = uuid.uuid4().hex
         self.link.send({"op": "run", "key": key, **self._store(), "run_name": name, "parent": parent,
                         "t": start_ms or int(time.time() * 1000), "tags": _strings(tags),
-                        "params": _strings(params)})
+                        "params": _strings(params), **({"project_root": os.fspath(code)} if code else {})})
         return key
 
     def log(self, key: str | None = None, *, run_id: str | None = None, params: dict | None = None,
-            metrics: dict | None = None, tags: dict | None = None, t: int | None = None) -> None:
-        """Params, metrics and tags of run ``key`` (or of an existing run, by ``run_id``)."""
+            metrics: dict | None = None, tags: dict | None = None, t: int | None = None, step: int = 0) -> None:
+        """Params, metrics (at ``step``: a metric logged at several steps has a history) and tags of run ``key``
+        (or of an existing run, by ``run_id``)."""
         self.link.send({"op": "log", "key": key, "run_id": run_id, **self._store(), "params": _strings(params),
                         "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "tags": _strings(tags),
-                        "t": t or int(time.time() * 1000)})
+                        "t": t or int(time.time() * 1000), "step": step})
 
     def files(self, key: str | None, paths: list, *, run_id: str | None = None) -> None:
         """Files or folders as artifacts: ``[(local path, artifact folder or None), ...]``. They are logged
