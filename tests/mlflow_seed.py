@@ -72,3 +72,39 @@ def seed_many(root: Path, notebook: Path, count: int, cells: int = 20) -> None:
                                                    Metric("loss", 1 - (i % 89) / 100, t0, 0)],
                          params=[Param("lr", str(0.001 * (i % 13 + 1))), Param("depth", str(i % 7))])
         client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + i * 1000 + 500)
+
+
+def seed_models(root: Path) -> Path:
+    """A git project whose dev store holds registered model ``iris`` with two versions (two tracked runs of a
+    committed notebook, each logging ``forest`` from a clean tree), with a ``staging`` environment (a SQLite
+    store of its own) and a ``prod`` one only ``nobody`` may promote to. Real kernels (papermill), real registry
+    writes (``mlops register``)."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    make_project(root)
+    with (root / "pyproject.toml").open("a") as toml:
+        toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
+                   f'[tool.mlops.environments.prod]\ntracking-uri = "sqlite:///{root / "prod.db"}"\n'
+                   'promoters = ["nobody"]\n')
+    nb = nbformat.v4.new_notebook()
+    fit = ("%%mlops run --name {name} --model forest\nfrom sklearn.tree import DecisionTreeClassifier\n"
+           "forest = DecisionTreeClassifier(max_depth={depth}, random_state=0).fit(X, y)")
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in (
+        "%load_ext mlops_jupyter", "from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, "
+        "as_frame=True)", fit.format(name="shallow", depth=1), fit.format(name="deep", depth=3))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "models.ipynb")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "models"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    out = root / "models-out.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", "--log-level", "ERROR", str(root / "models.ipynb"), str(out)],
+                   cwd=root, check=True, capture_output=True)
+    out.unlink()
+    subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs"], cwd=root, check=True, capture_output=True)
+    for name in ("shallow", "deep"):
+        subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "register", name, "--model", "iris"], cwd=root,
+                       check=True, capture_output=True, timeout=300)
+    return root

@@ -8,6 +8,8 @@ import { keepUnchanged } from './rows';
 import {
   ICompare,
   IGenerated,
+  IModels,
+  IMoved,
   IPipeline,
   IRestored,
   IRun,
@@ -204,6 +206,22 @@ export class MlopsModel {
 
   serving(out: string): Promise<IServing> {
     return requestAPI<IServing>('serving', { path: this.need(), out });
+  }
+
+  models(name?: string): Promise<IModels> {
+    const query: Record<string, string> = { path: this.need() };
+    if (name) {
+      query.name = name;
+    }
+    return requestAPI<IModels>('models', query);
+  }
+
+  promote(ref: string, to: string): Promise<IMoved> {
+    return postAPI<IMoved>('models/promote', { path: this.need(), ref, to });
+  }
+
+  rollback(name: string, env: string): Promise<IMoved> {
+    return postAPI<IMoved>('models/rollback', { path: this.need(), name, env });
   }
 
   buildServing(out: string, base: string): Promise<{ folder: string; started: number }> {

@@ -173,3 +173,46 @@ export interface IServing {
   image: IImage | null;
   build: IPipelineRun | null;
 }
+
+/** A promotion gate's result. */
+export interface IGate {
+  gate: string;
+  status: 'passed' | 'failed' | 'skipped' | 'forced' | string;
+  detail?: string;
+}
+
+/** A registered model as one environment's registry holds it. */
+export interface IRegisteredModel {
+  env: string;
+  name: string;
+  versions: string[];
+  aliases: Record<string, string>;
+  error?: string;
+}
+
+/** An audit record: a register, promote or rollback. */
+export interface IAuditRecord {
+  action: string;
+  env: string;
+  version: string;
+  who: string;
+  when: string;
+  t: number;
+  previous?: string | null;
+  source?: string | null;
+  gates?: IGate[];
+  reason?: string | null;
+}
+
+export interface IModels {
+  environments: { name: string; may_move: boolean }[];
+  models: IRegisteredModel[];
+  history?: { records: IAuditRecord[]; holders: Record<string, string>; unreachable: string[] };
+}
+
+export interface IMoved {
+  summary: string;
+  version: string;
+  env: string;
+  gates?: IGate[];
+}

@@ -5,6 +5,7 @@ import * as React from 'react';
 
 import { hasCapability, Unavailable } from './components/common';
 import { DataView } from './components/DataView';
+import { ModelsView } from './components/ModelsView';
 import { PipelineView } from './components/PipelineView';
 import { RunsView } from './components/RunsView';
 import { SweepsView } from './components/SweepsView';
@@ -13,14 +14,15 @@ import { MlopsModel } from './model';
 import { revealCell } from './notebook';
 import { Capability, EXTRAS, IRun } from './tokens';
 
-type Tab = 'runs' | 'tags' | 'data' | 'sweeps' | 'pipeline';
+type Tab = 'runs' | 'tags' | 'data' | 'sweeps' | 'pipeline' | 'models';
 
 const TABS: { id: Tab; label: string; needs: Capability }[] = [
   { id: 'runs', label: 'Runs', needs: 'tracking' },
   { id: 'tags', label: 'Tags', needs: 'pipeline' },
   { id: 'data', label: 'Data', needs: 'data' },
   { id: 'sweeps', label: 'Sweeps', needs: 'sweep' },
-  { id: 'pipeline', label: 'Pipeline', needs: 'pipeline' }
+  { id: 'pipeline', label: 'Pipeline', needs: 'pipeline' },
+  { id: 'models', label: 'Models', needs: 'tracking' }
 ];
 
 const WHAT: Record<Tab, string> = {
@@ -28,7 +30,8 @@ const WHAT: Record<Tab, string> = {
   tags: 'The pipeline tag editor',
   data: 'The data panel',
   sweeps: 'The sweeps panel',
-  pipeline: 'The pipeline panel'
+  pipeline: 'The pipeline panel',
+  models: 'The models panel'
 };
 
 /**
@@ -138,6 +141,8 @@ function SidebarBody(props: {
     body = <DataView model={model} />;
   } else if (tab === 'sweeps') {
     body = <SweepsView model={model} />;
+  } else if (tab === 'models') {
+    body = <ModelsView model={model} />;
   } else {
     body = (
       <PipelineView model={model} serveRun={state.serveRun} pipeline={enabled('pipeline')} onOpen={owner.onOpen} />

@@ -390,7 +390,7 @@ def models(settings: config.Settings) -> list[dict]:
             for model in client.search_registered_models():
                 versions = sorted((str(mv.version) for mv in _versions(client, model.name)), key=int)
                 out.append({"env": env.name, "name": model.name, "versions": versions,
-                            "aliases": dict(model.aliases or {})})
+                            "aliases": {k: str(v) for k, v in (model.aliases or {}).items()}})
         except Exception as exc:  # noqa: BLE001 - one environment down must not hide the others
             out.append({"env": env.name, "name": "", "versions": [], "aliases": {},
                         "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})

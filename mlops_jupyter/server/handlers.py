@@ -18,7 +18,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .. import config
-from ..errors import MlopsError, UnsnapshottedChanges
+from ..errors import GateFailed, MlopsError, UnsnapshottedChanges
 from ..tracking import query
 from .runs import Jobs, build_command, pipeline_command
 
@@ -47,7 +47,10 @@ def error_body(exc: BaseException) -> dict:
     if isinstance(exc, MlopsError):
         hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), "")
         message = f"{str(exc).rstrip('.')}; {hint}." if hint else str(exc)
-        return {"code": exc.http_status, "message": message, "error": exc.code}
+        body = {"code": exc.http_status, "message": message, "error": exc.code}
+        if isinstance(exc, GateFailed):  # every gate's result, for the panel to show beside the refusal
+            body["gates"] = exc.fields.get("gates", [])
+        return body
     if isinstance(exc, tornado.web.HTTPError):
         return {"code": exc.status_code, "message": exc.log_message or exc.reason or "HTTP error"}
     return {"code": 500, "message": f"{type(exc).__name__}: {exc}"}
@@ -449,6 +452,67 @@ class ServingBuildHandler(PostRoute):
         return {"folder": self.rel(folder), "started": started}
 
 
+# ---- models across environments -------------------------------------------------------------------------
+class ModelsHandler(GetRoute):
+    """GET the registered models of every environment of the notebook's project, each environment's alias holder,
+    and which aliases the user may move; with ``name``, that model's audit history too."""
+
+    def read(self):
+        name = self.get_query_argument("name", "").strip() or None
+        if name is not None and not re.fullmatch(r"[\w.-]+", name):
+            raise HTTPProblem(400, f"`name` must be a registered model's name (letters, digits, '.', '_', '-'), "
+                                   f"got {name!r}.")
+        return {"settings": self.project(self.notebook_path()), "name": name}
+
+    def work(self, settings, name):
+        from .. import registry
+        from ..registry.lookup import movable
+
+        may = movable(settings)
+        body = {"environments": [{"name": env, "may_move": ok} for env, ok in may.items()],
+                "models": registry.models(settings)}
+        if name is not None:
+            body["history"] = registry.history(settings, name)
+        return body
+
+
+class ModelsPromoteHandler(PostRoute):
+    """POST {path, ref, to}: move ``to``'s alias to the version ``ref`` names, after the gates (409 with each gate's
+    result when one fails)."""
+
+    def read(self):
+        data = self.body(ref=str, to=str, path=str)
+        for field_name, example in (("ref", "iris/2"), ("to", "staging")):
+            if not (data.get(field_name) or "").strip():
+                raise HTTPProblem(400, f"`{field_name}` is required, e.g. \"{example}\".")
+        return {"settings": self.project(self.notebook_path(data.get("path"))), "ref": data["ref"].strip(),
+                "to": data["to"].strip()}
+
+    def work(self, settings, ref, to):
+        from .. import registry
+
+        moved = registry.promote(settings, ref, to)
+        return {"summary": moved.summary(), "version": moved.version, "env": moved.env, "gates": moved.gates}
+
+
+class ModelsRollbackHandler(PostRoute):
+    """POST {path, name, env}: ``env``'s alias back to its previous holder."""
+
+    def read(self):
+        data = self.body(name=str, env=str, path=str)
+        for field_name, example in (("name", "iris"), ("env", "staging")):
+            if not (data.get(field_name) or "").strip():
+                raise HTTPProblem(400, f"`{field_name}` is required, e.g. \"{example}\".")
+        return {"settings": self.project(self.notebook_path(data.get("path"))), "name": data["name"].strip(),
+                "env": data["env"].strip()}
+
+    def work(self, settings, name, env):
+        from .. import registry
+
+        moved = registry.rollback(settings, name, env)
+        return {"summary": moved.summary(), "version": moved.version, "env": moved.env}
+
+
 ROUTES = [
     ("status", StatusHandler),
     ("runs", RunsHandler),
@@ -463,6 +527,9 @@ ROUTES = [
     ("serving", ServingHandler),
     ("serving/generate", ServingGenerateHandler),
     ("serving/build", ServingBuildHandler),
+    ("models", ModelsHandler),
+    ("models/promote", ModelsPromoteHandler),
+    ("models/rollback", ModelsRollbackHandler),
 ]
 
 

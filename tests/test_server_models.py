@@ -1,0 +1,102 @@
+"""The Models routes the sidebar calls: every environment's models and alias holders, who may move which alias,
+a model's history, promotion through the gates (each gate's result back, a refusal as 409 with the gates) and
+rollback; real registries (the dev store and a staging store of its own), real tracked runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from harness import CLEAN_VARS
+from mlflow_seed import seed_models
+from tornado.httpclient import HTTPClientError
+
+NB = "models.ipynb"
+
+
+@pytest.fixture(scope="module")
+def registry_project(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        for var in CLEAN_VARS:
+            mp.delenv(var, raising=False)
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        yield seed_models(tmp_path_factory.mktemp("models") / "proj")
+
+
+@pytest.fixture
+def jp_root_dir(registry_project):
+    return registry_project
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"mlops_jupyter": True}}}
+
+
+@pytest.fixture(autouse=True)
+def as_alice(monkeypatch):
+    for var in CLEAN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+
+
+async def call(jp_fetch, endpoint: str, body: dict | None = None, **params):
+    kwargs = {"params": params}
+    if body is not None:
+        kwargs.update(method="POST", body=json.dumps(body))
+    try:
+        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
+    except HTTPClientError as err:
+        return err.code, json.loads(err.response.body)
+    return resp.code, json.loads(resp.body)
+
+
+async def test_promote_shows_gates_then_rollback_and_history(jp_fetch):
+    code, listed = await call(jp_fetch, "models", path=NB)
+    assert code == 200, listed
+    assert {e["name"]: e["may_move"] for e in listed["environments"]} == {"dev": True, "staging": True, "prod": False}
+    dev = next(m for m in listed["models"] if m["env"] == "dev")
+    assert dev["name"] == "iris" and dev["versions"] == ["1", "2"] and dev["aliases"] == {}
+
+    code, moved = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/1", "to": "staging"})
+    assert code == 200 and "@staging in staging is version 1" in moved["summary"], moved
+    assert {g["gate"]: g["status"] for g in moved["gates"]} == {"signature": "passed", "metric": "skipped",
+                                                                "lineage": "passed"}
+    code, moved = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/2", "to": "staging"})
+    assert code == 200 and "was version 1" in moved["summary"], moved
+    code, again = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris@staging", "to": "staging"})
+    assert code == 400 and "already holds @staging" in again["message"], again
+
+    code, refused = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/2", "to": "prod"})
+    assert code == 403 and refused["error"] == "access_denied" and "alice may not move @prod" in refused["message"]
+
+    code, back = await call(jp_fetch, "models/rollback", {"path": NB, "name": "iris", "env": "staging"})
+    assert code == 200 and "@staging in staging is version 1" in back["summary"], back
+    code, listed = await call(jp_fetch, "models", path=NB, name="iris")
+    staging = next(m for m in listed["models"] if m["env"] == "staging")
+    assert staging["aliases"] == {"staging": "1"}
+    actions = [(r["action"], r["env"], r["version"]) for r in listed["history"]["records"]]
+    assert actions[-3:] == [("promote", "staging", "1"), ("promote", "staging", "2"), ("rollback", "staging", "1")]
+    assert listed["history"]["holders"] == {"staging": "1"}
+
+
+@pytest.mark.parametrize("endpoint, body, status, words", [
+    ("models/promote", {"path": NB, "to": "staging"}, 400, "`ref` is required"),
+    ("models/promote", {"path": NB, "ref": "iris/2"}, 400, "`to` is required"),
+    ("models/promote", {"path": NB, "ref": "iris", "to": "staging"}, 400, "does not name a model version"),
+    ("models/promote", {"path": NB, "ref": "iris/9", "to": "staging"}, 404, "iris has no version 9 in dev"),
+    ("models/promote", {"path": NB, "ref": "iris/1", "to": "qa"}, 400, "there is no environment 'qa'"),
+    ("models/promote", {"path": NB, "ref": 3, "to": "staging"}, 400, "`ref` must be a string"),
+    ("models/rollback", {"path": NB, "name": "iris"}, 400, "`env` is required"),
+    ("models/rollback", {"path": NB, "name": "nosuch", "env": "staging"}, 404, "no registered model 'nosuch'"),
+])
+async def test_bad_model_requests(jp_fetch, endpoint, body, status, words):
+    code, reply = await call(jp_fetch, endpoint, body)
+    assert code == status and words in reply["message"], reply
+
+
+async def test_bad_model_name_and_unknown_model_history(jp_fetch):
+    code, reply = await call(jp_fetch, "models", path=NB, name="no/such")
+    assert code == 400 and "`name` must be a registered model's name" in reply["message"]
+    code, reply = await call(jp_fetch, "models", path=NB, name="nosuch")
+    assert code == 404 and "no registered model 'nosuch'" in reply["message"], reply
