@@ -52,7 +52,8 @@ def runs_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
 
     rows = []
     for r in runs:
-        kind = {"sweep": "sweep", "pipeline": "pipeline", "pipeline-step": "step"}.get(r.get("kind"), "cell")
+        kind = {"sweep": "sweep", "pipeline": "pipeline", "pipeline-step": "step", "retrain": "retrain"}.get(
+            r.get("kind"), "cell")
         rows.append(row(r, "", kind))
         rows.extend(row(c, "└ ", CHILD_KIND.get(kind, "child")) for c in r.get("children", []))
     return header, rows

@@ -231,11 +231,22 @@ def _report(args) -> int:
     return 0
 
 
+def _retrain(args) -> int:
+    from . import retrain
+
+    folder = os.path.abspath(args.dir)
+    settings = config.resolve(folder)
+    outcome = retrain.retrain(settings, folder, data=args.data, promote_to=args.promote_to, env=args.env,
+                              echo=lambda *words: print("mlops retrain:", *words, file=sys.stderr))
+    print(outcome.summary())
+    return 0
+
+
 HANDLERS = {"runs": _runs, "compare": _compare, "snapshot": _snapshot, "snapshots": _snapshots, "restore": _restore,
             "reproduce": _reproduce, "serve generate": _serve_generate, "serve run": _serve_run, "export": _export,
             "pipeline run": _pipeline_run, "pipeline status": _pipeline_status, "serve build": _serve_build,
             "serve manifests": _serve_manifests, "register": _register, "promote": _promote, "rollback": _rollback,
-            "models": _models, "report": _report}
+            "models": _models, "report": _report, "retrain": _retrain}
 
 
 def parser():

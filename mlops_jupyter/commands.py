@@ -136,7 +136,7 @@ def _autotrack(p, door):
     p.add_argument("state", choices=["on", "off"])
 
 
-KINDS = ("cell", "sweep", "pipeline")
+KINDS = ("cell", "sweep", "pipeline", "retrain")
 
 
 def _where(p, door):
@@ -327,6 +327,16 @@ def _report(p, door):
                    "updated on later runs (needs the gh CLI and GH_TOKEN)")
     p.add_argument("--dry-run", action="store_true", help="with --comment: write the comment's body to a file "
                    "beside --out instead of posting it")
+
+
+@verb("retrain", "new data -> the pipeline's stale steps -> a challenger -> the gates against the champion")
+def _retrain(p, door):
+    p.add_argument("dir", metavar="PIPELINE_DIR", help="an exported pipeline folder whose steps fit a model (model:NAME)")
+    p.add_argument("--data", action="append", default=[], metavar="PATH", help="data to snapshot first (repeatable; "
+                   "default: the DVC-tracked files the steps read)")
+    p.add_argument("--promote-to", metavar="ENV", help="the environment whose alias the challenger aims at (default: "
+                   "the one after the registry's, e.g. staging)")
+    _env_option(p, "the environment whose registry gets the challenger (default dev)")
 
 
 def report_args(ns) -> None:

@@ -409,6 +409,15 @@ class MlopsMagics(Magics):
         return _render.Document(made.html(), made.markdown())
 
 
+    def _retrain(self, ns, _cell):
+        from . import config, retrain
+
+        folder = os.path.abspath(ns.dir)
+        outcome = retrain.retrain(config.resolve(folder), folder, data=ns.data, promote_to=ns.promote_to, env=ns.env,
+                                  echo=lambda *words: print("mlops:", *words))
+        print(f"mlops: {outcome.summary()}")
+
+
 MlopsMagics.mlops.__doc__ = commands.overview(MAGIC)
 
 

@@ -56,7 +56,7 @@ SHARED = [v.name for v in commands.VERBS if set(v.doors) == {"magic", "cli"}]
 def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert set(SHARED) == {"runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "export",
                            "serve generate", "pipeline run", "pipeline status", "register", "promote", "rollback",
-                           "models", "report"}
+                           "models", "report", "retrain"}
     magic, cli = commands.parser(MAGIC), commands.parser(CLI)
     for name in SHARED:
         assert flags(sub(magic, name)) == flags(sub(cli, name)), name
@@ -89,7 +89,7 @@ def test_magic_help_and_the_verb_list(ip, capsys):
     assert "%%mlops run" in doc and "%%mlops sweep" in doc and "README" not in doc
     ip.run_line_magic("mlops", "runs --help")  # no "unrecognized arguments: --help"
     out = capsys.readouterr().out
-    assert "usage: %mlops runs" in out and "--kind {cell,sweep,pipeline}" in out
+    assert "usage: %mlops runs" in out and "--kind {cell,sweep,pipeline,retrain}" in out
     # a cell verb's help from a line, and from the cell itself (its body does not run)
     ip.run_line_magic("mlops", "sweep --help")
     assert "usage: %%mlops sweep" in capsys.readouterr().out
@@ -229,7 +229,8 @@ CLI_ERRORS = [
     ["pipeline", "run", "pipe", "-p", "nope=1"], ["pipeline", "run", "pipe", "-p", "noequals"],
     ["pipeline", "run", "pipe", "-p", "n=many"], ["pipeline", "run", "pipe", "--from", "ghost"],
     ["pipeline", "status", "badpipe"], ["pipeline", "run", "badparams"], ["runs", "--project", "/nonexistent/dir"],
-    ["reproduce", "0123abcd", "--project", "nowhere"],
+    ["reproduce", "0123abcd", "--project", "nowhere"], ["retrain", "nowhere"], ["retrain", "pipe", "--promote-to", "qa"],
+    ["report", "--baseline", "nowhere"],
 ]
 # verbs that read the store, against a tracking server that is not there
 STORE_DOWN = [["runs"], ["runs", "--kind", "pipeline"], ["compare", "0123abcd", "4567ef01"], ["compare", "--last", "2"],

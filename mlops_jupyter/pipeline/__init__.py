@@ -50,6 +50,16 @@ def load(folder):
     return load_pipeline(folder)
 
 
+def tracked_inputs(folder) -> list[Path]:
+    """The DVC-tracked files and folders the exported pipeline in ``folder`` reads (absolute paths)."""
+    from .. import config
+    from .emit import load_pipeline, tracked_inputs as inputs
+
+    pipe = load_pipeline(folder)
+    src_dir = (Path(pipe.folder) / pipe.root).resolve()
+    return inputs(pipe, src_dir, config.find_project_root(src_dir))
+
+
 def running(folder) -> bool:
     """Whether an ``mlops pipeline run`` holds ``folder``'s run lock right now (from any process)."""
     from .execute import _lock
@@ -67,4 +77,4 @@ def running(folder) -> bool:
 
 
 __all__ = ["PICTURE", "export", "run", "status", "load", "running", "check", "check_cells", "outdated", "notebook_of",
-           "default_folder"]
+           "default_folder", "tracked_inputs"]

@@ -209,17 +209,23 @@ def _default_remote(project: Path) -> str | None:
     return conf.get(f"'remote \"{name}\"'", "url", fallback=None) if name else None
 
 
-def _pulled(pipe: Pipeline, src_dir: Path, folder: Path, project: Path) -> list[str]:
-    """The .dvc files of the DVC-tracked data the steps read (literal paths, and the defaults of parameters naming
-    files), relative to the pipeline folder: what a fresh checkout must pull before the pipeline can run."""
+def tracked_inputs(pipe: Pipeline, src_dir: Path, project: Path) -> list[Path]:
+    """The DVC-tracked files and folders the steps read (literal paths, and the defaults of parameters naming
+    files), as absolute paths."""
     found = set()
     for spec in pipe.steps:
         named = list(spec["data"]) + [pipe.params[k] for k in spec["data_params"] if isinstance(pipe.params.get(k), str)]
         for rel in named:
             tracked = analysis.dvc_tracked(Path(os.path.normpath(src_dir / rel)), project)
             if tracked is not None:
-                found.add(os.path.relpath(tracked.with_name(tracked.name + ".dvc"), folder))
+                found.add(tracked)
     return sorted(found)
+
+
+def _pulled(pipe: Pipeline, src_dir: Path, folder: Path, project: Path) -> list[str]:
+    """The .dvc files of the data the steps read, relative to the pipeline folder: what a fresh checkout must pull
+    before the pipeline can run."""
+    return [os.path.relpath(p.with_name(p.name + ".dvc"), folder) for p in tracked_inputs(pipe, src_dir, project)]
 
 
 def _workflow(pipe: Pipeline, workdir: str, pulls: list[str], remote: str | None) -> str:
@@ -363,7 +369,9 @@ def export_notebook(notebook, out, write: bool = True) -> Pipeline:
     _write_if_changed(folder / ".github" / "workflows" / f"pipeline-{pipe.name}.yml",
                       _workflow(pipe, workdir, pulls, remote))
     _write_if_changed(folder / "runs" / ".gitignore", "*\n!.gitignore\n")
-    _write_if_changed(folder / ".gitignore", "/.mlops-pipeline/\n")
+    # what runs write: its state, the hand-off data, and the picture each run recolours (committed, every run would
+    # leave the tree dirty, and the models it registers with incomplete lineage)
+    _write_if_changed(folder / ".gitignore", "/.mlops-pipeline/\n/artifacts/\n/pipeline.svg\n")
     picture.write(folder)
     return pipe
 

@@ -392,7 +392,7 @@ class _Runner:
         start = time.time()
         self.children[name] = self.recording.start_run(
             name, parent=self.parent, start_ms=int(start * 1000),
-            tags={"mlops.kind": "pipeline-step", "mlops.pipeline": self.pipe.name, "mlops.step": name})
+            tags={"mlops.kind": "pipeline-step", "mlops.pipeline": self.pipe.name, "mlops.step": name}, code=self.root)
         try:
             pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
                                 kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,

@@ -182,7 +182,7 @@ def _mlflow_search(settings: Settings, key: str, value: str | None, last: int | 
                 return runs[:last] if last else runs
 
 
-KINDS = ("cell", "sweep", "pipeline")
+KINDS = ("cell", "sweep", "pipeline", "retrain")
 PIPELINE_FOLDER = "mlops.pipeline.folder"  # on a pipeline's parent run: the exported folder it ran
 
 
@@ -190,7 +190,9 @@ def kind_of(run: dict) -> str:
     """A top-level run's kind: "sweep", "pipeline" (a pipeline run, or a step ``dvc repro`` ran on its own),
     or "cell" (a tracked cell, autotracked or not)."""
     kind = run.get("kind")
-    return "pipeline" if kind in ("pipeline", "pipeline-step") else "sweep" if kind == "sweep" else "cell"
+    if kind in ("pipeline", "pipeline-step"):
+        return "pipeline"
+    return kind if kind in ("sweep", "retrain") else "cell"
 
 
 def _newest_first(rows: list[RunRow]) -> list[RunRow]:

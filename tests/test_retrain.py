@@ -1,0 +1,130 @@
+"""`mlops retrain`: new data -> the pipeline's stale steps -> a challenger registered -> the gates (the metric gate
+re-scores challenger and champion on the same evaluation data) -> promoted, or the champion kept with the reason;
+one MLflow run records each loop. Real git, DVC, papermill kernels and registries (dev + a staging store)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import CLEAN_VARS, all_runs, git, make_git_project, notebook, recorder_pids, wait_for
+
+from mlops_jupyter import config, pipeline
+from mlops_jupyter.errors import PipelineError
+
+PY = sys.executable
+SPLIT = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, as_frame=True)\n"
+         "X.assign(target=y).iloc[1::2].to_csv('eval.csv', index=False)\n"
+         "X.assign(target=y).iloc[::2].to_csv('data/train.csv', index=False)")
+
+
+def mlops(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "mlops_jupyter.cli", *args], cwd=root, capture_output=True, text=True,
+                          timeout=900)
+
+
+def train_on(root: Path, how: str) -> None:
+    """Rewrite data/train.csv: the even rows (`good`), or the same rows with their labels rolled (`noise`)."""
+    import pandas as pd
+
+    frame = pd.read_csv(root / "eval.csv")  # same columns; rebuilt from iris below
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    frame = X.assign(target=y).iloc[::2]
+    if how == "noise":
+        frame = frame.assign(target=frame.target.sample(frac=1.0, random_state=3).to_numpy())
+    frame.to_csv(root / "data" / "train.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """A project whose pipeline fits `clf` on the DVC-tracked data/train.csv, a staging store, and the accuracy
+    on eval.csv as the promotion metric."""
+    from mlops_jupyter.data import snapshot
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in CLEAN_VARS:
+            mp.delenv(var, raising=False)
+        root = make_git_project(tmp_path_factory.mktemp("retrain") / "proj")
+        mp.chdir(root)
+        with (root / "pyproject.toml").open("a") as toml:
+            toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
+                       '[tool.mlops.promotion]\nmetric = "accuracy"\nevaluation-data = "eval.csv"\n')
+        (root / "data").mkdir()
+        subprocess.run([PY, "-c", SPLIT], cwd=root, check=True)
+        snapshot("data/train.csv", message="first data", root=root)
+        nb = notebook(root / "fit.ipynb", [
+            ("import pandas as pd\nfrom sklearn.tree import DecisionTreeClassifier", ["imports"]),
+            ("df = pd.read_csv('data/train.csv')", ["step:load"]),
+            ("X, y = df.drop(columns=['target']), df['target']\n"
+             "clf = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y)\nacc = clf.score(X, y)",
+             ["step:fit", "after:load", "model:clf"]),
+            ("acc", ["metrics"]),
+        ])
+        pipeline.export(nb, "pipe")
+        (root / ".gitignore").write_text("*.db\n/pipe/serving/\n/pipe/metrics/\n")
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", "pipeline")
+        yield root
+        wait_for(lambda: not recorder_pids(str(root)), timeout=30, what="recorder processes to exit")
+
+
+def test_retrain_promotes_a_better_challenger_keeps_a_worse_one_and_skips_when_nothing_is_new(loop):
+    first = mlops(loop, "retrain", "pipe")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "clf: promoted v1 (@staging is version 1)" in first.stdout, first.stdout
+
+    train_on(loop, "noise")
+    worse = mlops(loop, "retrain", "pipe", "--data", "data/train.csv")
+    assert worse.returncode == 0, worse.stderr[-3000:]
+    assert "new data in data/train.csv" in worse.stdout and "clf: kept v2 (the champion stays: metric:" in worse.stdout
+    assert "for version 1, worse than allowed" in worse.stdout, worse.stdout
+
+    train_on(loop, "good")
+    better = mlops(loop, "retrain", "pipe")
+    assert "clf: promoted v3 (@staging is version 2 (was 1))" in better.stdout, better.stdout + better.stderr[-2000:]
+
+    idle = mlops(loop, "retrain", "pipe")
+    assert "no new data; every step was fresh" in idle.stdout and "clf: unchanged" in idle.stdout, idle.stdout
+
+    listed = mlops(loop, "runs", "--kind", "retrain")  # waits for the idle loop's record, written after it returned
+    assert listed.stdout.count("retrain fit") == 4, listed.stdout
+    retrains = sorted((r for r in all_runs(loop) if r.data.tags.get("mlops.kind") == "retrain"),
+                      key=lambda r: r.info.start_time)
+    assert [r.data.tags["mlops.retrain.clf.decision"] for r in retrains] == ["promoted", "kept", "promoted",
+                                                                             "unchanged"]
+    kept = retrains[1]
+    assert kept.data.metrics["clf.challenger.accuracy"] < kept.data.metrics["clf.champion.accuracy"]
+    assert kept.data.tags["mlops.retrain.clf.reason"].startswith("the champion stays: metric:")
+    assert kept.data.params["new_data"] == "data/train.csv" and kept.data.tags["mlops.data.data/train.csv"]
+
+
+def test_a_pipeline_without_a_model_is_refused_with_the_fix(loop):
+    nb = notebook(loop / "plain.ipynb", [("x = 1", ["step:one"]), ("x", ["metrics"])])
+    pipeline.export(nb, "plainpipe")
+    out = mlops(loop, "retrain", "plainpipe")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "fits no model" in out.stderr and "tag the cell that fits the model `model:NAME`" in out.stderr
+
+
+def test_a_failed_retrain_goes_on_from_the_finished_steps_next_time(loop, tmp_path):
+    from mlops_jupyter import retrain
+
+    nb = notebook(loop / "flaky.ipynb", [
+        ("import os\nimport pandas as pd\nfrom sklearn.tree import DecisionTreeClassifier", ["imports"]),
+        ("df = pd.read_csv('data/train.csv')", ["step:load"]),
+        (f"assert os.path.exists({str(tmp_path / 'ready')!r}), 'not ready'\n"
+         "clf = DecisionTreeClassifier(random_state=0).fit(df.drop(columns=['target']), df['target'])",
+         ["step:fit", "after:load", "model:clf"]),
+    ])
+    pipeline.export(nb, "flakypipe")
+    settings = config.resolve(loop)
+    with pytest.raises(PipelineError, match="step fit failed .* Fix it and retrain again: the finished steps are kept"):
+        retrain.retrain(settings, loop / "flakypipe", promote_to="dev", echo=lambda *a: None)
+    (tmp_path / "ready").write_text("")
+    outcome = retrain.retrain(settings, loop / "flakypipe", promote_to="dev", echo=lambda *a: None)
+    assert outcome.ran == ["fit"], outcome.ran  # load finished the first time
+    assert outcome.decisions[0].decision in ("promoted", "kept"), outcome.summary()
