@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import CLEAN_VARS, git, make_git_project, notebook  # noqa: E402
-from test_retrain import SPLIT  # noqa: E402
+from harness import CLEAN_VARS  # noqa: E402
+from mlflow_seed import retrain_project  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
@@ -32,30 +32,11 @@ def timed(cmd: list, cwd: Path) -> tuple[float, str]:
 
 
 def main() -> None:
-    from mlops_jupyter import pipeline
-    from mlops_jupyter.data import snapshot
-
     for var in CLEAN_VARS:
         os.environ.pop(var, None)
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_git_project(Path(tmp) / "proj")
+        root = retrain_project(Path(tmp) / "proj", model="RandomForestClassifier(n_estimators=50, random_state=0)")
         os.chdir(root)
-        with (root / "pyproject.toml").open("a") as toml:
-            toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
-                       '[tool.mlops.promotion]\nmetric = "accuracy"\nevaluation-data = "eval.csv"\n')
-        (root / "data").mkdir()
-        subprocess.run([sys.executable, "-c", SPLIT], cwd=root, check=True)
-        snapshot("data/train.csv", message="data", root=root)
-        nb = notebook(root / "fit.ipynb", [
-            ("import pandas as pd\nfrom sklearn.ensemble import RandomForestClassifier", ["imports"]),
-            ("df = pd.read_csv('data/train.csv')", ["step:load"]),
-            ("clf = RandomForestClassifier(n_estimators=50, random_state=0).fit(df.drop(columns=['target']), "
-             "df['target'])", ["step:fit", "after:load", "model:clf"]),
-        ])
-        pipeline.export(nb, "pipe")
-        (root / ".gitignore").write_text("*.db\n/pipe/serving/\n/pipe/metrics/\n")
-        git(root, "add", "-A")
-        git(root, "commit", "-qm", "pipeline")
         whole, said = timed([str(BIN / "mlops"), "retrain", "pipe"], root)
         assert "promoted" in said, said
         idle = [timed([str(BIN / "mlops"), "retrain", "pipe"], root)[0] for _ in range(REPEAT)]

@@ -150,3 +150,19 @@ def _record(settings: config.Settings, pipe, out: Outcome) -> str | None:
         rec.link.close()  # nothing moved: the recorder writes it after we are gone (`mlops runs` waits for it)
         return None
     return rec.close().run_ids.get(key)
+
+
+def last_decision(settings: config.Settings, pipeline_name: str) -> dict | None:
+    """The newest retrain of pipeline ``pipeline_name``: {run_id, start_time, trigger, decisions: [{model, decision,
+    reason, challenger, champion}]}; None before the first."""
+    from . import tracking
+
+    found = [r for r in tracking.runs_tagged(settings, "mlops.pipeline", pipeline_name) if r.get("kind") == "retrain"]
+    if not found:
+        return None
+    (run,) = tracking.get_runs(settings, [found[0]["run_id"]])
+    tags, prefix = run.data.tags, "mlops.retrain."
+    models = sorted({k[len(prefix):].rsplit(".", 1)[0] for k in tags if k.startswith(prefix) and k.endswith(".decision")})
+    return {"run_id": run.info.run_id, "start_time": run.info.start_time, "trigger": tags.get(prefix + "trigger"),
+            "decisions": [{"model": m, **{f: tags.get(f"{prefix}{m}.{f}") or None
+                                          for f in ("decision", "reason", "challenger", "champion")}} for m in models]}

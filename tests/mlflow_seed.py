@@ -108,3 +108,48 @@ def seed_models(root: Path) -> Path:
         subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "register", name, "--model", "iris"], cwd=root,
                        check=True, capture_output=True, timeout=300)
     return root
+
+
+SPLIT = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, as_frame=True)\n"
+         "X.assign(target=y).iloc[1::2].to_csv('eval.csv', index=False)\n"
+         "X.assign(target=y).iloc[::2].to_csv('data/train.csv', index=False)")
+TREE = "DecisionTreeClassifier(max_depth=3, random_state=0)"
+
+
+def retrain_project(root: Path, model: str = TREE) -> Path:
+    """A committed git project whose pipeline (`pipe`, from fit.ipynb) fits ``clf`` (``model``, an sklearn.tree
+    or sklearn.ensemble classifier) on the DVC-tracked data/train.csv, with a staging store of its own and the
+    accuracy on eval.csv as the promotion metric."""
+    import subprocess
+    import sys
+
+    from mlops_jupyter import pipeline
+    from mlops_jupyter.data import snapshot
+
+    make_project(root)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True)
+    with (root / "pyproject.toml").open("a") as toml:
+        toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
+                   '[tool.mlops.promotion]\nmetric = "accuracy"\nevaluation-data = "eval.csv"\n')
+    (root / "data").mkdir()
+    subprocess.run([sys.executable, "-c", SPLIT], cwd=root, check=True)
+    snapshot(root / "data" / "train.csv", message="first data", root=root)
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    for source, tags in [
+            ("import pandas as pd\nfrom sklearn.tree import DecisionTreeClassifier\n"
+             "from sklearn.ensemble import RandomForestClassifier", ["imports"]),
+            ("df = pd.read_csv('data/train.csv')", ["step:load"]),
+            (f"X, y = df.drop(columns=['target']), df['target']\nclf = {model}.fit(X, y)\nacc = clf.score(X, y)",
+             ["step:fit", "after:load", "model:clf"]),
+            ("acc", ["metrics"])]:
+        nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": tags}))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "fit.ipynb")
+    pipeline.export(root / "fit.ipynb", root / "pipe")
+    (root / ".gitignore").write_text("*.db\n/pipe/serving/\n/pipe/metrics/\n/pipe/report/\n")
+    for args in (["add", "-A"], ["commit", "-qm", "pipeline"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True)
+    return root

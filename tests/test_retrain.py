@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import CLEAN_VARS, all_runs, git, make_git_project, notebook, recorder_pids, wait_for
+from harness import CLEAN_VARS, all_runs, notebook, recorder_pids, wait_for
+from mlflow_seed import retrain_project
 
 from mlops_jupyter import config, pipeline
 from mlops_jupyter.errors import PipelineError
 
 PY = sys.executable
-SPLIT = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, as_frame=True)\n"
-         "X.assign(target=y).iloc[1::2].to_csv('eval.csv', index=False)\n"
-         "X.assign(target=y).iloc[::2].to_csv('data/train.csv', index=False)")
 
 
 def mlops(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -27,9 +25,6 @@ def mlops(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def train_on(root: Path, how: str) -> None:
     """Rewrite data/train.csv: the even rows (`good`), or the same rows with their labels rolled (`noise`)."""
-    import pandas as pd
-
-    frame = pd.read_csv(root / "eval.csv")  # same columns; rebuilt from iris below
     from sklearn.datasets import load_iris
 
     X, y = load_iris(return_X_y=True, as_frame=True)
@@ -42,32 +37,13 @@ def train_on(root: Path, how: str) -> None:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     """A project whose pipeline fits `clf` on the DVC-tracked data/train.csv, a staging store, and the accuracy
-    on eval.csv as the promotion metric."""
-    from mlops_jupyter.data import snapshot
-
+    on eval.csv as the promotion metric (tests/mlflow_seed.retrain_project)."""
     with pytest.MonkeyPatch.context() as mp:
         for var in CLEAN_VARS:
             mp.delenv(var, raising=False)
-        root = make_git_project(tmp_path_factory.mktemp("retrain") / "proj")
+        root = tmp_path_factory.mktemp("retrain") / "proj"
+        retrain_project(root)
         mp.chdir(root)
-        with (root / "pyproject.toml").open("a") as toml:
-            toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
-                       '[tool.mlops.promotion]\nmetric = "accuracy"\nevaluation-data = "eval.csv"\n')
-        (root / "data").mkdir()
-        subprocess.run([PY, "-c", SPLIT], cwd=root, check=True)
-        snapshot("data/train.csv", message="first data", root=root)
-        nb = notebook(root / "fit.ipynb", [
-            ("import pandas as pd\nfrom sklearn.tree import DecisionTreeClassifier", ["imports"]),
-            ("df = pd.read_csv('data/train.csv')", ["step:load"]),
-            ("X, y = df.drop(columns=['target']), df['target']\n"
-             "clf = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y)\nacc = clf.score(X, y)",
-             ["step:fit", "after:load", "model:clf"]),
-            ("acc", ["metrics"]),
-        ])
-        pipeline.export(nb, "pipe")
-        (root / ".gitignore").write_text("*.db\n/pipe/serving/\n/pipe/metrics/\n")
-        git(root, "add", "-A")
-        git(root, "commit", "-qm", "pipeline")
         yield root
         wait_for(lambda: not recorder_pids(str(root)), timeout=30, what="recorder processes to exit")
 
@@ -128,3 +104,65 @@ def test_a_failed_retrain_goes_on_from_the_finished_steps_next_time(loop, tmp_pa
     outcome = retrain.retrain(settings, loop / "flakypipe", promote_to="dev", echo=lambda *a: None)
     assert outcome.ran == ["fit"], outcome.ran  # load finished the first time
     assert outcome.decisions[0].decision in ("promoted", "kept"), outcome.summary()
+
+
+# ---- the sidebar's routes: Retrain (a job, its decision in GET pipeline) and Report (written into the folder) ----
+@pytest.fixture
+def jp_root_dir(loop):
+    return loop
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"mlops_jupyter": True}}}
+
+
+async def call(jp_fetch, endpoint: str, body: dict | None = None, **params):
+    import json
+
+    from tornado.httpclient import HTTPClientError
+
+    kwargs = {"params": params}
+    if body is not None:
+        kwargs.update(method="POST", body=json.dumps(body))
+    try:
+        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
+    except HTTPClientError as err:
+        return err.code, json.loads(err.response.body)
+    return resp.code, json.loads(resp.body)
+
+
+async def test_the_sidebar_retrains_shows_the_decision_and_writes_the_report(jp_fetch, loop):
+    import asyncio
+
+    train_on(loop, "noise")
+    code, started = await call(jp_fetch, "pipeline/retrain", {"path": "fit.ipynb", "out": "pipe"})
+    assert code == 202, started
+    for _ in range(600):
+        code, state = await call(jp_fetch, "pipeline", path="fit.ipynb", out="pipe")
+        if state["retrain"] and not state["retrain"]["running"]:
+            break
+        await asyncio.sleep(0.5)
+    assert state["retrain"]["ok"], state["retrain"]["log"]
+    (decision,) = state["last_retrain"]["decisions"]
+    assert decision["model"] == "clf" and decision["decision"] == "kept", decision
+    assert decision["reason"].startswith("the champion stays: metric:")
+
+    code, written = await call(jp_fetch, "pipeline/report", {"path": "fit.ipynb", "out": "pipe"})
+    assert code == 200 and written["report"] == "pipe/report/report.md" and written["plots"] >= 1, written
+    assert written["baseline"].startswith("branch master at ")
+    assert "| `fit.acc` |" in (loop / "pipe" / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("endpoint, body, status, words", [
+    ("pipeline/retrain", {"path": "fit.ipynb", "out": "plainpipe"}, 400, "fits no model"),
+    ("pipeline/retrain", {"path": "fit.ipynb", "out": "pipe", "promote_to": "qa"}, 400, "no environment 'qa'"),
+    ("pipeline/retrain", {"path": "fit.ipynb", "out": "nowhere"}, 404, "holds no pipeline.json"),
+    ("pipeline/report", {"path": "fit.ipynb", "out": "pipe", "baseline": "nosuch"}, 404,
+     "'nosuch' is neither a branch"),
+    ("pipeline/retrain", {"path": "../x.ipynb", "out": "pipe"}, 403, "outside the server root"),
+    ("pipeline/report", {"path": "fit.ipynb", "out": "../../elsewhere"}, 403, "outside the server root"),
+])
+async def test_bad_retrain_and_report_requests(jp_fetch, loop, endpoint, body, status, words):
+    code, reply = await call(jp_fetch, endpoint, body)
+    assert code == status and words in reply["message"], reply

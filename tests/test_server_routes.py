@@ -580,6 +580,7 @@ def test_no_route_module_imports_an_engine():
 
 def test_route_names_are_the_contract():
     assert [e for e, _ in ROUTES] == ["status", "runs", "compare", "snapshots", "restore", "sweeps", "pipeline",
-                                      "pipeline/validate", "pipeline/export", "pipeline/run", "serving", "serving/generate",
+                                      "pipeline/validate", "pipeline/export", "pipeline/run", "pipeline/retrain", "pipeline/report",
+                                      "serving", "serving/generate",
                                       "serving/build", "models", "models/promote", "models/rollback"]
     assert all(re.fullmatch(r"[a-z/]+", e) for e, _ in ROUTES)

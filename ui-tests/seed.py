@@ -10,6 +10,7 @@ starts (``project``) and by the specs (the other verbs); prints JSON where a spe
     python seed.py routes                # the mlops/ routes the server extension registers
     python seed.py package ROOT OUT      # a serving package at ROOT/OUT, and the base image builds use here
     python seed.py models ROOT           # ROOT/registered: registered model iris (2 versions), staging, prod
+    python seed.py retrain ROOT          # ROOT/retraining: a pipeline fitting a model, a staging store, eval data
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from mlflow_seed import make_project, seed_many, seed_models, seed_runs, write_notebook  # noqa: E402
+from mlflow_seed import make_project, retrain_project, seed_many, seed_models, seed_runs, write_notebook  # noqa: E402
 
 UI_URL = "http://mlflow.example.test:5000"  # the perf project names the MLflow UI that serves its runs
 MANY, CELLS = 1000, 20
@@ -133,8 +134,12 @@ def main(argv: list[str]) -> None:
     elif verb == "models":
         seed_models(Path(args[0]) / "registered")  # not "models...": galata names each test's folder so
         print(json.dumps({"notebook": "registered/models.ipynb"}))
+    elif verb == "retrain":
+        retrain_project(Path(args[0]) / "retraining")
+        print(json.dumps({"notebook": "retraining/fit.ipynb", "out": "retraining/pipe"}))
     else:
-        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots, routes, package or models")
+        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots, routes, package, models or "
+                 "retrain")
 
 
 if __name__ == "__main__":

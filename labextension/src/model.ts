@@ -11,6 +11,7 @@ import {
   IModels,
   IMoved,
   IPipeline,
+  IReportWritten,
   IRestored,
   IRun,
   IRunList,
@@ -194,6 +195,14 @@ export class MlopsModel {
 
   runPipeline(out: string, force: boolean): Promise<{ folder: string; started: number }> {
     return postAPI('pipeline/run', { path: this.need(), out, force });
+  }
+
+  retrainPipeline(out: string): Promise<{ folder: string; started: number }> {
+    return postAPI('pipeline/retrain', { path: this.need(), out });
+  }
+
+  reportPipeline(out: string, baseline: string): Promise<IReportWritten> {
+    return postAPI<IReportWritten>('pipeline/report', { path: this.need(), out, baseline });
   }
 
   generateServing(runId: string, out: string, name: string): Promise<IGenerated> {

@@ -133,6 +133,22 @@ export interface IPipeline {
   /** pipeline.svg: the step DAG, coloured by state (redrawn live while a run goes); absent before the export. */
   picture?: string | null;
   run: IPipelineRun | null;
+  /** The last `mlops retrain` this server started (present when a step fits a model). */
+  retrain?: IPipelineRun | null;
+  /** The newest retrain of this pipeline, from any door, with each model's decision. */
+  last_retrain?: {
+    run_id: string;
+    start_time: number;
+    decisions: { model: string; decision: string; reason: string | null; challenger: string | null }[];
+  } | null;
+}
+
+export interface IReportWritten {
+  report: string;
+  plots: number;
+  problems: string[];
+  note: string | null;
+  baseline: string | null;
 }
 
 export interface IValidateCell {

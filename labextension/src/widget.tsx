@@ -89,6 +89,9 @@ export class MlopsSidebar extends ReactWidget {
   readonly onServe = (run: IRun): void => this.setState({ tab: 'pipeline', serveRun: run.run_id });
   /** Open a file of the server root (a step's executed notebook) in the main area. */
   readonly onOpen = (path: string): void => void this.app.commands.execute('docmanager:open', { path });
+  /** Open a Markdown report rendered (its plots beside it), in the main area. */
+  readonly onOpenReport = (path: string): void =>
+    void this.app.commands.execute('docmanager:open', { path, factory: 'Markdown Preview' });
 
   private state: ISidebarState = { tab: 'runs', focusRun: null, serveRun: '' };
 }
@@ -145,7 +148,13 @@ function SidebarBody(props: {
     body = <ModelsView model={model} />;
   } else {
     body = (
-      <PipelineView model={model} serveRun={state.serveRun} pipeline={enabled('pipeline')} onOpen={owner.onOpen} />
+      <PipelineView
+        model={model}
+        serveRun={state.serveRun}
+        pipeline={enabled('pipeline')}
+        onOpen={owner.onOpen}
+        onOpenReport={owner.onOpenReport}
+      />
     );
   }
   return (

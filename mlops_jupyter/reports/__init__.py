@@ -85,12 +85,13 @@ class Report:
                                                [(f"`{n}`", _num(old), _num(new), _delta(old, new))
                                                 for n, old, new in self.metrics]) if self.metrics
                                         else ["No metrics were logged."])
+        unchanged = "None." if self.baseline else "No baseline to compare with."
         lines += ["", "### Params changed", ""] + (
             _table(["param", "baseline", "this run"], [(f"`{n}`", _val(o), _val(c)) for n, o, c in self.params])
-            if self.params else ["None."])
+            if self.params else [unchanged])
         lines += ["", "### Data changed", ""] + (
             _table(["file", "baseline md5", "this run md5"], [(f"`{p}`", _md5(o), _md5(c)) for p, o, c in self.data])
-            if self.data else ["None: the same snapshots." if self.baseline else "None."])
+            if self.data else ["None: the same snapshots." if self.baseline else unchanged])
         if self.gates:
             lines += ["", "### Promotion gates", ""]
             for g in self.gates:

@@ -20,7 +20,7 @@ from jupyter_server.utils import url_path_join
 from .. import config
 from ..errors import GateFailed, MlopsError, UnsnapshottedChanges
 from ..tracking import query
-from .runs import Jobs, build_command, pipeline_command
+from .runs import Jobs, build_command, pipeline_command, retrain_command
 
 NAMESPACE = "mlops"
 # capability -> the module whose presence means its engine is installed (looked up, never imported)
@@ -302,6 +302,11 @@ class PipelineHandler(PipelineMixin, GetRoute):
                          "notebook": self._executed(known.get(name, {}))}
                         for name, state, why in pipeline.status(folder)]
         out["models"] = _models(pipe.steps)
+        if out["models"]:
+            from ..retrain import last_decision
+
+            out["retrain"] = jobs.state("retrain", folder)
+            out["last_retrain"] = last_decision(self.project(nb), pipe.name)
         drawn = folder / pipeline.PICTURE  # the DAG, coloured live while a run goes (the runner redraws it)
         out["picture"] = drawn.read_text() if drawn.is_file() else None
         return out
@@ -360,6 +365,61 @@ class PipelineRunHandler(PipelineMixin, PostRoute):
             raise HTTPProblem(409, f"a pipeline run is already going on {self.rel(folder)}; wait for it to "
                                    "finish (GET pipeline shows its progress).")
         return {"folder": self.rel(folder), "started": started}
+
+
+class PipelineRetrainHandler(PipelineMixin, PostRoute):
+    """POST start `mlops retrain` on the exported folder (new data -> stale steps -> challenger -> gates); its
+    progress and the decision through GET pipeline."""
+
+    status = 202
+
+    def read(self):
+        body = self.body(path=str, out=str, promote_to=str)
+        nb = self.notebook_path(body.get("path"))
+        return {"nb": nb, "folder": self.folder(nb, body.get("out")), "promote_to": (body.get("promote_to") or "").strip()}
+
+    def work(self, nb, folder, promote_to):
+        from .. import pipeline
+
+        jobs: Jobs = self.settings["mlops_jobs"]
+        pipe = pipeline.load(folder)  # not exported: a clear 404
+        if not _models(pipe.steps):
+            raise HTTPProblem(400, f"pipeline {pipe.name} fits no model (no cell is tagged model:NAME), so there is "
+                                   "nothing to retrain; tag the cell that fits the model `model:NAME` and export again.")
+        if promote_to:
+            config.environment(self.project(nb), promote_to)  # an unknown environment: 400 naming the known ones
+        started = None if pipeline.running(folder) else jobs.start("retrain", folder,
+                                                                    retrain_command(folder, promote_to or None),
+                                                                    self.project(nb))
+        if started is None:
+            raise HTTPProblem(409, f"a pipeline run or retrain is already going on {self.rel(folder)}; wait for it "
+                                   "to finish (GET pipeline shows its progress).")
+        return {"folder": self.rel(folder), "started": started}
+
+
+class PipelineReportHandler(PipelineMixin, PostRoute):
+    """POST write `mlops report` of the pipeline's newest run into its folder (report/report.md, plots beside it)
+    against ``baseline`` (default: the base branch's run; none found: the run alone, said in ``note``)."""
+
+    def read(self):
+        body = self.body(path=str, out=str, baseline=str)
+        nb = self.notebook_path(body.get("path"))
+        return {"nb": nb, "folder": self.folder(nb, body.get("out")), "baseline": (body.get("baseline") or "").strip()}
+
+    def work(self, nb, folder, baseline):
+        from .. import reports
+        from ..errors import NotFound
+
+        settings, out, note = self.project(nb), folder / "report" / "report.md", None
+        try:
+            made = reports.build(settings, str(folder), baseline or None, out)
+        except NotFound as exc:
+            if baseline or exc.fields.get("what") != "baseline":
+                raise
+            note = f"{exc} The report shows this run alone."
+            made = reports.build(settings, str(folder), "none", out)
+        return {"report": self.rel(out), "plots": len(made.plots), "problems": made.problems, "note": note,
+                "baseline": made.baseline.how if made.baseline else None}
 
 
 class PipelineValidateHandler(PostRoute):
@@ -524,6 +584,8 @@ ROUTES = [
     ("pipeline/validate", PipelineValidateHandler),
     ("pipeline/export", PipelineExportHandler),
     ("pipeline/run", PipelineRunHandler),
+    ("pipeline/retrain", PipelineRetrainHandler),
+    ("pipeline/report", PipelineReportHandler),
     ("serving", ServingHandler),
     ("serving/generate", ServingGenerateHandler),
     ("serving/build", ServingBuildHandler),

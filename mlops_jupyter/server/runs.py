@@ -1,4 +1,4 @@
-"""Long commands the server starts: ``mlops pipeline run`` and ``mlops serve build``, each a subprocess
+"""Long commands the server starts: ``mlops pipeline run``, ``mlops retrain`` and ``mlops serve build``, each a subprocess
 with its output in a log file.
 
 A subprocess, not a thread: a run or a build takes minutes, starts kernels or an image builder, and must
@@ -33,6 +33,11 @@ def pipeline_command(folder: Path, params: list, force: bool, from_step: str | N
     if from_step:
         cmd += ["--from", from_step]
     return cmd
+
+
+def retrain_command(folder: Path, promote_to: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "mlops_jupyter.cli", "retrain", str(folder)]
+    return cmd + ["--promote-to", promote_to] if promote_to else cmd
 
 
 def build_command(folder: Path, tag: str | None, base: str | None) -> list[str]:

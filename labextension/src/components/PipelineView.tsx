@@ -1,8 +1,19 @@
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import * as React from 'react';
 
 import { MlopsModel } from '../model';
 import { IGenerated, IPipeline } from '../tokens';
-import { ErrorLine, Field, formatSize, hasCapability, JobLog, Unavailable, useAction, usePolled } from './common';
+import {
+  ErrorLine,
+  Field,
+  formatSize,
+  formatTime,
+  hasCapability,
+  JobLog,
+  Unavailable,
+  useAction,
+  usePolled
+} from './common';
 
 /** Export the notebook as a pipeline, see each step's state, run it; generate a serving package. */
 export function PipelineView(props: {
@@ -10,12 +21,13 @@ export function PipelineView(props: {
   serveRun: string;
   pipeline: boolean;
   onOpen: (path: string) => void;
+  onOpenReport: (path: string) => void;
 }): JSX.Element {
   const { model } = props;
   return (
     <div className="mlops-pipeline-view">
       {props.pipeline ? (
-        <PipelineSection model={model} onOpen={props.onOpen} />
+        <PipelineSection model={model} onOpen={props.onOpen} onOpenReport={props.onOpenReport} />
       ) : (
         <Unavailable capability="pipeline" what="Exporting a pipeline" />
       )}
@@ -65,13 +77,99 @@ function PipelineDag(props: { svg: string; steps: IPipeline['steps']; onOpen: (p
   );
 }
 
-function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => void }): JSX.Element {
+/** A pipeline that fits a model: Retrain (after a confirmation), the newest retrain's decision, and Report. */
+function RetrainSection(props: {
+  model: MlopsModel;
+  data: IPipeline;
+  folder: string;
+  busy: string | null;
+  act: (what: string, call: () => Promise<unknown>) => Promise<void>;
+  onOpenReport: (path: string) => void;
+}): JSX.Element {
+  const { model, data, folder, busy, act } = props;
+  const [baseline, setBaseline] = React.useState('');
+  const [note, setNote] = React.useState<string | null>(null);
+  const retraining = !!data.retrain?.running;
+  const retrain = async () => {
+    const ok = await showDialog({
+      title: 'Retrain?',
+      body:
+        'Snapshot the newest data, run the stale steps, register each model fitted anew and promote it to the ' +
+        'next environment if it passes the gates against the current holder.',
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Retrain' })]
+    });
+    if (ok.button.accept) {
+      await act('retrain', () => model.retrainPipeline(folder));
+    }
+  };
+  const report = () =>
+    act('report', async () => {
+      const written = await model.reportPipeline(folder, baseline.trim());
+      const against = written.baseline ? `against ${written.baseline}` : 'with no baseline';
+      setNote(`${written.report}: ${against}, ${written.plots} plots${written.note ? `. ${written.note}` : ''}`);
+      props.onOpenReport(written.report);
+    });
+  const last = data.last_retrain;
+  return (
+    <div className="mlops-retrain" data-testid="mlops-retrain">
+      <Field
+        label="baseline"
+        testid="mlops-report-baseline"
+        placeholder="branch, NAME@ALIAS or run (default: main)"
+        value={baseline}
+        onChange={setBaseline}
+      />
+      <div className="mlops-actions">
+        <button
+          type="button"
+          className="mlops-button"
+          data-testid="mlops-pipeline-retrain"
+          disabled={!!busy || retraining || !!data.run?.running}
+          title="mlops retrain: new data, stale steps, challenger vs champion"
+          onClick={() => void retrain()}
+        >
+          {retraining ? 'retraining…' : 'Retrain'}
+        </button>
+        <button
+          type="button"
+          className="mlops-button"
+          data-testid="mlops-pipeline-report"
+          disabled={!!busy}
+          title="mlops report: the newest run against the baseline, opened in a tab"
+          onClick={() => void report()}
+        >
+          {busy === 'report' ? 'writing…' : 'Report'}
+        </button>
+      </div>
+      {note && (
+        <div className="mlops-note" role="status" data-testid="mlops-report-note">
+          {note}
+        </div>
+      )}
+      {last && (
+        <div className="mlops-muted" data-testid="mlops-last-retrain">
+          last retrain {formatTime(last.start_time)}:{' '}
+          {last.decisions
+            .map(d => `${d.model} ${d.decision}${d.challenger ? ` v${d.challenger}` : ''} (${d.reason ?? ''})`)
+            .join(' · ')}
+        </div>
+      )}
+      {data.retrain && <JobLog job={data.retrain} testid="mlops-retrain-log" going="retraining" noun="retrain" />}
+    </div>
+  );
+}
+
+function PipelineSection(props: {
+  model: MlopsModel;
+  onOpen: (path: string) => void;
+  onOpenReport: (path: string) => void;
+}): JSX.Element {
   const { model } = props;
   const { out, setOut, folder, commit } = useOutFolder(model, 'pipeline');
   const { busy, failure, run } = useAction();
   const { data, error, reload } = usePolled(
     () => model.pipeline(folder),
-    last => (last?.run?.running ? model.intervals.live : 0),
+    last => (last?.run?.running || last?.retrain?.running ? model.intervals.live : 0),
     [model.path, folder]
   );
 
@@ -153,6 +251,16 @@ function PipelineSection(props: { model: MlopsModel; onOpen: (path: string) => v
         <div className="mlops-muted">models: {data.models.map(m => `${m.name} (step ${m.step})`).join(', ')}</div>
       )}
       {data?.run && <JobLog job={data.run} testid="mlops-pipeline-log" going="running" noun="run" />}
+      {data && data.exported && data.models.length > 0 && (
+        <RetrainSection
+          model={model}
+          data={data}
+          folder={folder}
+          busy={busy}
+          act={act}
+          onOpenReport={props.onOpenReport}
+        />
+      )}
     </section>
   );
 }
