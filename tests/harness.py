@@ -258,3 +258,19 @@ def mlflow_server(folder: Path, port: int | None = None):
     finally:
         stop_group(proc)
         log.close()
+
+
+async def call(jp_fetch, endpoint: str, body: dict | None = None, headers: dict | None = None, **params):
+    """A route of the server extension: (status, JSON body); a body makes it a POST."""
+    import json
+
+    from tornado.httpclient import HTTPClientError
+
+    kwargs = {"params": params, "headers": headers or {}}
+    if body is not None:
+        kwargs.update(method="POST", body=json.dumps(body))
+    try:
+        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
+    except HTTPClientError as err:
+        return err.code, json.loads(err.response.body)
+    return resp.code, json.loads(resp.body) if resp.body else None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import CLEAN_VARS, all_runs, notebook, recorder_pids, wait_for
+from harness import CLEAN_VARS, all_runs, call, notebook, recorder_pids, wait_for
 from mlflow_seed import retrain_project
 
 from mlops_jupyter import config, pipeline
@@ -117,19 +117,6 @@ def jp_server_config():
     return {"ServerApp": {"jpserver_extensions": {"mlops_jupyter": True}}}
 
 
-async def call(jp_fetch, endpoint: str, body: dict | None = None, **params):
-    import json
-
-    from tornado.httpclient import HTTPClientError
-
-    kwargs = {"params": params}
-    if body is not None:
-        kwargs.update(method="POST", body=json.dumps(body))
-    try:
-        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
-    except HTTPClientError as err:
-        return err.code, json.loads(err.response.body)
-    return resp.code, json.loads(resp.body)
 
 
 async def test_the_sidebar_retrains_shows_the_decision_and_writes_the_report(jp_fetch, loop):

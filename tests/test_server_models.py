@@ -4,12 +4,10 @@ rollback; real registries (the dev store and a staging store of its own), real t
 
 from __future__ import annotations
 
-import json
 
 import pytest
-from harness import CLEAN_VARS
+from harness import CLEAN_VARS, call
 from mlflow_seed import seed_models
-from tornado.httpclient import HTTPClientError
 
 NB = "models.ipynb"
 
@@ -40,15 +38,6 @@ def as_alice(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
 
 
-async def call(jp_fetch, endpoint: str, body: dict | None = None, **params):
-    kwargs = {"params": params}
-    if body is not None:
-        kwargs.update(method="POST", body=json.dumps(body))
-    try:
-        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
-    except HTTPClientError as err:
-        return err.code, json.loads(err.response.body)
-    return resp.code, json.loads(resp.body)
 
 
 async def test_promote_shows_gates_then_rollback_and_history(jp_fetch):

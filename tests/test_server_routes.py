@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import CLEAN_VARS, make_git_project, notebook, wait_for
+from harness import CLEAN_VARS, call, make_git_project, notebook, wait_for
 from mlflow_seed import seed_runs, write_notebook
 from tornado.httpclient import HTTPClientError
 
@@ -98,16 +98,6 @@ def clean_store_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-async def call(jp_fetch, endpoint: str, body: dict | None = None, headers: dict | None = None, **params):
-    """(status, JSON body); a body makes it a POST."""
-    kwargs = {"params": params, "headers": headers or {}}
-    if body is not None:
-        kwargs.update(method="POST", body=json.dumps(body))
-    try:
-        resp = await jp_fetch("mlops", *endpoint.split("/"), **kwargs)
-    except HTTPClientError as err:
-        return err.code, json.loads(err.response.body)
-    return resp.code, json.loads(resp.body) if resp.body else None
 
 
 # ---- security ------------------------------------------------------------------------------------

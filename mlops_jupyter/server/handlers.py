@@ -125,6 +125,14 @@ class MlopsHandler(APIHandler):
                                        f"got {json.dumps(data[name])[:80]}.")
         return data
 
+    @staticmethod
+    def required(data: dict, **examples) -> dict:
+        """``data`` when each of ``examples``' fields is a non-empty string; else a 400 naming one with its example."""
+        for name, example in examples.items():
+            if not (data.get(name) or "").strip():
+                raise HTTPProblem(400, f"`{name}` is required, e.g. \"{example}\".")
+        return data
+
     def project(self, nb: Path) -> config.Settings:
         return config.resolve(start=nb.parent)
 
@@ -541,10 +549,7 @@ class ModelsPromoteHandler(PostRoute):
     result when one fails)."""
 
     def read(self):
-        data = self.body(ref=str, to=str, path=str)
-        for field_name, example in (("ref", "iris/2"), ("to", "staging")):
-            if not (data.get(field_name) or "").strip():
-                raise HTTPProblem(400, f"`{field_name}` is required, e.g. \"{example}\".")
+        data = self.required(self.body(ref=str, to=str, path=str), ref="iris/2", to="staging")
         return {"settings": self.project(self.notebook_path(data.get("path"))), "ref": data["ref"].strip(),
                 "to": data["to"].strip()}
 
@@ -559,10 +564,7 @@ class ModelsRollbackHandler(PostRoute):
     """POST {path, name, env}: ``env``'s alias back to its previous holder."""
 
     def read(self):
-        data = self.body(name=str, env=str, path=str)
-        for field_name, example in (("name", "iris"), ("env", "staging")):
-            if not (data.get(field_name) or "").strip():
-                raise HTTPProblem(400, f"`{field_name}` is required, e.g. \"{example}\".")
+        data = self.required(self.body(name=str, env=str, path=str), name="iris", env="staging")
         return {"settings": self.project(self.notebook_path(data.get("path"))), "name": data["name"].strip(),
                 "env": data["env"].strip()}
 
