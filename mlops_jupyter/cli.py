@@ -103,7 +103,7 @@ def _serve_generate(args) -> int:
 
     settings = commands.project_settings(args.project)
     uri = args.model_uri or model_of_run(settings, args.run)
-    out = generate_package(uri, args.out, name=args.name, settings=settings)
+    out = generate_package(uri, args.out, name=args.name, settings=settings, environment=args.env)
     print(f"serving package for {uri} in {out} · start it: mlops serve run {out}")
     return 0
 

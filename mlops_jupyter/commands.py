@@ -232,6 +232,7 @@ def _serve_generate(p, door):
     p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
     p.add_argument("--name", metavar="NAME", help="package name (default: the registered model's name)")
     p.add_argument("--project", metavar="DIR", help="the project whose store resolves the model")
+    _env_option(p, "the environment whose registry resolves models:/NAME@ALIAS (e.g. prod)")
 
 
 @verb("serve run", "serve a generated package with uvicorn (blocks until stopped)", doors=(CLI.name,))

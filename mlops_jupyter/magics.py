@@ -362,7 +362,7 @@ class MlopsMagics(Magics):
 
         settings = commands.project_settings(ns.project) if ns.project else self._settings()
         uri = ns.model_uri or model_of_run(settings, ns.run)
-        out = generate_package(uri, ns.out, name=ns.name, settings=settings)
+        out = generate_package(uri, ns.out, name=ns.name, settings=settings, environment=ns.env)
         print(f"mlops: serving package for {uri} in {out} · start it from a terminal: mlops serve run {out}")
 
     def _register(self, ns, _cell):

@@ -89,3 +89,38 @@ async def test_bad_model_name_and_unknown_model_history(jp_fetch):
     assert code == 400 and "`name` must be a registered model's name" in reply["message"]
     code, reply = await call(jp_fetch, "models", path=NB, name="nosuch")
     assert code == 404 and "no registered model 'nosuch'" in reply["message"], reply
+
+
+def test_a_package_generated_from_prod_says_which_version_environment_and_run(registry_project, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from harness import stop_group
+    from test_serving import free_port, start_server
+
+    def mlops(*args, user="alice"):
+        return subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", *args], cwd=registry_project, text=True,
+                              capture_output=True, timeout=600,
+                              env={**os.environ, "MLFLOW_TRACKING_USERNAME": user})
+
+    promoted = mlops("promote", "iris/2", "--to", "prod", user="nobody")  # prod's one promoter
+    assert promoted.returncode == 0, promoted.stderr
+    made = mlops("serve", "generate", "models:/iris@prod", "--env", "prod", "--out", str(tmp_path / "pkg"))
+    assert made.returncode == 0, made.stderr
+    wrong = mlops("serve", "generate", "models:/iris@prod", "--out", str(tmp_path / "nope"))  # dev has no @prod
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    port = free_port()
+    proc = start_server([sys.executable, "-m", "mlops_jupyter.cli", "serve", "run", str(tmp_path / "pkg"), "--port",
+                         str(port)], port, tmp_path / "pkg.log")
+    try:
+        said = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json()
+    finally:
+        stop_group(proc)
+    from mlflow import MlflowClient
+
+    trained = MlflowClient(f"sqlite:///{registry_project / '.mlops' / 'mlflow.db'}").get_model_version("iris", "2")
+    assert said["registered"] == {"model": "iris", "version": "1", "alias": "prod", "environment": "prod",
+                                  "run_id": trained.run_id}, said
+    assert said["version"] == "1" and said["model_uri"] == "models:/iris@prod"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import keyword
 import math
@@ -62,10 +64,16 @@ URI_HELP = ("MODEL_URI is runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@
 
 
 def generate_package(model_uri: str, out: str | Path, name: str | None = None,
-                     settings: config.Settings | None = None, source: str | None = None) -> Path:
+                     settings: config.Settings | None = None, source: str | None = None,
+                     environment: str | None = None) -> Path:
     """Write a serving package for ``model_uri`` into ``out`` (new or empty) and return its path.
-    Models are resolved against the project's tracking store (``settings``, default config.resolve()).
-    ``source``: the URI the package names as its model's origin when ``model_uri`` is a local copy of it."""
+    Models are resolved against the project's tracking store (``settings``, default config.resolve()), or against
+    ``environment``'s registry (``models:/NAME@prod`` with environment prod). ``source``: the URI the package names
+    as its model's origin when ``model_uri`` is a local copy of it."""
+    settings = settings or config.resolve()
+    if environment:
+        registry = config.environment(settings, environment).registry_uri
+        settings = dataclasses.replace(settings, tracking_uri=registry)
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"{out} already exists and is not an empty folder; the generator never overwrites files.",
@@ -74,6 +82,9 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
         model_uri = _full_run_uri(model_uri, settings)
         model_dir = _fetch(model_uri, Path(tmp) / "model", settings)
         spec = _describe(source or model_uri, model_dir, name)
+        registered = _registered(model_uri, settings, environment)
+        if registered:  # /version says which version of which registered model, in which environment
+            spec.update(registered=registered, version=registered["version"])
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -263,6 +274,23 @@ def _pins(names, have: list[str]) -> list[str]:
     return out
 
 
+def _registered(uri: str, settings: config.Settings, environment: str | None) -> dict | None:
+    """{model, version, alias, environment, run_id} of a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI,
+    read from the registry it was fetched from (``environment``'s, or the project's store: None); None for any
+    other URI."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", uri)
+    if not m:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    name, version, alias = m.groups()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    # a version copied into another environment's registry names the run that trained it (tag mlops.run)
+    return {"model": name, "version": str(mv.version), "alias": alias, "environment": environment,
+            "run_id": (mv.tags or {}).get("mlops.run") or mv.run_id}
+
+
 def _version_of(uri: str) -> str:
     m = re.match(r"models:/[^/@]+/(\d+)$", uri)  # a registered version becomes the package version
     return m.group(1) if m else "0"
@@ -372,6 +400,7 @@ def _write(root: Path, spec: dict, model_dir: Path) -> None:
     runtime["inputs"] = [{"name": c["name"], "datatype": V2_DATATYPES.get(c["type"], "BYTES"), "shape": [-1]}
                          for c in spec["columns"]]
     runtime["outputs"] = spec["v2_outputs"]
+    runtime["registered"] = spec.get("registered")
     (root / module / "serving.json").write_text(json.dumps(runtime, indent=2) + "\n")
     shutil.copytree(model_dir, root / module / "mlflow_model")
 

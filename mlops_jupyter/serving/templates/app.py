@@ -616,6 +616,7 @@ async def version():
     return {"name": SPEC["name"], "version": SPEC["version"], "model_uri": SPEC["model_uri"],
             "run_id": SPEC["run_id"], "model_id": SPEC["model_id"], "flavor": SPEC["flavor"],
             "loader": SPEC["loader"], "logged_with_mlflow": SPEC["mlflow_version"],
+            "registered": SPEC.get("registered"),  # {model, version, alias, environment, run_id} of a models:/ URI
             "generated_by": SPEC["generated_by"], "python": platform.python_version(),
             "packages": {n: _version(n) for n in dict.fromkeys(names)}}
 
