@@ -74,11 +74,12 @@ def seed_many(root: Path, notebook: Path, count: int, cells: int = 20) -> None:
         client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + i * 1000 + 500)
 
 
-def seed_models(root: Path) -> Path:
-    """A git project whose dev store holds registered model ``iris`` with two versions (two tracked runs of a
-    committed notebook, each logging ``forest`` from a clean tree), with a ``staging`` environment (a SQLite
-    store of its own) and a ``prod`` one only ``nobody`` may promote to. Real kernels (papermill), real registry
-    writes (``mlops register``)."""
+def seed_models(root: Path, models: dict | None = None, promotion: str = "") -> Path:
+    """A git project whose dev store holds registered model ``iris`` with a version per entry of ``models`` (run
+    name -> a scikit-learn estimator expression; default two trees, ``shallow`` and ``deep``), each from a tracked
+    run of a committed notebook logging ``forest`` from a clean tree, with a ``staging`` environment (a SQLite
+    store of its own), a ``prod`` one only ``nobody`` may promote to, and ``promotion`` appended to pyproject.toml.
+    Real kernels (papermill), real registry writes (``mlops register``)."""
     import subprocess
     import sys
 
@@ -88,13 +89,15 @@ def seed_models(root: Path) -> Path:
     with (root / "pyproject.toml").open("a") as toml:
         toml.write(f'\n[tool.mlops.environments.staging]\ntracking-uri = "sqlite:///{root / "staging.db"}"\n\n'
                    f'[tool.mlops.environments.prod]\ntracking-uri = "sqlite:///{root / "prod.db"}"\n'
-                   'promoters = ["nobody"]\n')
+                   'promoters = ["nobody"]\n' + promotion)
+    models = models or {"shallow": "DecisionTreeClassifier(max_depth=1, random_state=0)",
+                        "deep": "DecisionTreeClassifier(max_depth=3, random_state=0)"}
     nb = nbformat.v4.new_notebook()
-    fit = ("%%mlops run --name {name} --model forest\nfrom sklearn.tree import DecisionTreeClassifier\n"
-           "forest = DecisionTreeClassifier(max_depth={depth}, random_state=0).fit(X, y)")
     nb.cells = [nbformat.v4.new_code_cell(c) for c in (
-        "%load_ext mlops_jupyter", "from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, "
-        "as_frame=True)", fit.format(name="shallow", depth=1), fit.format(name="deep", depth=3))]
+        "%load_ext mlops_jupyter", "from sklearn.datasets import load_iris\nfrom sklearn.tree import "
+        "DecisionTreeClassifier\nfrom sklearn.ensemble import RandomForestClassifier\n"
+        "X, y = load_iris(return_X_y=True, as_frame=True)\nX.assign(target=y).to_csv('eval.csv', index=False)",
+        *(f"%%mlops run --name {name} --model forest\nforest = {fit}.fit(X, y)" for name, fit in models.items()))]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "models.ipynb")
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "models"]):
@@ -104,7 +107,7 @@ def seed_models(root: Path) -> Path:
                    cwd=root, check=True, capture_output=True)
     out.unlink()
     subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "runs"], cwd=root, check=True, capture_output=True)
-    for name in ("shallow", "deep"):
+    for name in models:
         subprocess.run([sys.executable, "-m", "mlops_jupyter.cli", "register", name, "--model", "iris"], cwd=root,
                        check=True, capture_output=True, timeout=300)
     return root

@@ -79,7 +79,8 @@ def _write(settings: config.Settings, env: config.Environment, what: str, do) ->
     ``do`` returns the key of the version record whose number it wants back, or None."""
     from ..tracking.records import Recording
 
-    rec = Recording(dataclasses.replace(settings, tracking_uri=env.registry_uri, artifact_location=None))
+    # inline: applied by the recorder's code in this process (MLflow is loaded here already), journalled first
+    rec = Recording(dataclasses.replace(settings, tracking_uri=env.registry_uri, artifact_location=None), inline=True)
     key = do(rec)
     outcome = rec.close(timeout=WAIT_S)
     if outcome.waiting:

@@ -20,13 +20,17 @@ from pathlib import Path
 from . import journal as J
 
 MAX_RECORDER_STARTS = 5  # per writer: a recorder that cannot even start must not be respawned per record
+INLINE_GRACE_S = 2.0  # an inline writer waits this long for a failing store, then leaves its records in the journal
 
 
 class RecorderLink:
-    def __init__(self, state_dir: Path, on_event=None, nice: bool = False):
+    def __init__(self, state_dir: Path, on_event=None, nice: bool = False, inline: bool = False):
         self.journal = J.JournalWriter(state_dir)
         self.on_event = on_event or (lambda event: None)
         self.nice = nice
+        # inline: a short writer that waits for its records anyway (a registry move) applies its journal itself at
+        # close, in its own process, rather than start a recorder that would import MLflow a second time
+        self.inline = inline
         self.proc = None
         self.failed: str | None = None  # set when the recorder keeps exiting: the records stay in the journal
         self._restarts = 0
@@ -50,6 +54,8 @@ class RecorderLink:
             self.wake()
 
     def wake(self) -> None:
+        if self.inline:
+            return  # applied at close
         with self._mutex:
             proc = self.proc
             if proc is None or proc.poll() is not None:
@@ -99,3 +105,8 @@ class RecorderLink:
                 except OSError:
                     pass
         self.journal.close()
+        if self.inline:  # the same recorder, here: what it cannot write (a store that is down) stays in the journal
+            from .recorder import Recorder
+
+            Recorder(self.journal.path, follow=False, on_event=self.on_event, grace=INLINE_GRACE_S).run()
+            self.on_event({"event": "exited"})

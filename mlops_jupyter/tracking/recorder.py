@@ -80,9 +80,11 @@ class Unwritable(Exception):
 
 
 class Recorder:
-    def __init__(self, journal: Path, follow: bool):
+    def __init__(self, journal: Path, follow: bool, on_event=None, grace: float = EXIT_GRACE_S):
         self.journal = journal
         self.follow = follow
+        self.grace = grace  # how long a failing store is retried once no writer is left
+        self.on_event = on_event  # in the writer's own process (an inline link): its events go straight to it
         self.state_path = side_file(journal, ".state")
         self.state = {"offset": 0, "step": 0, "attempting": None, "runs": {}, "open": {},
                       "env_run": None, "models": {}}
@@ -102,6 +104,8 @@ class Recorder:
 
     # ---- talking to the writer (a kernel, a pipeline run, ...) -----------------------------
     def emit(self, **event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
         if self.events is None:
             return
         try:
@@ -129,7 +133,7 @@ class Recorder:
         deadline = None
         while True:
             if (self.eof.is_set() or not self.follow) and deadline is None:
-                deadline = time.monotonic() + EXIT_GRACE_S
+                deadline = time.monotonic() + self.grace
             caught_up = self.drain(deadline)
             if deadline is not None:
                 if caught_up and self.finish(deadline):

@@ -49,7 +49,8 @@ class Recording:
     """One writer's records (see the module doc). Keys are the writer's names for its runs; ``run_id(key)``
     gives the MLflow id once the recorder has made the run."""
 
-    def __init__(self, settings: config.Settings, experiment: str | None = None, nice: bool = False):
+    def __init__(self, settings: config.Settings, experiment: str | None = None, nice: bool = False,
+                 inline: bool = False):
         self.settings, self.experiment = settings, experiment
         self._ids: dict = {}
         self._models: dict = {}
@@ -60,7 +61,7 @@ class Recording:
         self._exited = False
         state = config.ensure_state_dir(settings.project_root)
         finish_orphans_once(state)
-        self.link = RecorderLink(state, self._event, nice=nice)
+        self.link = RecorderLink(state, self._event, nice=nice, inline=inline)
         if experiment:  # the runs it starts go there (made if new); without one it only adds to existing runs
             self.link.send({"op": "experiment", **self._store()})
 
