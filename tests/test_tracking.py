@@ -291,3 +291,20 @@ def test_child_runs_and_late_values_recorded_through_the_journal(ip, project):
         assert child.data.params == {"lr": str(0.1 * i)} and child.data.metrics == {"score": i / 10}
         assert child.info.status == ("FAILED" if i == 2 else "FINISHED")
         assert read_artifact(project, child.info.run_id, "trial/log.txt") == f"log {i}"
+
+
+def test_a_run_name_that_starts_another_runs_id_is_ambiguous_and_said_so(project):
+    from mlflow_seed import seed_runs, write_notebook
+
+    from mlops_jupyter import config
+    from mlops_jupyter.errors import InvalidInput
+    from mlops_jupyter.tracking import get_runs
+
+    nb = write_notebook(project / "nb.ipynb")
+    (first,) = seed_runs(project, nb, [{"name": "base", "start": 1_700_000_000_000}])
+    (named,) = seed_runs(project, nb, [{"name": first[:3], "start": 1_700_000_060_000}])
+    settings = config.resolve(project)
+    with pytest.raises(InvalidInput, match=f"'{first[:3]}' names 2 runs .* give more of the run id"):
+        get_runs(settings, [first[:3]])
+    assert [r.info.run_id for r in get_runs(settings, [first[:8], "base"])] == [first, first]
+    assert get_runs(settings, [named[:8]])[0].info.run_name == first[:3]

@@ -327,11 +327,12 @@ def get_runs(settings: Settings, run_ids: list[str]) -> list:
     for rid in run_ids:
         if len(rid) < 32:  # a prefix of a run id, or a run's name
             known = known if known is not None else list_runs(settings)
-            matches = [k["run_id"] for k in known if k["run_id"].startswith(rid.lower())] \
-                or [k["run_id"] for k in known if k["run_name"] == rid][:1]  # a name: its newest run
-            if len(matches) > 1:
-                raise InvalidInput(f"{rid!r} names {len(matches)} runs ({', '.join(m[:8] for m in matches[:5])}).",
-                                   what="ambiguous run", run=rid, matches=matches)
+            by_id = [k["run_id"] for k in known if k["run_id"].startswith(rid.lower())]
+            by_name = [k["run_id"] for k in known if k["run_name"] == rid][:1]  # a name: its newest run
+            matches = by_id if not by_name else by_name if not by_id or by_id == by_name else by_id + by_name
+            if len(matches) > 1:  # a name that is also the start of another run's id (e.g. "f1") says so too
+                raise InvalidInput(f"{rid!r} names {len(matches)} runs ({', '.join(m[:8] for m in matches[:5])}); "
+                                   "give more of the run id.", what="ambiguous run", run=rid, matches=matches)
             rid = matches[0] if matches else rid
         try:
             runs.append(client.get_run(rid))
