@@ -91,6 +91,7 @@ class Recorder:
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text()))
         self.clients, self.experiments, self.artifact_uris = {}, {}, {}
+        self._code: dict = {}  # (project root, run key) -> the code tags a run was made with, for its children
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
         self._initializing = False
@@ -314,8 +315,11 @@ class Recorder:
 
             exp_id = self.experiment_id(uri, op["experiment"], op.get("artifact_location"))
             tags = dict(op.get("tags", {}))
-            if op.get("project_root"):  # a run of the project's code (a pipeline): its commit and data versions
-                tags.update(_code_tags(op["project_root"], *_code_state(op["project_root"])))
+            root = op.get("project_root")
+            if root:  # a run of the project's code (a pipeline): its commit and data versions, read once per run
+                code = self._code.get((root, parent)) or _code_tags(root, *_code_state(root))  # a step: its run's
+                self._code[(root, key)] = code
+                tags.update(code)
             if parent is not None:
                 tags[T.PARENT] = self.state["runs"][parent]
             run_id = self._create_run(key, uri, exp_id, start_time=op["t"], tags=tags, run_name=op.get("run_name"))
