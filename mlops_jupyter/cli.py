@@ -139,10 +139,11 @@ def _export(args) -> int:
     if not args.notebook:
         raise UsageProblem("name the notebook to export, e.g. mlops export train.ipynb --out pipeline")
     pipe = pipeline.check(args.notebook, args.out) if args.check else \
-        pipeline.export(args.notebook, args.out or pipeline.default_folder(args.notebook))
+        pipeline.export(args.notebook, args.out or pipeline.default_folder(args.notebook), args.target, args.image)
     for warning in pipe.warnings:
         print(f"mlops export: warning: {warning}", file=sys.stderr)
-    print(commands.checked(pipe) if args.check else f"{commands.exported(pipe)} · run it: mlops pipeline run {pipe.folder}")
+    print(commands.checked(pipe) if args.check else f"{commands.exported(pipe)} · run it: mlops pipeline run {pipe.folder}"
+          + (f" · Kubeflow: {pipe.kfp}" if pipe.kfp else ""))
     return 0
 
 

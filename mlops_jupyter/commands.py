@@ -221,6 +221,10 @@ def _export(p, door):
                    help="the tagged notebook" + (" (default: this notebook)" if door == MAGIC.name else ""))
     p.add_argument("--out", metavar="DIR", help="the pipeline folder (default: NOTEBOOK-pipeline beside it)")
     p.add_argument("--check", action="store_true", help="only check the tags and the steps; write nothing")
+    p.add_argument("--target", choices=("local", "kfp"), default="local",
+                   help="kfp: also compile a Kubeflow Pipelines v2 pipeline (DIR/kfp-pipeline.yaml) with the KFP SDK")
+    p.add_argument("--image", metavar="IMG", help="with --target kfp: the image the steps run in (it holds the "
+                   "project at its working directory and mlops-jupyter[pipeline])")
 
 
 @verb("serve generate", "write a self-contained FastAPI serving package for a model")

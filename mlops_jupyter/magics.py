@@ -323,13 +323,15 @@ class MlopsMagics(Magics):
         if not nb:
             raise UsageProblem("this kernel does not know its notebook's path; name it: "
                                "%mlops export path/to/notebook.ipynb (save the notebook first).")
-        pipe = pipeline.check(nb, ns.out) if ns.check else pipeline.export(nb, ns.out or pipeline.default_folder(nb))
+        out = ns.out or pipeline.default_folder(nb)
+        pipe = pipeline.check(nb, ns.out) if ns.check else pipeline.export(nb, out, ns.target, ns.image)
         for warning in pipe.warnings:
             print(f"mlops: warning: {warning}")
         if ns.check:
             print(f"mlops: {commands.checked(pipe)}")
             return None
-        print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}")
+        print(f"mlops: {commands.exported(pipe)} · run it from a terminal: mlops pipeline run {pipe.folder}"
+              + (f" · Kubeflow: {pipe.kfp}" if pipe.kfp else ""))
         drawn = pipe.folder / pipeline.PICTURE
         return _render.Picture(drawn.read_text(), f"(the pipeline's steps, drawn in {drawn})")
 

@@ -18,11 +18,24 @@ from .picture import FILE as PICTURE
 from .source import check, check_cells, default_folder, notebook_of, outdated
 
 
-def export(notebook, out):
-    """Write the pipeline for a tagged ``notebook`` into folder ``out``; returns the Pipeline."""
+def export(notebook, out, target="local", image=None):
+    """Write the pipeline for a tagged ``notebook`` into folder ``out``; returns the Pipeline. ``target="kfp"``
+    also compiles it for Kubeflow Pipelines v2 (``out/kfp-pipeline.yaml``, its steps in ``image``)."""
     from .emit import export_notebook
 
-    return export_notebook(notebook, out)
+    if target == "kfp" and not (image or "").strip():
+        from ..errors import InvalidInput
+
+        raise InvalidInput("export --target kfp needs the image its steps run in, and none was given; name it, e.g. "
+                           "--image registry.example.com/team/project:1.0 (an image holding the project at its "
+                           "working directory and mlops-jupyter[pipeline]).", what="image")
+    pipe = export_notebook(notebook, out)
+    if target == "kfp":
+        from .. import config
+        from .kubeflow import compile_pipeline
+
+        pipe.kfp = compile_pipeline(pipe, image, config.find_project_root(Path(notebook).resolve().parent))
+    return pipe
 
 
 def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True, on_step=None):

@@ -35,6 +35,7 @@ class Pipeline:
     source: str = ""   # the original notebook, relative to ``folder``
     source_hash: str = ""  # what export read of it (source.notebook_hash), to tell an outdated export
     warnings: list = field(default_factory=list)  # export's warnings, one line each, naming the cell
+    kfp: Path | None = None  # the compiled Kubeflow pipeline, when export was asked for one
 
     def serving_note(self) -> str:
         """What a run of this pipeline serves, for the export message ('' when no cell is tagged model:NAME)."""
