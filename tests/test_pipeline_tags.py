@@ -89,7 +89,7 @@ def test_resources_tags_are_parsed_into_each_step(project):
     nb = notebook(project / "r.ipynb", [
         ("a = 1", ["block:prep", "limit:cpu:500m", "limit:memory:4Gi"]),
         ("b = a", ["block:train", "limit:nvidia.com/gpu:1", "limit:cpu:2"]),
-        ("c = b", ["step:report", "resources:gpu=0,cpu=4,memory=8G"]),
+        ("c = b", ["step:report", "resources:gpu=0;cpu=4,memory=8G"]),  # ";" and an older notebook's ","
         "d = c",
     ])
     pipeline.export(nb, "pipe")

@@ -18,7 +18,8 @@ export interface IPipelineTags {
   flags: Flag[];
   /** deps:PATH: files or folders the step reads that export cannot see in its code. */
   deps: string[];
-  /** resources:gpu=1,cpu=4,memory=8G (ours), without the `resources:` prefix. */
+  /** resources:gpu=1;cpu=4;memory=8G (ours), without the `resources:` prefix (a comma, which nbformat forbids in a
+   * tag, is read as ';'). */
   resources: string;
   /** Kale's limit:KEY:VALUE tags, kept as they are (pipeline/tags.py reads them as resources). */
   limits: string[];
@@ -52,7 +53,7 @@ export function parseTags(tags: readonly string[]): IPipelineTags {
     } else if (colon >= 0 && name === 'deps') {
       parsed.deps.push(arg);
     } else if (colon >= 0 && name === 'resources') {
-      parsed.resources = parsed.resources ? `${parsed.resources},${arg}` : arg;
+      parsed.resources = parsed.resources ? `${parsed.resources};${arg}` : arg;
     } else if (colon >= 0 && name === 'limit') {
       parsed.limits.push(tag);
     } else if (colon < 0 && (FLAGS as readonly string[]).includes(name)) {
@@ -80,7 +81,7 @@ export function formatTags(parsed: IPipelineTags): string[] {
     tags.push(`deps:${dep}`);
   }
   if (parsed.resources.trim()) {
-    tags.push(`resources:${parsed.resources.replace(/\s+/g, '')}`);
+    tags.push(`resources:${parsed.resources.replace(/\s+/g, '').replace(/,/g, ';')}`);
   }
   tags.push(...parsed.limits);
   for (const flag of FLAGS) {

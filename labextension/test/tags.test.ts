@@ -47,7 +47,7 @@ describe('tags', () => {
       model: 'clf',
       flags: ['metrics', 'skip'],
       deps: ['data/train.csv'],
-      resources: 'gpu=1,cpu=4',
+      resources: 'gpu=1;cpu=4',
       limits: ['limit:memory:8G'],
       other: ['raises-exception']
     });
@@ -59,12 +59,13 @@ describe('tags', () => {
     expect(formatTags(parseTags(tags))).toEqual(tags);
   });
 
-  it('drops empty fields and spaces in resources', () => {
+  it('drops empty fields and spaces in resources, and writes no comma (nbformat forbids one in a tag)', () => {
     const parsed = parseTags(['step:a']);
     expect(formatTags({ ...parsed, step: ' ', after: ['', ' b '], resources: 'gpu=1, cpu=2' })).toEqual([
       'after:b',
-      'resources:gpu=1,cpu=2'
+      'resources:gpu=1;cpu=2'
     ]);
+    expect(formatTags(parseTags(['resources:gpu=1,memory=8G']))).toEqual(['resources:gpu=1;memory=8G']);
   });
 
   it.each([

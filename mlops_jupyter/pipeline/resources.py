@@ -1,4 +1,4 @@
-"""What a step asks of the machine, from its cells' tags: ours ``resources:gpu=1,cpu=4,memory=8G`` and Kale's
+"""What a step asks of the machine, from its cells' tags: ours ``resources:gpu=1;cpu=4;memory=8G`` and Kale's
 ``limit:nvidia.com/gpu:N`` / ``limit:cpu:N`` / ``limit:memory:SIZE``, normalised to ``{"gpu": n, "cpu": n,
 "memory": bytes}``; and the local runner's check that this machine has the GPUs a step asks for.
 """
@@ -18,7 +18,7 @@ _UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKMGT]i?)?B?$")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
-EXAMPLE = "e.g. resources:gpu=1,cpu=4,memory=8G or limit:nvidia.com/gpu:1"
+EXAMPLE = "e.g. resources:gpu=1;cpu=4;memory=8G or limit:nvidia.com/gpu:1"
 
 
 def _value(key: str, text: str):
@@ -47,7 +47,7 @@ def parse(tag: str, arg: str) -> dict:
             raise ValueError(f"limit:{arg} is not limit:KEY:VALUE; {EXAMPLE}")
         pairs.append((key, value))
     else:
-        for part in arg.split(","):
+        for part in re.split(r"[;,]", arg):  # ';' (nbformat forbids a comma in a tag); ',' from older notebooks
             key, sep, value = part.partition("=")
             if not sep:
                 raise ValueError(f"resources:{arg} is not a list of key=value; {EXAMPLE}")

@@ -3,7 +3,7 @@
 Tags (Kale's names accepted as aliases): ``parameters`` | ``pipeline-parameters``,
 ``step:NAME`` | ``block:NAME``, ``after:NAME`` | ``prev:NAME``, ``imports``, ``functions``,
 ``metrics`` | ``pipeline-metrics``, ``model:NAME``, ``skip``, ``deps:PATH`` (a file or folder the step
-reads that export cannot see in its code), ``resources:gpu=1,cpu=4,memory=8G`` | Kale's
+reads that export cannot see in its code), ``resources:gpu=1;cpu=4;memory=8G`` | Kale's
 ``limit:nvidia.com/gpu:N``, ``limit:cpu:N``, ``limit:memory:SIZE``. An untagged cell joins the step above
 it (as in Kale, untagged cells right after a ``pipeline-parameters`` cell join the parameters); a notebook
 without step tags is one step named ``main``; a step without ``after:`` follows the step before it. A tag
@@ -25,11 +25,11 @@ PLAIN = ("parameters", "imports", "functions", "metrics", "skip")
 NAMED = ("step", "after", "model")
 VALUED = ("deps", "resources", "limit")  # an argument that is not a name: a path, a resource list
 SHARED = ("parameters", "imports", "functions")  # cells every step notebook gets
-EXAMPLES = {"deps": "data/train.csv", "resources": "gpu=1,cpu=4,memory=8G", "limit": "nvidia.com/gpu:1"}
+EXAMPLES = {"deps": "data/train.csv", "resources": "gpu=1;cpu=4;memory=8G", "limit": "nvidia.com/gpu:1"}
 KALE_PARAMETERS = "pipeline-parameters"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 KNOWN = ("parameters, imports, functions, metrics, skip, step:NAME, after:NAME, model:NAME, deps:PATH, "
-         "resources:gpu=N,cpu=N,memory=SIZE, and Kale's pipeline-parameters, pipeline-metrics, block:, prev:, "
+         "resources:gpu=N;cpu=N;memory=SIZE, and Kale's pipeline-parameters, pipeline-metrics, block:, prev:, "
          "limit:")
 
 

@@ -23,7 +23,7 @@ const TEXT_FIELDS: { key: keyof IDraft; label: string; placeholder: string }[] =
   { key: 'after', label: 'after', placeholder: 'step names, comma separated' },
   { key: 'model', label: 'model', placeholder: 'model name (serving)' },
   { key: 'deps', label: 'reads', placeholder: 'files it reads that its code does not name (deps:)' },
-  { key: 'resources', label: 'resources', placeholder: 'gpu=1,cpu=4,memory=8G' }
+  { key: 'resources', label: 'resources', placeholder: 'gpu=1;cpu=4;memory=8G' }
 ];
 
 function tagsOf(cell: Cell | null): string[] {
