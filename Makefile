@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI := ui-tests
 UI_STAMP := $(UI)/node_modules/.installed
+# Evidently, beside the project's venv: the drift checks are held to its verdicts, and it needs pandas < 3
+EVIDENTLY := .venv-evidently/.installed
 DEMO_OUT := .mlops/demo
 
 .PHONY: demo test ui-test lab-check bench clean system-deps
@@ -28,7 +30,8 @@ $(STAMP): pyproject.toml labextension/package.json $(LAB_SOURCES)
 
 # git (runs record their commit), node (builds the labextension), chromium (the browser test), buildah and
 # mmdebstrap (the serving image test builds a real image on a Debian base it makes once), curl (the README's
-# serving example, which its test runs)
+# serving example, which its test runs), prometheus (the drift alert test scrapes a package; installing it
+# starts no service)
 system-deps:
 	@missing=""; \
 	command -v git >/dev/null || missing="$$missing git"; \
@@ -37,17 +40,23 @@ system-deps:
 	command -v buildah >/dev/null || missing="$$missing buildah"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: $(STAMP) $(UI_STAMP)
+test: $(STAMP) $(UI_STAMP) $(EVIDENTLY)
 	@$(MAKE) --no-print-directory system-deps
 	@$(MAKE) --no-print-directory lab-check
 	$(BIN)/python -m pytest --durations=15
 	@$(MAKE) --no-print-directory ui-test
+
+$(EVIDENTLY):
+	$(PYTHON) -m venv .venv-evidently
+	.venv-evidently/bin/python -m pip install --quiet "evidently>=0.7.23,<0.8" "pandas<3" pyarrow
+	touch $@
 
 # the labextension's own checks, seconds: prettier + eslint, and jest unit tests (tags, the runs poll's row keeping);
 # its node modules came with the package's install (the build installs them)
@@ -60,7 +69,7 @@ $(UI_STAMP): $(UI)/package.json $(UI)/yarn.lock | $(STAMP)
 	touch $@
 
 # the sidebar in a real JupyterLab (ui-tests/): screenshots, the lab's log and the report in ui-tests/test-results/
-ui-test: $(STAMP) $(UI_STAMP)
+ui-test: $(STAMP) $(UI_STAMP) $(EVIDENTLY)
 	cd $(UI) && ../$(BIN)/jlpm playwright test
 
 demo: $(STAMP)
@@ -75,7 +84,7 @@ demo: $(STAMP)
 	$(BIN)/mlops runs --last 10
 	@echo "executed notebooks: $(DEMO_OUT)/ · open the runs with the command above, or in JupyterLab: $(BIN)/jupyter lab"
 
-bench: $(STAMP)
+bench: $(STAMP) $(EVIDENTLY)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
 
 clean:

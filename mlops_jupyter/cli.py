@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import _render, commands, config
 from .commands import CLI, HelpShown, UsageProblem
@@ -243,11 +244,42 @@ def _retrain(args) -> int:
     return 0
 
 
+def _monitor(args) -> int:
+    from . import monitor
+    from .monitor import report, rules
+
+    mode = commands.monitor_mode(args)
+    settings = monitor.environment_settings(config.resolve(), args.env)
+    if mode == "reference":
+        made = monitor.reference(settings, args.target, model=args.model, data=args.data)
+        print(monitor.reference_line(made))
+        return 0
+    if mode == "rules":
+        text = rules.alert_rules(args.hold)
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"mlops monitor: alert rules in {args.out} (check them with promtool check rules {args.out})")
+        else:
+            print(text, end="")
+        return 0
+    check = monitor.check(settings, args.source, model=args.model, run=args.run, since=args.since,
+                          window=args.window, stattest=args.stattest)
+    if args.report:
+        Path(args.report).write_text(report.page(check))
+    if args.json:
+        print(json.dumps(check.as_dict(), indent=1, default=str))
+    else:
+        print(report.text(check))
+        if args.report:
+            print(f"mlops monitor: report in {args.report}")
+    return 1 if check.drift else 0
+
+
 HANDLERS = {"runs": _runs, "compare": _compare, "snapshot": _snapshot, "snapshots": _snapshots, "restore": _restore,
             "reproduce": _reproduce, "serve generate": _serve_generate, "serve run": _serve_run, "export": _export,
             "pipeline run": _pipeline_run, "pipeline status": _pipeline_status, "serve build": _serve_build,
             "serve manifests": _serve_manifests, "register": _register, "promote": _promote, "rollback": _rollback,
-            "models": _models, "report": _report, "retrain": _retrain}
+            "models": _models, "report": _report, "retrain": _retrain, "monitor": _monitor}
 
 
 def parser():

@@ -344,6 +344,44 @@ def _retrain(p, door):
     _env_option(p, "the environment whose registry gets the challenger (default dev)")
 
 
+@verb("monitor", "a serving package's logged predictions against its model's training data: drift, errors, "
+                 "accuracy; exits 1 on drift")
+def _monitor(p, door):
+    p.add_argument("source", metavar="SOURCE|reference|rules", help="a serving package's folder or its prediction "
+                   "log's folder; `reference RUN` builds a model's reference profile; `rules` writes Prometheus "
+                   "alert rules for the drift gauges")
+    p.add_argument("target", nargs="?", metavar="RUN", help="with reference: the run that logged the model")
+    p.add_argument("--model", metavar="NAME@ALIAS", help="the registered version whose reference the log is checked "
+                   "against (with reference: the model's name in the run)")
+    p.add_argument("--run", metavar="RUN", help="the run whose model served the predictions")
+    p.add_argument("--since", default="24h", metavar="24h", help="how far back to read the log (s, m, h, d)")
+    p.add_argument("--window", default="1h", metavar="1h", help="the step of the drift-over-time series")
+    p.add_argument("--stattest", metavar="TEST", help="one test for every column (psi, ks, wasserstein, "
+                   "jensenshannon, chisquare, z) instead of each column's default")
+    p.add_argument("--report", metavar="PATH", help="write an HTML report with plots there")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--data", metavar="PATH", help="with reference: the training data (CSV or Parquet; default: the "
+                   "snapshot the run read)")
+    p.add_argument("--out", metavar="rules.yml", help="with rules: where to write them (default: print)")
+    p.add_argument("--for", dest="hold", default="10m", metavar="10m", help="with rules: how long drift must last "
+                   "before an alert fires")
+    _env_option(p, "the environment whose registry NAME@ALIAS is read from")
+
+
+def monitor_mode(ns) -> str:
+    """Which of monitor's three forms the arguments ask for: "check", "reference" or "rules"."""
+    if ns.source == "reference" and not os.path.isdir(ns.source):
+        if not ns.target:
+            raise UsageProblem("monitor reference needs the run that logged the model: monitor reference RUN "
+                               "[--model NAME] [--data PATH]")
+        return "reference"
+    if ns.source == "rules" and not os.path.isdir(ns.source):
+        return "rules"
+    if ns.target:
+        raise UsageProblem(f"monitor takes one SOURCE folder; {ns.target!r} is one too many")
+    return "check"
+
+
 def report_args(ns) -> None:
     """``report``'s flags hang together: --dry-run only with --comment, --comment only with --out."""
     if ns.dry_run and not ns.comment:
@@ -482,6 +520,8 @@ HINTS = [
     (E.UnsnapshottedChanges, {}, "snapshot them first (`{p} snapshot {path}`), or restore with --force to "
                                  "overwrite them"),
     (E.RunNotFound, {}, "`{p} runs --all` lists the run ids"),
+    (E.NoReference, {"what": "reference data"}, "e.g. `{p} monitor reference {run} --data train.csv`"),
+    (E.NoReference, {}, "build it: `{p} monitor reference {run}`"),
     (E.NotFound, {"what": "snapshots"}, "`{p} snapshot {path}` makes the first one"),
     (E.NotFound, {"what": "snapshots"}, "`{p} snapshot PATH` makes the first one"),
     (E.NotFound, {"what": "revision"}, "`{p} snapshots {path}` lists the revisions that hold one"),

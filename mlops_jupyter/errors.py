@@ -165,3 +165,16 @@ class GateFailed(Conflict):
         super().__init__(message or f"{model} version {version} was not promoted to {environment}: {details}.",
                          model=model, version=version, environment=environment, gates=gates, failed=failed,
                          **fields)
+
+
+class NoReference(NotFound):
+    """Model ``model`` of run ``run`` has no reference profile (or, ``what`` = "reference data", no training data
+    was found to build one from)."""
+
+    code = "no_reference"
+
+
+class OtherModel(Conflict):
+    """A prediction log holds predictions of ``found`` (model versions), not of ``expected``."""
+
+    code = "other_model"

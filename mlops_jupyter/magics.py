@@ -411,6 +411,33 @@ class MlopsMagics(Magics):
         return _render.Document(made.html(), made.markdown())
 
 
+    def _monitor(self, ns, _cell):
+        from . import monitor
+        from .monitor import report, rules
+
+        mode = commands.monitor_mode(ns)
+        settings = monitor.environment_settings(self._settings(), ns.env)
+        if mode == "reference":
+            print(f"mlops: {monitor.reference_line(monitor.reference(settings, ns.target, model=ns.model, data=ns.data))}")
+            return None
+        if mode == "rules":
+            text = rules.alert_rules(ns.hold)
+            if ns.out:
+                with open(ns.out, "w") as fh:
+                    fh.write(text)
+                print(f"mlops: alert rules in {ns.out}")
+                return None
+            print(text, end="")
+            return None
+        check = monitor.check(settings, ns.source, model=ns.model, run=ns.run, since=ns.since, window=ns.window,
+                              stattest=ns.stattest)
+        if ns.report:
+            with open(ns.report, "w") as fh:
+                fh.write(report.page(check))
+        if ns.json:
+            return check.as_dict()
+        return _render.Document(report.html_part(check), report.text(check))
+
     def _retrain(self, ns, _cell):
         from . import config, retrain
 

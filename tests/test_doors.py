@@ -56,7 +56,7 @@ SHARED = [v.name for v in commands.VERBS if set(v.doors) == {"magic", "cli"}]
 def test_both_doors_accept_the_same_flags_for_every_shared_verb():
     assert set(SHARED) == {"runs", "compare", "snapshot", "snapshots", "restore", "reproduce", "export",
                            "serve generate", "pipeline run", "pipeline status", "register", "promote", "rollback",
-                           "models", "report", "retrain"}
+                           "models", "report", "retrain", "monitor"}
     magic, cli = commands.parser(MAGIC), commands.parser(CLI)
     for name in SHARED:
         assert flags(sub(magic, name)) == flags(sub(cli, name)), name

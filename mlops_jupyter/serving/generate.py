@@ -33,6 +33,7 @@ LAYOUT = {
     "predlog.py": "{module}/predlog.py",
     "__main__.py": "{module}/__main__.py",
     "lambda_handler.py": "{module}/lambda_handler.py",
+    "monitoring.py": "{module}/monitoring.py",
     "test_app.py.tmpl": "tests/test_app.py",
 }
 # MLflow column type -> (python annotation, pandas dtype, pydantic Field constraints, example value).
@@ -80,11 +81,12 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
                        what="package folder", path=str(out))
     with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
         model_uri = _full_run_uri(model_uri, settings)
-        model_dir = _fetch(model_uri, Path(tmp) / "model", settings)
+        model_dir = fetch_model(model_uri, Path(tmp) / "model", settings)
         spec = _describe(source or model_uri, model_dir, name)
         registered = _registered(model_uri, settings, environment)
         if registered:  # /version says which version of which registered model, in which environment
             spec.update(registered=registered, version=registered["version"])
+        spec["reference"] = _reference(spec, settings)
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -115,7 +117,9 @@ def _full_run_uri(uri: str, settings: config.Settings | None) -> str:
     return f"runs:/{run.info.run_id}/{uri[ref.end():]}"
 
 
-def _fetch(uri: str, dest: Path, settings: config.Settings | None) -> Path:
+def fetch_model(uri: str, dest: Path, settings: config.Settings | None) -> Path:
+    """The MLflow model at ``uri`` (runs:/, models:/ or a local folder) copied into ``dest``, resolved against
+    ``settings``' store; clear errors for a URI that names no model."""
     if _is_local(uri):
         local = Path(uri.removeprefix("file://")).expanduser()
         if not (local / "MLmodel").is_file():
@@ -403,6 +407,26 @@ def _write(root: Path, spec: dict, model_dir: Path) -> None:
     runtime["registered"] = spec.get("registered")
     (root / module / "serving.json").write_text(json.dumps(runtime, indent=2) + "\n")
     shutil.copytree(model_dir, root / module / "mlflow_model")
+    # the drift gauges (monitoring.py) run the same code as `mlops monitor`: these two modules import no mlops_jupyter
+    monitor_code = Path(__file__).parent.parent / "monitor"
+    for part in ("drift.py", "logs.py"):
+        shutil.copy(monitor_code / part, root / module / part)
+    if spec.get("reference"):
+        (root / module / "reference.json").write_text(json.dumps(spec["reference"], separators=(",", ":")))
+
+
+def _reference(spec: dict, settings: config.Settings) -> dict | None:
+    """The model's reference profile (monitor), for the package's drift gauges; None when it has none."""
+    from .. import monitor
+
+    run_id = (spec.get("registered") or {}).get("run_id") or spec.get("run_id")
+    m = re.match(r"runs:/[0-9a-f]{32}/(.+)", spec.get("model_uri") or "")
+    if not run_id:
+        return None
+    try:
+        return monitor.load_reference(settings, run_id, m.group(1) if m else None)
+    except Exception:  # noqa: BLE001 - no reference (or no store to read it from): the package just has no gauges
+        return None
 
 
 def _shell_quote(text: str) -> str:

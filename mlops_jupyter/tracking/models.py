@@ -113,15 +113,33 @@ def warm_up() -> None:
 def example_frame(data, model, name: str = "model"):
     """The first EXAMPLE_ROWS rows of the data ``model`` was fit on, as a DataFrame with string column
     names (an array's columns take the model's ``feature_names_in_``, else x0, x1, ...): its input example."""
+    return _frame(data, model, name, lambda n: slice(0, EXAMPLE_ROWS))
+
+
+def reference_frame(data, model, name: str = "model"):
+    """Up to REFERENCE_ROWS random rows of the data ``model`` was fit on, framed as ``example_frame`` frames
+    them: what its reference profile (monitor) is built from."""
+    from ..monitor import REFERENCE_ROWS
+
+    def rows(n):
+        if n <= REFERENCE_ROWS:
+            return slice(None)
+        import numpy as np
+
+        return np.sort(np.random.default_rng(0).choice(n, REFERENCE_ROWS, replace=False))
+    return _frame(data, model, name, rows)
+
+
+def _frame(data, model, name: str, pick):
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
-        frame = data.iloc[:EXAMPLE_ROWS].reset_index(drop=True)
+        frame = data.iloc[pick(len(data))].reset_index(drop=True)
     else:
         import numpy as np
 
         try:
-            rows = data[:EXAMPLE_ROWS]
+            rows = data[pick(len(data))]
         except TypeError:
             raise InvalidInput(f"model {name!r} is fit on a {type(data).__name__}, which has no rows to take an input "
                                "example from; fit it on a DataFrame or an array.", model=name) from None
@@ -178,17 +196,19 @@ def save(model, example, path: Path, name: str = "model", run_id: str | None = N
     return path
 
 
-def stage(model, example, folder: Path) -> Path:
-    """Keep ``model`` and its input example as they are now, in ``folder`` (cloudpickle: a class defined in a
-    notebook is kept by value); ``save_staged`` makes the MLflow model folder from them later, elsewhere."""
+def stage(model, example, folder: Path, reference=None) -> Path:
+    """Keep ``model`` and its input example (and the rows its reference profile is built from) as they are now,
+    in ``folder`` (cloudpickle: a class defined in a notebook is kept by value); ``save_staged`` makes the MLflow
+    model folder and the reference from them later, elsewhere."""
     import cloudpickle
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "model.pkl", "wb") as fh:
-        cloudpickle.dump(model, fh)
-    with open(folder / "example.pkl", "wb") as fh:
-        cloudpickle.dump(example, fh)
+    kept = {"model.pkl": model, "example.pkl": example, **({"reference.pkl": reference} if reference is not None
+                                                             else {})}
+    for file, value in kept.items():
+        with open(folder / file, "wb") as fh:
+            cloudpickle.dump(value, fh)
     return folder
 
 
@@ -205,6 +225,27 @@ def save_staged(folder: Path, name: str, run_id: str | None = None) -> Path:
         example = pickle.load(fh)  # noqa: S301
     tmp = Path(folder) / "mlflow-model.tmp"
     save(model, example, tmp, name, run_id=run_id)
+    tmp.rename(out)
+    return out
+
+
+def staged_reference(folder: Path, name: str, run_id: str) -> Path | None:
+    """The reference profile (monitor) of a model kept by ``stage`` with its training rows, written once into
+    ``folder``/reference/NAME.json; None when none was kept."""
+    import pickle
+
+    from .. import monitor
+
+    out = Path(folder) / monitor.REFERENCE_DIR / f"{name}.json"
+    rows = Path(folder) / "reference.pkl"
+    if out.is_file() or not rows.is_file():
+        return out if out.is_file() else None
+    with open(Path(folder) / "model.pkl", "rb") as fh:
+        model = pickle.load(fh)  # noqa: S301 - the user's own model, kept a moment ago by their kernel
+    with open(rows, "rb") as fh:
+        frame = pickle.load(fh)  # noqa: S301
+    tmp = monitor.write(monitor.build(model, frame, {"run_id": run_id, "name": name}), Path(folder) / ".tmp", name)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
     return out
 

@@ -412,6 +412,9 @@ class Recorder:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = models.stamp_copy(source, Path(tmp) / name, run_id, model.model_id, model.artifact_location)
                 client.log_model_artifacts(model.model_id, str(folder))
+            profile = Path(op["staged"], "reference", f"{name}.json") if op.get("staged") else None
+            if profile is not None and profile.is_file():  # the drift checks' reference, beside the run's records
+                client.log_artifact(run_id, str(profile), "reference")
 
         def ready():
             from mlflow.entities import LoggedModelStatus
@@ -429,12 +432,18 @@ class Recorder:
 
         self._initializing = True  # building takes seconds: the store is not slow because of it
         try:
-            models.save_staged(Path(staged), name, run_id)
-        except InvalidInput as exc:
-            raise Unwritable(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - e.g. the model's class cannot be imported here
-            raise Unwritable(f"model {name!r} could not be made an MLflow model ({type(exc).__name__}: "
-                             f"{str(exc)[:300]})") from None
+            try:
+                models.save_staged(Path(staged), name, run_id)
+            except InvalidInput as exc:
+                raise Unwritable(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - e.g. the model's class cannot be imported here
+                raise Unwritable(f"model {name!r} could not be made an MLflow model ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]})") from None
+            try:
+                models.staged_reference(Path(staged), name, run_id)
+            except Exception as exc:  # noqa: BLE001 - the model is logged all the same; only drift checks lack it
+                self.emit(event="warning", message=f"model {name!r} of run {run_id} has no reference profile for "
+                                                   f"drift checks ({type(exc).__name__}: {str(exc)[:300]})")
         finally:
             self._initializing = False
 

@@ -489,7 +489,7 @@ class Tracker:
             raise InvalidInput(f"this cell already logs a model named {name!r}; give each model its own name.",
                                model=name)
         folder = self.link.blobs / rec.key / name
-        models.stage(model, models.example_frame(data, model, name), folder)
+        models.stage(model, models.example_frame(data, model, name), folder, models.reference_frame(data, model, name))
         rec.models.append((name, folder))
 
     def _stage_named_model(self, rec: CellRecord, name: str) -> list:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from .batching import Batcher, Overloaded
+from .monitoring import DriftWatch
 from .oip import add_routes
 from .predlog import PredictionLog
 from .schema import COLUMNS, DTYPES, EXAMPLE_ROWS, FIELDS, PredictRequest, PredictResponse, Row
@@ -93,6 +94,16 @@ IN_PROGRESS = Gauge("serving_requests_in_progress", "HTTP requests being answere
 LOG_ROWS = Counter("serving_log_rows_total", "prediction-log rows written to Parquet", registry=_metric_registry)
 LOG_DROPPED = Counter("serving_log_dropped_rows_total", "prediction-log rows dropped: queue_full (never waited "
                       "for), disk_cap (oldest files removed), write_error", ["reason"], registry=_metric_registry)
+# drift against the training data, from the log (monitoring.py): one worker computes, its latest values count
+DRIFT_SCORE = Gauge("serving_drift_score", "drift of a column over the last SERVE_DRIFT_WINDOW_S against the "
+                    "training data: 1 = its calibrated threshold, above it drift", ["column", "kind"],
+                    registry=_metric_registry, multiprocess_mode="mostrecent")
+DRIFT_ROWS = Gauge("serving_drift_rows", "logged rows the drift scores rest on", registry=_metric_registry,
+                   multiprocess_mode="mostrecent")
+DRIFT_CHECKED = Gauge("serving_drift_checked_timestamp_seconds", "when the drift scores were last computed",
+                      registry=_metric_registry, multiprocess_mode="mostrecent")
+PREDICTION_SHARE = Gauge("serving_prediction_share", "share of each predicted value over the drift window",
+                         ["value"], registry=_metric_registry, multiprocess_mode="mostrecent")
 LOG_FILES_DROPPED = Counter("serving_log_dropped_files_total", "prediction-log files removed to stay under "
                             "SERVE_LOG_MAX_MB", registry=_metric_registry)
 
@@ -162,6 +173,7 @@ class State:
     predict = None
     batcher: Batcher | None = None
     log: PredictionLog | None = None
+    watch: DriftWatch | None = None
 
 
 def _log_dropped(reason: str, rows: int, files: int) -> None:
@@ -180,6 +192,25 @@ def _start_log() -> PredictionLog | None:
     log.info("prediction log: %s (%.0f%% of requests%s)", plog.folder, plog.config["sample"] * 100,
              ", ECS lines on stdout" if plog.config["ecs"] else "")
     return plog
+
+
+def _publish_drift(result: dict) -> None:
+    for c in result["columns"]:
+        DRIFT_SCORE.labels(c["column"], c["kind"]).set(c["score"])
+    for value, share in result["shares"].items():
+        PREDICTION_SHARE.labels(value).set(share)
+    DRIFT_ROWS.set(result["rows"])
+    DRIFT_CHECKED.set(result["checked"])
+
+
+def _start_watch() -> DriftWatch | None:
+    """Drift gauges where the log is on and the package holds its model's reference (reference.json)."""
+    ref = HERE / "reference.json"
+    if State.log is None or not ref.is_file():
+        return None
+    watch = DriftWatch(State.log.folder, json.loads(ref.read_text()), _publish_drift)
+    watch.start()
+    return watch
 
 
 def _batcher() -> Batcher | None:
@@ -210,6 +241,7 @@ async def lifespan(_app: FastAPI):
                             MAX_LATENCY_MS / 1000 if MAX_LATENCY_MS > 0 else None)
     State.batcher.start()
     State.log = _start_log()
+    State.watch = _start_watch()
     log.info("serving %s (run %s) · batches of up to %d rows, %.1f ms wait, %s",
              SPEC["model_uri"], SPEC["run_id"], MAX_BATCH_ROWS, MAX_WAIT_MS,
              f"{MAX_LATENCY_MS:.0f} ms latency budget" if MAX_LATENCY_MS > 0 else "no latency budget")
@@ -218,6 +250,9 @@ async def lifespan(_app: FastAPI):
     finally:
         await State.batcher.stop()
         State.batcher = None
+        if State.watch is not None:
+            State.watch.stop()
+            State.watch = None
         if State.log is not None:
             State.log.stop()
             State.log = None

@@ -1,0 +1,108 @@
+"""Reading a serving package's prediction log (the Parquet files its predlog.py writes) and its labels.
+
+Imports pyarrow and numpy only: `mlops serve generate` copies it into the package (logs.py) beside drift.py, for
+the drift gauges its /metrics exports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+META = ("timestamp", "request_id", "row", "endpoint", "status", "latency_ms", "model_name", "model_version",
+        "model_uri", "prediction")
+
+
+@dataclass
+class Log:
+    """The rows of a prediction log since a time, as one Arrow table, and the files that could not be read."""
+
+    folder: Path
+    table: object  # pyarrow.Table
+    files: int = 0
+    skipped: list = field(default_factory=list)  # [(file name, why)]
+    labels: object = None  # pyarrow.Table of request_id, row, label, or None
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
+def _read_all(folder: Path, pattern: str, since: datetime | None, skipped: list) -> tuple[object, int]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables, count = [], 0
+    for path in sorted(folder.glob(pattern)):
+        try:
+            if since is not None and path.stat().st_mtime < since.timestamp():
+                continue  # closed before ``since``: every row in it is older
+        except OSError:  # removed meanwhile (the disk cap)
+            continue
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:  # a server killed mid-write leaves a file with no footer
+            skipped.append((path.name, str(exc).splitlines()[0][:200]))
+            continue
+        count += 1
+        if since is not None and "timestamp" in table.column_names:
+            table = table.filter(pc.greater_equal(table["timestamp"], pa.scalar(since, table["timestamp"].type)))
+        if table.num_rows:
+            tables.append(table)
+    if not tables:
+        return None, count
+    return pa.concat_tables(tables, promote_options="permissive"), count
+
+
+def read(folder: Path, since: datetime | None = None) -> Log:
+    """The log's rows (answered requests and refusals) at or after ``since`` (UTC), every readable file."""
+    import pyarrow as pa
+
+    skipped: list = []
+    table, files = _read_all(folder, "predictions-*.parquet", since, skipped)
+    if table is None:
+        table = pa.table({name: pa.array([], pa.string()) for name in META})
+    labels, _ = _read_all(folder, "labels-*.parquet", None, skipped)
+    return Log(folder, table, files, skipped, labels)
+
+
+def features(table, names: list[str]) -> dict:
+    """Feature columns (as the log names them) of the answered rows, as numpy arrays."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ok = table.filter(pc.equal(table["status"], 200)) if "status" in table.column_names else table
+    out = {}
+    for name in names:
+        column = f"feature.{name}" if name in META else name
+        if column in ok.column_names:
+            out[name] = _numpy(ok[column], np)
+    return out
+
+
+def _numpy(column, np):
+    import pyarrow as pa
+
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return column.to_numpy(zero_copy_only=False).astype(float) if column.null_count or \
+            pa.types.is_boolean(kind) else column.to_numpy(zero_copy_only=False)
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+def predictions(table):
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ok = table.filter(pc.equal(table["status"], 200))
+    return _numpy(ok["prediction"], np)
+
+
+def current(ref_columns: dict, table) -> dict:
+    """The log's answered rows as the columns of a reference profile (features, and the prediction)."""
+    names = [n for n in ref_columns if n != "prediction"]
+    cols = features(table, names)
+    if "prediction" in ref_columns and "prediction" in table.column_names:
+        cols["prediction"] = predictions(table)
+    return cols
