@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 STORE_VARS = ("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_EXPERIMENT", "MLOPS_ARTIFACT_LOCATION")
@@ -80,7 +82,6 @@ def seed_models(root: Path, models: dict | None = None, promotion: str = "") -> 
     run of a committed notebook logging ``forest`` from a clean tree, with a ``staging`` environment (a SQLite
     store of its own), a ``prod`` one only ``nobody`` may promote to, and ``promotion`` appended to pyproject.toml.
     Real kernels (papermill), real registry writes (``mlops register``)."""
-    import subprocess
     import sys
 
     import nbformat
@@ -123,7 +124,6 @@ def retrain_project(root: Path, model: str = TREE) -> Path:
     """A committed git project whose pipeline (`pipe`, from fit.ipynb) fits ``clf`` (``model``, an sklearn.tree
     or sklearn.ensemble classifier) on the DVC-tracked data/train.csv, with a staging store of its own and the
     accuracy on eval.csv as the promotion metric."""
-    import subprocess
     import sys
 
     from mlops_jupyter import pipeline
@@ -156,3 +156,44 @@ def retrain_project(root: Path, model: str = TREE) -> Path:
     for args in (["add", "-A"], ["commit", "-qm", "pipeline"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True)
     return root
+
+
+# ---- monitoring: a package's log against its reference, with no store and no server -----------------
+def drift_frame(rng, n: int, shift: float = 0.0, new_category: bool = False, flip: float = 0.0) -> dict:
+    """Columns x0..x7 (normal; x0 shifted by ``shift``), city (4 cities; a fifth of them tokyo with
+    ``new_category``) and a 0/1 prediction (30% ones, ``flip`` more): drift of each kind on demand."""
+    import numpy as np
+
+    cols = {f"x{i}": rng.normal(size=n) for i in range(8)}
+    cols["x0"] = cols["x0"] + shift
+    cols["city"] = rng.choice(np.array(["paris", "lyon", "nice", "brest"], dtype=object), size=n,
+                              p=[.4, .3, .2, .1])
+    if new_category:
+        cols["city"][: n // 5] = "tokyo"
+    cols["prediction"] = (rng.random(n) < 0.3 + flip).astype(int)
+    return cols
+
+
+def served_package(root: Path, reference: dict, current: dict, ago: float | list = 60.0) -> Path:
+    """ROOT/pkg as `mlops monitor` reads a serving package: serving.json, reference.json, and a log file of
+    ``current`` (columns) logged ``ago`` seconds before now (a list: one time per row)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = reference["model"]["run_id"]
+    (root / "pkg" / "m_serving").mkdir(parents=True)
+    (root / "pkg" / "m_serving" / "serving.json").write_text(json.dumps({"model_uri": f"runs:/{run}/model",
+                                                                          "run_id": run}))
+    (root / "pkg" / "m_serving" / "reference.json").write_text(json.dumps(reference))
+    (root / "pkg" / "prediction-log").mkdir()
+    n = len(current["x0"])
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    agos = ago if isinstance(ago, list) else [ago] * n
+    stamps = pa.array([now - timedelta(seconds=a) for a in agos], pa.timestamp("us", "UTC"))
+    meta = {"timestamp": stamps, "request_id": [f"r{i}" for i in range(n)], "row": [0] * n, "endpoint": ["predict"] * n,
+            "status": [200] * n, "latency_ms": [3.0] * n, "model_name": ["m"] * n, "model_version": ["1"] * n,
+            "model_uri": [f"runs:/{run}/model"] * n}
+    pq.write_table(pa.table({**meta, **current}), root / "pkg" / "prediction-log" / "predictions-1.parquet")
+    return root / "pkg"

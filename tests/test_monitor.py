@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from harness import finished_runs, notebook, stop_group, store_uri, wait_for
+from mlflow_seed import drift_frame as frame
+from mlflow_seed import served_package as fake_package
 from test_cell_models import papermill
 from test_serving import free_port, start_server
 
@@ -188,17 +190,6 @@ def test_bad_monitor_arguments(project, args, says):
 
 
 # ---- the statistics, on numbers alone ----------------------------------------------------------------------
-def frame(rng, n, shift=0.0, new_category=False, flip=0.0):
-    cols = {f"x{i}": rng.normal(size=n) for i in range(8)}
-    cols["x0"] = cols["x0"] + shift
-    cols["city"] = rng.choice(np.array(["paris", "lyon", "nice", "brest"], dtype=object), size=n,
-                              p=[.4, .3, .2, .1])
-    if new_category:
-        cols["city"][: n // 5] = "tokyo"
-    cols["prediction"] = (rng.random(n) < 0.3 + flip).astype(int)
-    return cols
-
-
 @pytest.mark.parametrize("rows", [200, 1000, 5000])
 def test_false_alarms_on_unchanged_data_stay_under_one_percent(rows):
     rng = np.random.default_rng(7)
@@ -277,28 +268,6 @@ def test_verdicts_match_evidentlys(tmp_path, reference_rows):
 
 
 # ---- the magic, and the rules' own unit test ---------------------------------------------------------------
-def fake_package(root: Path, reference: dict, current: dict) -> Path:
-    """A package folder as `mlops monitor` reads it: serving.json, reference.json, one log file of ``current``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    run = reference["model"]["run_id"]
-    (root / "pkg" / "m_serving").mkdir(parents=True)
-    (root / "pkg" / "m_serving" / "serving.json").write_text(json.dumps({"model_uri": f"runs:/{run}/model",
-                                                                          "run_id": run}))
-    (root / "pkg" / "m_serving" / "reference.json").write_text(json.dumps(reference))
-    (root / "pkg" / "prediction-log").mkdir()
-    n = len(current["x0"])
-    from datetime import datetime, timedelta, timezone
-
-    stamps = pa.array([datetime.now(timezone.utc) - timedelta(minutes=1)] * n, pa.timestamp("us", "UTC"))
-    meta = {"timestamp": stamps, "request_id": [f"r{i}" for i in range(n)], "row": [0] * n, "endpoint": ["predict"] * n,
-            "status": [200] * n, "latency_ms": [3.0] * n, "model_name": ["m"] * n, "model_version": ["1"] * n,
-            "model_uri": [f"runs:/{run}/model"] * n}
-    pq.write_table(pa.table({**meta, **current}), root / "pkg" / "prediction-log" / "predictions-1.parquet")
-    return root / "pkg"
-
-
 def test_the_magic_shows_the_report_inline(ip, project):
     rng = np.random.default_rng(2)
     ref = drift.profile(frame(rng, 5000), model={"run_id": "a" * 32, "name": "model"})
@@ -343,3 +312,36 @@ def test_the_alert_rules_pass_promtools_unit_test(project):
     for args in (["check", "rules", "rules.yml"], ["test", "rules", "rules.test.yml"]):
         done = subprocess.run(["promtool", *args], cwd=project, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the route the sidebar's Monitor panel calls -------------------------------------------------------------
+@pytest.fixture
+def jp_root_dir(tmp_path):
+    rng = np.random.default_rng(4)
+    ref = drift.profile(frame(rng, 5000), model={"run_id": "b" * 32, "name": "model"})
+    fake_package(tmp_path / "served", ref, frame(rng, 2000, new_category=True))
+    (tmp_path / "served" / "pkg" / "m_serving" / "reference.json").rename(tmp_path / "ref.json")
+    fake_package(tmp_path, ref, frame(rng, 2000, new_category=True))  # beside the notebook: found first
+    (tmp_path / "nb.ipynb").write_text("{}")
+    return tmp_path
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"mlops_jupyter": True}}}
+
+
+async def test_the_monitor_route_lists_packages_and_checks_one(jp_fetch, jp_root_dir):
+    from harness import call
+
+    code, body = await call(jp_fetch, "monitor", path="nb.ipynb", window="15m")
+    assert code == 200 and body["packages"] == ["pkg", "served/pkg"] and body["source"] == "pkg", body
+    check = body["check"]
+    assert check["drifted"] == ["city"] and check["rows"] == 2000 and body["problem"] is None
+    (city,) = [c for c in check["columns"] if c["column"] == "city"]
+    assert city["unseen"] == ["tokyo"] and city["bins"]["labels"][0] and len(check["windows"]) == 1
+    # a package whose reference cannot be found: the packages still listed, the problem said
+    code, body = await call(jp_fetch, "monitor", path="nb.ipynb", source="served/pkg")
+    assert code == 200 and body["check"] is None and f"run {'b' * 32} is not in" in body["problem"], body
+    code, body = await call(jp_fetch, "monitor", path="nb.ipynb", since="lately")
+    assert code == 400 and "is not a span of time" in body["message"]

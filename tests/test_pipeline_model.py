@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from harness import all_runs, notebook, stop_group
+from harness import all_runs, client, notebook, stop_group, wait_for
 from test_serving import free_port, start_server
 
 from mlops_jupyter import pipeline
@@ -65,6 +65,11 @@ def test_a_tagged_model_is_logged_and_served(project):
     assert columns == ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
     example = json.loads((package / "clf_serving" / "mlflow_model" / "input_example.json").read_text())
     assert len(example["data"]) == 5 and example["columns"] == columns
+    # the reference profile of X (for drift checks): in the package, and with the step's run
+    reference = json.loads((package / "clf_serving" / "reference.json").read_text())
+    assert set(reference["columns"]) == {*columns, "prediction"} and reference["rows"] == 150
+    wait_for(lambda: [a.path for a in client(project).list_artifacts(child[0].info.run_id, "reference")]
+             == ["reference/clf.json"], timeout=60, what="the step run's reference artifact")
 
     # the package under uvicorn answers with the model's own predictions
     import joblib

@@ -145,6 +145,7 @@ PATH_CASES = [("GET", e, {"path": p}) for e, h in ROUTES if "get" in methods(h) 
     ("POST", "serving/generate", {"path": "../nb.ipynb", "run_id": "x", "out": "served"}),
     ("GET", "serving", {"path": "analysis/train.ipynb", "out": "../served"}),
     ("POST", "serving/build", {"path": "analysis/train.ipynb", "out": "/tmp/served"}),
+    ("GET", "monitor", {"path": "analysis/train.ipynb", "source": "../../served"}),
 ]
 
 

@@ -11,6 +11,7 @@ starts (``project``) and by the specs (the other verbs); prints JSON where a spe
     python seed.py package ROOT OUT      # a serving package at ROOT/OUT, and the base image builds use here
     python seed.py models ROOT           # ROOT/registered: registered model iris (2 versions), staging, prod
     python seed.py retrain ROOT          # ROOT/retraining: a pipeline fitting a model, a staging store, eval data
+    python seed.py monitor ROOT          # ROOT/watching: a notebook beside a serving package whose log drifted lately
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from mlflow_seed import make_project, retrain_project, seed_many, seed_models, seed_runs, write_notebook  # noqa: E402
+from mlflow_seed import (drift_frame, make_project, retrain_project, seed_many, seed_models, seed_runs,  # noqa: E402
+                         served_package, write_notebook)
 
 UI_URL = "http://mlflow.example.test:5000"  # the perf project names the MLflow UI that serves its runs
 MANY, CELLS = 1000, 20
@@ -109,6 +111,25 @@ def package(root: Path, out: str) -> dict:
     return {"folder": out, "base": ensure_base()[0]}
 
 
+def monitor(root: Path) -> dict:
+    """ROOT/watching/served.ipynb beside ROOT/watching/pkg: three hours of logged traffic, the last hour with x0
+    shifted and a new city (no store: the package holds its reference)."""
+    import numpy as np
+
+    from mlops_jupyter.monitor import drift
+
+    rng = np.random.default_rng(0)
+    folder = root / "watching"
+    folder.mkdir(parents=True)
+    reference = drift.profile(drift_frame(rng, 5000), model={"run_id": "c" * 32, "name": "model"})
+    parts = [drift_frame(rng, 600), drift_frame(rng, 600), drift_frame(rng, 600, shift=1.0, new_category=True)]
+    current = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    agos = [3 * 3600 - 5 - i * 6.0 for i in range(1800)]  # 6 s apart, from 3 hours ago to a second ago
+    served_package(folder, reference, current, agos)
+    write_notebook(folder / "served.ipynb")
+    return {"notebook": "watching/served.ipynb"}
+
+
 def routes() -> list[str]:
     from mlops_jupyter.server.handlers import ROUTES
 
@@ -137,9 +158,11 @@ def main(argv: list[str]) -> None:
     elif verb == "retrain":
         retrain_project(Path(args[0]) / "retraining")
         print(json.dumps({"notebook": "retraining/fit.ipynb", "out": "retraining/pipe"}))
+    elif verb == "monitor":
+        print(json.dumps(monitor(Path(args[0]))))
     else:
-        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots, routes, package, models or "
-                 "retrain")
+        sys.exit(f"unknown verb {verb!r}: project, many, runs, notebook, snapshots, routes, package, models, "
+                 "retrain or monitor")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import {
   ICompare,
   IGenerated,
   IModels,
+  IMonitor,
   IMoved,
   IPipeline,
   IReportWritten,
@@ -223,6 +224,14 @@ export class MlopsModel {
       query.name = name;
     }
     return requestAPI<IModels>('models', query);
+  }
+
+  monitor(source: string, since: string, window: string): Promise<IMonitor> {
+    const query: Record<string, string> = { path: this.need(), since, window };
+    if (source) {
+      query.source = source;
+    }
+    return requestAPI<IMonitor>('monitor', query);
   }
 
   promote(ref: string, to: string): Promise<IMoved> {

@@ -232,3 +232,44 @@ export interface IMoved {
   env: string;
   gates?: IGate[];
 }
+
+/** One column of a drift check: the test, its statistic against the threshold, and both sides' shares. */
+export interface IDriftColumn {
+  column: string;
+  kind: 'feature' | 'prediction';
+  test: string;
+  statistic: number | null;
+  threshold: number | null;
+  score: number;
+  drift: boolean;
+  rows: number;
+  missing_share: number;
+  unseen?: string[];
+  unseen_count?: number;
+}
+
+/** A serving package's logged predictions against its model's reference (`mlops monitor --json`). */
+export interface ICheck {
+  drift: boolean;
+  drifted: string[];
+  rows: number;
+  since: string;
+  until: string;
+  columns: IDriftColumn[];
+  windows: { start: string; end: string; rows: number; scores: Record<string, number>; drifted: string[] }[];
+  service: {
+    requests: number;
+    error_share?: number;
+    refused_share?: number;
+    latency_ms?: Record<string, number>;
+  };
+  accuracy: { labels: number; accuracy?: number; mae?: number } | null;
+  skipped: { file: string; why: string }[];
+}
+
+export interface IMonitor {
+  packages: string[];
+  source: string | null;
+  check: ICheck | null;
+  problem: string | null;
+}

@@ -6,6 +6,7 @@ import * as React from 'react';
 import { hasCapability, Unavailable } from './components/common';
 import { DataView } from './components/DataView';
 import { ModelsView } from './components/ModelsView';
+import { MonitorView } from './components/MonitorView';
 import { PipelineView } from './components/PipelineView';
 import { RunsView } from './components/RunsView';
 import { SweepsView } from './components/SweepsView';
@@ -14,7 +15,7 @@ import { MlopsModel } from './model';
 import { revealCell } from './notebook';
 import { Capability, EXTRAS, IRun } from './tokens';
 
-type Tab = 'runs' | 'tags' | 'data' | 'sweeps' | 'pipeline' | 'models';
+type Tab = 'runs' | 'tags' | 'data' | 'sweeps' | 'pipeline' | 'models' | 'monitor';
 
 const TABS: { id: Tab; label: string; needs: Capability }[] = [
   { id: 'runs', label: 'Runs', needs: 'tracking' },
@@ -22,7 +23,8 @@ const TABS: { id: Tab; label: string; needs: Capability }[] = [
   { id: 'data', label: 'Data', needs: 'data' },
   { id: 'sweeps', label: 'Sweeps', needs: 'sweep' },
   { id: 'pipeline', label: 'Pipeline', needs: 'pipeline' },
-  { id: 'models', label: 'Models', needs: 'tracking' }
+  { id: 'models', label: 'Models', needs: 'tracking' },
+  { id: 'monitor', label: 'Monitor', needs: 'serving' }
 ];
 
 const WHAT: Record<Tab, string> = {
@@ -31,7 +33,8 @@ const WHAT: Record<Tab, string> = {
   data: 'The data panel',
   sweeps: 'The sweeps panel',
   pipeline: 'The pipeline panel',
-  models: 'The models panel'
+  models: 'The models panel',
+  monitor: 'The monitor panel'
 };
 
 /**
@@ -146,6 +149,8 @@ function SidebarBody(props: {
     body = <SweepsView model={model} />;
   } else if (tab === 'models') {
     body = <ModelsView model={model} />;
+  } else if (tab === 'monitor') {
+    body = <MonitorView model={model} />;
   } else {
     body = (
       <PipelineView

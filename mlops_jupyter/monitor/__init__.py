@@ -48,11 +48,19 @@ def build(model, frame, info: dict | None = None) -> dict:
     return drift.profile(columns, model=info)
 
 
-def write(profile: dict, folder: Path, name: str) -> Path:
-    """``folder``/reference/NAME.json, ready to be logged as the run's ``reference/`` artifacts."""
-    path = Path(folder) / REFERENCE_DIR / f"{name}.json"
+def kept_at(folder: Path, name: str) -> Path:
+    """Where a writer keeps model ``name``'s profile beside the model it stages in ``folder``, until the recorder
+    logs it as the run's ``reference/NAME.json`` (a dot folder: never a model's name)."""
+    return Path(folder) / f".{REFERENCE_DIR}" / f"{name}.json"
+
+
+def write(profile: dict, path: Path) -> Path:
+    """The profile as JSON at ``path``, written whole (under a temporary name, then renamed)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile, separators=(",", ":")))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(profile, separators=(",", ":")))
+    tmp.rename(path)
     return path
 
 
@@ -131,7 +139,7 @@ def reference(settings: config.Settings, run: str, model: str | None = None, dat
     profile = build(loaded, frame, info)
     rec = Recording(dataclasses.replace(settings, artifact_location=None), inline=True)
     with tempfile.TemporaryDirectory(dir=rec.link.blobs) as tmp:
-        path = write(profile, Path(tmp), entry["name"])
+        path = write(profile, Path(tmp) / f"{entry['name']}.json")
         rec.files(None, [(path, REFERENCE_DIR)], run_id=run_id)
         outcome = rec.close(timeout=60)
     if outcome.waiting:
@@ -148,8 +156,17 @@ def load_reference(settings: config.Settings, run_id: str, name: str | None = No
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
+    from ..errors import RunNotFound
+
     client = MlflowClient(settings.tracking_uri)
-    stored = [Path(f.path).stem for f in client.list_artifacts(run_id, REFERENCE_DIR) if f.path.endswith(".json")]
+    try:
+        stored = [Path(f.path).stem for f in client.list_artifacts(run_id, REFERENCE_DIR) if f.path.endswith(".json")]
+    except MlflowException:
+        raise RunNotFound(f"the model's run {run_id} is not in the tracking store {settings.tracking_uri}, so its "
+                          "reference cannot be read; point the project at the store the model was logged in.",
+                          run=run_id, uri=settings.tracking_uri) from None
     pick = [s for s in stored if name in (None, s)] or (stored if len(stored) == 1 else [])
     if len(pick) != 1:
         raise NoReference(f"model {name or ''} of run {run_id} has no reference profile to compare its traffic with"
@@ -202,6 +219,18 @@ def source_of(path: str) -> Source:
         return Source(root)
     raise NotFound(f"{path} holds neither a serving package nor prediction-log files (predictions-*.parquet); "
                    "give the package's folder or its log folder.", what="prediction log", path=str(path))
+
+
+def packages(folder: Path) -> list[Path]:
+    """Serving packages (folders with a */serving.json) in ``folder`` or up to two levels below, nearest first."""
+    found = []
+    for pattern in ("*/serving.json", "*/*/serving.json", "*/*/*/serving.json"):
+        for spec in sorted(Path(folder).glob(pattern)):
+            root = spec.parent.parent
+            parts = root.relative_to(folder).parts
+            if root not in found and not any(p.startswith(".") or p == "node_modules" for p in parts):
+                found.append(root)
+    return found
 
 
 def _identities(table) -> list[tuple[str, str]]:
@@ -310,33 +339,31 @@ def _accuracy(log, table) -> dict | None:
         return {"labels": len(same), "accuracy": sum(same) / len(same)}
 
 
-def _windows(ref: dict, table, since: datetime, until: datetime, window: timedelta, stattest) -> list[dict]:
+def _windows(ref: dict, current: dict, times, since: datetime, until: datetime, window: timedelta,
+             stattest) -> list[dict]:
+    """Drift per window of ``current`` (columns) by ``times`` (int64 microseconds), the windows counted back from
+    ``until`` (the newest is always a whole one)."""
     import numpy as np
-    import pyarrow.compute as pc
 
-    from . import logs
-
+    if not len(times):
+        return []
+    step = int(window.total_seconds() * 1e6)
+    count = min(int(np.ceil((until - since) / window)), 500)
+    first = int(until.timestamp() * 1e6) - count * step
+    bucket = (times - first) // step
+    order = np.argsort(bucket, kind="stable")
+    edges = np.searchsorted(bucket[order], np.arange(count + 1))
     out = []
-    if table.num_rows == 0:
-        return out
-    stamps = table["timestamp"]
-    count = int(np.ceil((until - since) / window))
-    for i in range(min(count, 500)):
-        lo, hi = since + i * window, min(since + (i + 1) * window, until)
-        part = table.filter(pc.and_(pc.greater_equal(stamps, _scalar(lo, stamps)), pc.less(stamps, _scalar(hi, stamps))))
-        if part.num_rows == 0:
+    for i in range(count):
+        if edges[i] == edges[i + 1]:
             continue
-        rows = drift.compare(ref, logs.current(ref["columns"], part), stattest)
-        out.append({"start": lo.isoformat(), "end": hi.isoformat(), "rows": part.num_rows,
-                    "scores": {r["column"]: round(r["score"], 4) for r in rows},
-                    "drifted": [r["column"] for r in rows if r["drift"]]})
+        rows = order[edges[i]:edges[i + 1]]
+        found = drift.compare(ref, {k: v[rows] for k, v in current.items()}, stattest)
+        lo = datetime.fromtimestamp((first + i * step) / 1e6, timezone.utc)
+        out.append({"start": max(lo, since).isoformat(), "end": (lo + window).isoformat(), "rows": int(len(rows)),
+                    "scores": {r["column"]: round(r["score"], 4) for r in found},
+                    "drifted": [r["column"] for r in found if r["drift"]]})
     return out
-
-
-def _scalar(when: datetime, column):
-    import pyarrow as pa
-
-    return pa.scalar(when, column.type)
 
 
 def check(settings: config.Settings, source: str, model: str | None = None, run: str | None = None,
@@ -377,12 +404,16 @@ def check(settings: config.Settings, source: str, model: str | None = None, run:
                          "check each version's traffic against its own model (narrow --since to the hours it "
                          "served, or name that version).", expected=label or ref_run,
                          found=[s["model_version"] for s in others])
-    columns = drift.compare(ref, logs.current(ref["columns"], log.table), stattest, plots=True)
+    service, accuracy, rows, table = _service(log.table), _accuracy(log, log.table), log.rows, logs.answered(log.table)
+    log.table = None  # from here on only the answered rows' columns are kept: a million-row log is large
+    current, times = logs.current(ref["columns"], table), logs.stamps(table)
+    del table
     return Check(source=str(Path(source).resolve()), log=str(src.log), since=start, until=until, window=step,
-                 reference=ref, rows=log.rows, files=log.files,
-                 skipped=[{"file": f, "why": why} for f, why in log.skipped], columns=columns,
-                 windows=_windows(ref, log.table, start, until, step, stattest), service=_service(log.table),
-                 accuracy=_accuracy(log, log.table), served=served)
+                 reference=ref, rows=rows, files=log.files,
+                 skipped=[{"file": f, "why": why} for f, why in log.skipped],
+                 columns=drift.compare(ref, current, stattest, plots=True),
+                 windows=_windows(ref, current, times, start, until, step, stattest), service=service,
+                 accuracy=accuracy, served=served)
 
 
 def _expected(settings: config.Settings, src: Source, model: str | None, run: str | None):

@@ -265,6 +265,8 @@ def _present(values: np.ndarray, col: dict) -> np.ndarray:
             except (TypeError, ValueError):
                 pass
         return _present(np.array(out, dtype=float), col)
+    if values.dtype.kind == "U":  # text with no gaps (the log's reader gives that)
+        return values
     return np.array([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
                     dtype=object).astype(str)
 

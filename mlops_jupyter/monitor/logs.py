@@ -67,12 +67,24 @@ def read(folder: Path, since: datetime | None = None) -> Log:
     return Log(folder, table, files, skipped, labels)
 
 
-def features(table, names: list[str]) -> dict:
-    """Feature columns (as the log names them) of the answered rows, as numpy arrays."""
-    import numpy as np
+def answered(table):
+    """The rows of answered requests (status 200): a refusal has no features and no prediction."""
     import pyarrow.compute as pc
 
-    ok = table.filter(pc.equal(table["status"], 200)) if "status" in table.column_names else table
+    return table.filter(pc.equal(table["status"], 200)) if "status" in table.column_names else table
+
+
+def stamps(table):
+    """The rows' timestamps as int64 microseconds since the epoch (UTC)."""
+    import pyarrow as pa
+
+    return table["timestamp"].cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def features(ok, names: list[str]) -> dict:
+    """Feature columns (as the log names them) of answered rows ``ok``, as numpy arrays."""
+    import numpy as np
+
     out = {}
     for name in names:
         column = f"feature.{name}" if name in META else name
@@ -88,19 +100,24 @@ def _numpy(column, np):
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         return column.to_numpy(zero_copy_only=False).astype(float) if column.null_count or \
             pa.types.is_boolean(kind) else column.to_numpy(zero_copy_only=False)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        # through the dictionary: fixed-width text, not a Python object per row (a million rows per column)
+        coded = (column if pa.types.is_dictionary(kind) else column.dictionary_encode()).combine_chunks()
+        names = np.asarray(coded.dictionary.to_pylist() or [""], dtype=str)
+        if coded.null_count:
+            return np.asarray(coded.to_pylist(), dtype=object)
+        return names[coded.indices.to_numpy(zero_copy_only=False)]
     return np.asarray(column.to_pylist(), dtype=object)
 
 
-def predictions(table):
+def predictions(ok):
     import numpy as np
-    import pyarrow.compute as pc
 
-    ok = table.filter(pc.equal(table["status"], 200))
     return _numpy(ok["prediction"], np)
 
 
 def current(ref_columns: dict, table) -> dict:
-    """The log's answered rows as the columns of a reference profile (features, and the prediction)."""
+    """Answered rows (see ``answered``) as the columns of a reference profile (features, and the prediction)."""
     names = [n for n in ref_columns if n != "prediction"]
     cols = features(table, names)
     if "prediction" in ref_columns and "prediction" in table.column_names:

@@ -14,6 +14,7 @@ logging happens in the pipeline's MLflow process (``track``); under ``dvc repro`
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -82,9 +83,24 @@ def build(folder: Path, step: str, name: str, root: Path, dest: Path, run_id: st
                          f"({type(exc).__name__}: {exc}); a model whose class is defined in the notebook cannot be "
                          "served: define the class in a module beside the notebook and import it.") from None
     try:
-        return models.save(model, example, dest, name, run_id=run_id, label=f"model:{name} of step {step!r}")
+        saved = models.save(model, example, dest, name, run_id=run_id, label=f"model:{name} of step {step!r}")
     except InvalidInput as exc:
         raise ModelError(str(exc)) from None
+    _reference(art, model, name, step, dest, run_id)
+    return saved
+
+
+def _reference(art: str, model, name: str, step: str, dest: Path, run_id: str | None) -> None:
+    """The model's reference profile (monitor) beside its folder (monitor.kept_at), from the rows
+    its step handed over; a step saved before references existed has none, and the model is logged all the same."""
+    from .. import monitor
+    from . import serializers
+
+    try:
+        rows = serializers.load(art, serializers.reference_key(name), step, step)
+    except Exception:  # noqa: BLE001 - not handed over: no reference, and nothing else changes
+        return
+    monitor.write(monitor.build(model, rows, {"run_id": run_id, "name": name}), monitor.kept_at(dest.parent, name))
 
 
 def package(folder: Path, name: str, model_dir: Path, settings, source: str | None = None) -> Path:
@@ -97,8 +113,12 @@ def package(folder: Path, name: str, model_dir: Path, settings, source: str | No
     dest, new, old = base / name, base / f".{name}.new", base / f".{name}.old"
     for leftover in (new, old):
         shutil.rmtree(leftover, ignore_errors=True)
+    from ..monitor import kept_at
+
+    ref = kept_at(Path(model_dir).parent, name)
     try:
-        generate_package(str(model_dir), new, name=name, settings=settings, source=source)
+        generate_package(str(model_dir), new, name=name, settings=settings, source=source,
+                         reference=json.loads(ref.read_text()) if ref.is_file() else None)
     except MlopsError as exc:
         shutil.rmtree(new, ignore_errors=True)
         raise ModelError(f"the serving package for model:{name} could not be generated: {exc}") from None

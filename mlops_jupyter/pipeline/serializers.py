@@ -132,9 +132,15 @@ def example_key(name: str) -> str:
     return f"{name}.example"
 
 
+def reference_key(name: str) -> str:
+    """The hand-off name of the rows of model ``name``'s training data its reference profile (monitor) is built from."""
+    return f"{name}.reference"
+
+
 def model_values(namespace: dict, models: dict, step: str) -> dict:
     """For each model:NAME of ``step`` ({NAME: source of the data it is fit on}): {NAME: the model,
-    "NAME.example": the first rows of that data as a DataFrame}, for ``save``."""
+    "NAME.example": the first rows of that data as a DataFrame, "NAME.reference": up to 100,000 random rows of it},
+    for ``save``."""
     out = {}
     for name, data_src in models.items():
         if name not in namespace:
@@ -152,16 +158,17 @@ def model_values(namespace: dict, models: dict, step: str) -> dict:
                                f"when the step ends ({type(exc).__name__}: {exc}); its first rows become the model's "
                                "input example.") from None
         out[name] = model
-        out[example_key(name)] = _example(data, model, name, step)
+        out[example_key(name)] = _framed(data, model, name, step, "example_frame")
+        out[reference_key(name)] = _framed(data, model, name, step, "reference_frame")
     return out
 
 
-def _example(data, model, name: str, step: str):
+def _framed(data, model, name: str, step: str, how: str):
     from ..errors import InvalidInput
-    from ..tracking.models import example_frame
+    from ..tracking import models
 
     try:
-        return example_frame(data, model, name)
+        return getattr(models, how)(data, model, name)
     except InvalidInput as exc:
         raise HandoffError(f"step {step!r}: {exc}") from None
 

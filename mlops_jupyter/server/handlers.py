@@ -575,6 +575,38 @@ class ModelsRollbackHandler(PostRoute):
         return {"summary": moved.summary(), "version": moved.version, "env": moved.env}
 
 
+# ---- monitoring ---------------------------------------------------------------------------------------
+class MonitorHandler(GetRoute):
+    """GET the serving packages beside the notebook and the drift check of one (``source``, default the first):
+    its logged predictions over ``since``, by ``window``, against its model's reference. A package the check
+    cannot read (no reference, another model's log) comes back as ``problem`` with the packages still listed."""
+
+    def read(self):
+        nb = self.notebook_path()
+        source = self.get_query_argument("source", "").strip()
+        return {"nb": nb, "source": self.inside(source, "source") if source else None,
+                "since": self.get_query_argument("since", "").strip() or "24h",
+                "window": self.get_query_argument("window", "").strip() or "1h"}
+
+    def work(self, nb, source, since, window):
+        from .. import monitor
+        from ..errors import InvalidInput, MlopsError
+
+        monitor.parse_span(since, "since"), monitor.parse_span(window, "window")  # 400 before any reading
+        packages = monitor.packages(nb.parent)
+        target = source or (packages[0] if packages else None)
+        body = {"packages": [self.rel(p) for p in packages], "source": self.rel(target) if target else None,
+                "check": None, "problem": None}
+        if target is not None:
+            try:
+                body["check"] = monitor.check(self.project(nb), str(target), since=since, window=window).as_dict()
+            except InvalidInput:
+                raise
+            except MlopsError as exc:
+                body["problem"] = str(exc)
+        return body
+
+
 ROUTES = [
     ("status", StatusHandler),
     ("runs", RunsHandler),
@@ -594,6 +626,7 @@ ROUTES = [
     ("models", ModelsHandler),
     ("models/promote", ModelsPromoteHandler),
     ("models/rollback", ModelsRollbackHandler),
+    ("monitor", MonitorHandler),
 ]
 
 

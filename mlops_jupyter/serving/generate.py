@@ -66,11 +66,12 @@ URI_HELP = ("MODEL_URI is runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@
 
 def generate_package(model_uri: str, out: str | Path, name: str | None = None,
                      settings: config.Settings | None = None, source: str | None = None,
-                     environment: str | None = None) -> Path:
+                     environment: str | None = None, reference: dict | None = None) -> Path:
     """Write a serving package for ``model_uri`` into ``out`` (new or empty) and return its path.
     Models are resolved against the project's tracking store (``settings``, default config.resolve()), or against
     ``environment``'s registry (``models:/NAME@prod`` with environment prod). ``source``: the URI the package names
-    as its model's origin when ``model_uri`` is a local copy of it."""
+    as its model's origin when ``model_uri`` is a local copy of it. ``reference``: the model's reference profile
+    (monitor), for the package's drift gauges; default the one stored with the model's run, if any."""
     settings = settings or config.resolve()
     if environment:
         registry = config.environment(settings, environment).registry_uri
@@ -86,7 +87,7 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
         registered = _registered(model_uri, settings, environment)
         if registered:  # /version says which version of which registered model, in which environment
             spec.update(registered=registered, version=registered["version"])
-        spec["reference"] = _reference(spec, settings)
+        spec["reference"] = reference or _reference(spec, settings)
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

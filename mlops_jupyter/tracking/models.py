@@ -230,16 +230,21 @@ def save_staged(folder: Path, name: str, run_id: str | None = None) -> Path:
 
 
 def staged_reference(folder: Path, name: str, run_id: str) -> Path | None:
-    """The reference profile (monitor) of a model kept by ``stage`` with its training rows, written once into
-    ``folder``/reference/NAME.json; None when none was kept."""
+    """The reference profile (monitor) of a model kept by ``stage`` with its training rows, written once where
+    monitor.kept_at says; None when none was kept."""
     import pickle
 
     from .. import monitor
 
-    out = Path(folder) / monitor.REFERENCE_DIR / f"{name}.json"
+    out = monitor.kept_at(folder, name)
     rows = Path(folder) / "reference.pkl"
     if out.is_file() or not rows.is_file():
         return out if out.is_file() else None
+    with open(Path(folder) / "model.pkl", "rb") as fh:
+        model = pickle.load(fh)  # noqa: S301 - the user's own model, kept a moment ago by their kernel
+    with open(rows, "rb") as fh:
+        frame = pickle.load(fh)  # noqa: S301
+    return monitor.write(monitor.build(model, frame, {"run_id": run_id, "name": name}), out)
     with open(Path(folder) / "model.pkl", "rb") as fh:
         model = pickle.load(fh)  # noqa: S301 - the user's own model, kept a moment ago by their kernel
     with open(rows, "rb") as fh:

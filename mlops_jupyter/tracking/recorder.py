@@ -373,6 +373,7 @@ class Recorder:
         run_id = self._run_of(op)
         if run_id is None:
             return
+        from ..monitor import kept_at
         from . import models
 
         client, key, name = self.client(op["tracking_uri"]), f"{op['key']}/{op['name']}", op["name"]
@@ -412,8 +413,9 @@ class Recorder:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = models.stamp_copy(source, Path(tmp) / name, run_id, model.model_id, model.artifact_location)
                 client.log_model_artifacts(model.model_id, str(folder))
-            profile = Path(op["staged"], "reference", f"{name}.json") if op.get("staged") else None
-            if profile is not None and profile.is_file():  # the drift checks' reference, beside the run's records
+            # the drift checks' reference, beside the run's records: in the staged folder, or beside the model's
+            profile = kept_at(op["staged"] if op.get("staged") else Path(op["dir"]).parent, name)
+            if profile.is_file():
                 client.log_artifact(run_id, str(profile), "reference")
 
         def ready():

@@ -69,7 +69,7 @@ class DriftWatch:
         import numpy as np
 
         since = (now or datetime.now(timezone.utc)) - timedelta(seconds=self.window)
-        table = logs.read(self.folder, since).table
+        table = logs.answered(logs.read(self.folder, since).table)
         current = logs.current(self.reference["columns"], table)
         columns = drift.compare(self.reference, current) if table.num_rows else []
         shares = {}
