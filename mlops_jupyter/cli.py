@@ -239,6 +239,7 @@ def _retrain(args) -> int:
     folder = os.path.abspath(args.dir)
     settings = config.resolve(folder)
     outcome = retrain.retrain(settings, folder, data=args.data, promote_to=args.promote_to, env=args.env,
+                              if_drift=args.if_drift, log=args.log,
                               echo=lambda *words: print("mlops retrain:", *words, file=sys.stderr))
     print(outcome.summary())
     return 0

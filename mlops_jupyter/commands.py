@@ -341,6 +341,10 @@ def _retrain(p, door):
                    "default: the DVC-tracked files the steps read)")
     p.add_argument("--promote-to", metavar="ENV", help="the environment whose alias the challenger aims at (default: "
                    "the one after the registry's, e.g. staging)")
+    p.add_argument("--if-drift", metavar="NAME@ALIAS", help="only when `monitor` finds drift in the traffic this "
+                   "version served (else one line, and nothing runs)")
+    p.add_argument("--log", metavar="SOURCE", help="with --if-drift: its serving package or prediction log (default: "
+                   "log in the alias environment's [tool.mlops.environments.ENV.serving] table)")
     _env_option(p, "the environment whose registry gets the challenger (default dev)")
 
 

@@ -443,6 +443,7 @@ class MlopsMagics(Magics):
 
         folder = os.path.abspath(ns.dir)
         outcome = retrain.retrain(config.resolve(folder), folder, data=ns.data, promote_to=ns.promote_to, env=ns.env,
+                                  if_drift=ns.if_drift, log=ns.log,
                                   echo=lambda *words: print("mlops:", *words))
         print(f"mlops: {outcome.summary()}")
 

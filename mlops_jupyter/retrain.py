@@ -62,11 +62,35 @@ def _target(settings: config.Settings, promote_to: str | None, registry_env: str
     return names[i + 1] if i + 1 < len(names) else registry_env
 
 
+def drift_log(settings: config.Settings, ref: str, log: str | None) -> str:
+    """The prediction log ``--if-drift NAME@ALIAS`` reads: ``log``, else ``log`` in the alias environment's
+    ``serving`` table (relative to the project root)."""
+    from .errors import InvalidInput
+    from .registry import parse_ref
+
+    _, _, alias = parse_ref(ref)
+    if not alias:
+        raise InvalidInput(f"--if-drift {ref!r} names no alias; give the deployed version as NAME@ALIAS, e.g. "
+                           "iris@prod, whose served traffic is checked.", what="if-drift", value=ref)
+    if log:
+        return log
+    envs = config.environments(settings)
+    where = envs[alias].serving.get("log") if alias in envs else None
+    if not where:
+        raise InvalidInput(f"--if-drift {ref} needs the prediction log that @{alias} serves into: give it with --log "
+                           f"(a serving package or its log folder), or set log = \"PATH\" in "
+                           f"[tool.mlops.environments.{alias}.serving].", what="if-drift", value=ref)
+    return str(Path(settings.project_root) / where)
+
+
 def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = None, promote_to: str | None = None,
-            env: str | None = None, trigger: str = "manual", echo=print) -> Outcome:
+            env: str | None = None, trigger: str = "manual", echo=print, if_drift: str | None = None,
+            log: str | None = None) -> Outcome:
     """Snapshot the newest data (``data``, default: the DVC-tracked files the steps read), run the pipeline in
     ``folder`` incrementally, register each model a step fitted anew in ``env``'s registry, and promote it to
-    ``promote_to`` when the gates pass (the metric gate re-scores challenger and champion on the same data)."""
+    ``promote_to`` when the gates pass (the metric gate re-scores challenger and champion on the same data).
+    With ``if_drift`` (NAME@ALIAS), first check the traffic that version served (``log``, see ``drift_log``) and do
+    nothing unless it drifted."""
     from . import data as snapshots
     from . import pipeline, registry
     from .registry.lookup import holder, scores
@@ -79,6 +103,15 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
                             "variable) and export again.", pipeline=pipe.name)
     source = config.environment(settings, env)
     target = _target(settings, promote_to, source.name)
+    if if_drift:
+        from . import monitor
+
+        found = monitor.check(settings, drift_log(settings, if_drift, log), model=if_drift)
+        if not found.drift:
+            return Outcome(pipe.name, target, "drift check", note=f"{found.summary()} in what {if_drift} served: "
+                                                                   "nothing retrained")
+        trigger = f"drift in {if_drift}: {', '.join(found.drifted)}"
+        echo(f"{found.summary()}: retraining")
     out = Outcome(pipe.name, target, trigger)
     for path in [Path(p) for p in data] if data else pipeline.tracked_inputs(folder):
         snap = snapshots.snapshot(path, message="retrain: newest data", root=settings.project_root)

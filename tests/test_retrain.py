@@ -106,6 +106,60 @@ def test_a_failed_retrain_goes_on_from_the_finished_steps_next_time(loop, tmp_pa
     assert outcome.decisions[0].decision in ("promoted", "kept"), outcome.summary()
 
 
+def test_retrain_if_drift_runs_only_once_the_served_traffic_drifts(loop):
+    """Serve @staging, send it unchanged traffic: nothing runs. Shifted traffic and new data: the loop snapshots
+    the data, re-runs the stale steps, and the challenger becomes @staging; the retrain run names the drift."""
+    import httpx
+    from sklearn.datasets import load_iris
+    from test_monitor import logged_rows, send
+    from test_serving import free_port, start_server
+
+    from harness import git, stop_group
+
+    out = mlops(loop, "retrain", "pipe", "--if-drift", "clf@staging")
+    assert out.returncode == 2 and "give it with --log" in out.stderr, out.stderr  # where does @staging log?
+    out = mlops(loop, "serve", "generate", "models:/clf@staging", "--env", "staging", "--out", "served")
+    assert out.returncode == 0, out.stderr
+    assert next((loop / "served").glob("*_serving/reference.json")).is_file()  # from the run in the dev store
+    port = free_port()
+    proc = start_server([PY, "-m", "mlops_jupyter.cli", "serve", "run", "served", "--port", str(port)], port,
+                        loop / "served.log", {"SERVE_LOG_FLUSH_S": "0.3", "SERVE_LOG_GROUP_S": "0.1"})
+    try:
+        X = load_iris(as_frame=True).frame.drop(columns="target").iloc[1::2].reset_index(drop=True)
+        send(port, X)
+        wait_for(lambda: logged_rows(loop / "served" / "prediction-log") >= len(X), timeout=30, what="the log")
+        before = len([r for r in all_runs(loop) if r.data.tags.get("mlops.kind") == "retrain"])
+        quiet = mlops(loop, "retrain", "pipe", "--if-drift", "clf@staging", "--log", "served")
+        assert quiet.returncode == 0 and "no drift in 5 columns" in quiet.stdout, quiet.stdout + quiet.stderr
+        assert "nothing retrained" in quiet.stdout and len(quiet.stdout.strip().splitlines()) == 1
+
+        send(port, X, {"petal length (cm)": 3.0})
+        wait_for(lambda: logged_rows(loop / "served" / "prediction-log") >= 2 * len(X), timeout=30, what="the log")
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        stop_group(proc)
+    # new data arrives (every row), and the alias environment says where it serves into
+    from sklearn.datasets import load_iris as iris
+
+    frame = iris(as_frame=True).frame
+    frame.to_csv(loop / "data" / "train.csv", index=False)
+    with (loop / "pyproject.toml").open("a") as toml:
+        toml.write('\n[tool.mlops.environments.staging.serving]\nlog = "served"\n')
+    git(loop, "add", "-A")  # the configuration and the package, committed: the lineage gate wants a clean tree
+    git(loop, "commit", "-qm", "serve @staging")
+    loud = mlops(loop, "retrain", "pipe", "--if-drift", "clf@staging")
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    # the shifted feature, and so the predictions (more virginica)
+    assert "DRIFT in 2 of 5 columns: petal length (cm), prediction" in loud.stderr
+    assert "new data in data/train.csv" in loud.stdout
+    assert "clf: promoted" in loud.stdout and "@staging is version" in loud.stdout, loud.stdout
+    retrains = sorted((r for r in all_runs(loop) if r.data.tags.get("mlops.kind") == "retrain"),
+                      key=lambda r: r.info.start_time)
+    assert len(retrains) == before + 1
+    assert retrains[-1].data.tags["mlops.retrain.trigger"] == "drift in clf@staging: petal length (cm), prediction"
+    assert retrains[-1].data.tags["mlops.retrain.ran"] == "load,fit"
+
+
 # ---- the sidebar's routes: Retrain (a job, its decision in GET pipeline) and Report (written into the folder) ----
 @pytest.fixture
 def jp_root_dir(loop):

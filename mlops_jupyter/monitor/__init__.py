@@ -242,15 +242,18 @@ def _identities(table) -> list[tuple[str, str]]:
 
 
 def _run_of_uri(settings: config.Settings, uri: str, version: str) -> str | None:
+    """The run that made the model a log's rows name: by its runs:/ URI, or its registered version (looked up in
+    the environment a models:/NAME@ALIAS URI's alias names)."""
     m = re.match(r"runs:/([0-9a-f]{32})/", uri or "")
     if m:
         return m.group(1)
-    m = re.match(r"models:/([^/@]+)[/@]", uri or "")
+    m = re.match(r"models:/([^/@]+)(?:@([\w-]+))?", uri or "")
     if m and version:
         from ..registry import lookup
 
+        env = m.group(2) if m.group(2) in config.environments(settings) else None
         try:
-            return lookup.run_of(settings, f"{m.group(1)}/{version}")[0]
+            return lookup.run_of(settings, f"{m.group(1)}/{version}", env=env)[0]
         except MlopsError:
             return None
     return None

@@ -9,7 +9,7 @@ from .. import config
 
 
 def run_of(settings: config.Settings, ref: str, env: str | None = None) -> tuple[str, str]:
-    """(run id, how it was found) of the version ``ref`` names (``NAME@ALIAS`` or ``NAME/VERSION``), looked up in the
+    """(id of the run that made it, how it was found) of the version ``ref`` names (``NAME@ALIAS`` or ``NAME/VERSION``), looked up in the
     environment its alias names, else in ``env``."""
     from . import _version, parse_ref
 
@@ -18,7 +18,8 @@ def run_of(settings: config.Settings, ref: str, env: str | None = None) -> tuple
     where = envs[alias] if alias in envs else config.environment(settings, env)
     mv = _version(where, name, version, alias)
     held = f"@{alias}" if alias else ""
-    return mv.run_id, f"{name}{held} version {mv.version} in {where.name}"
+    # a version copied into another environment's registry keeps its origin run in the mlops.run tag
+    return (mv.tags or {}).get("mlops.run") or mv.run_id, f"{name}{held} version {mv.version} in {where.name}"
 
 
 def promotions_of_runs(settings: config.Settings, run_ids: set, env: str | None = None) -> list[dict]:

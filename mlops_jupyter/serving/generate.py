@@ -72,7 +72,7 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
     ``environment``'s registry (``models:/NAME@prod`` with environment prod). ``source``: the URI the package names
     as its model's origin when ``model_uri`` is a local copy of it. ``reference``: the model's reference profile
     (monitor), for the package's drift gauges; default the one stored with the model's run, if any."""
-    settings = settings or config.resolve()
+    settings = project = settings or config.resolve()
     if environment:
         registry = config.environment(settings, environment).registry_uri
         settings = dataclasses.replace(settings, tracking_uri=registry)
@@ -87,7 +87,7 @@ def generate_package(model_uri: str, out: str | Path, name: str | None = None,
         registered = _registered(model_uri, settings, environment)
         if registered:  # /version says which version of which registered model, in which environment
             spec.update(registered=registered, version=registered["version"])
-        spec["reference"] = reference or _reference(spec, settings)
+        spec["reference"] = reference or _reference(spec, [settings, project])
         # build next to the target and move it in at the end: a failure leaves no half-written package
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -416,18 +416,19 @@ def _write(root: Path, spec: dict, model_dir: Path) -> None:
         (root / module / "reference.json").write_text(json.dumps(spec["reference"], separators=(",", ":")))
 
 
-def _reference(spec: dict, settings: config.Settings) -> dict | None:
-    """The model's reference profile (monitor), for the package's drift gauges; None when it has none."""
+def _reference(spec: dict, stores: list) -> dict | None:
+    """The model's reference profile (monitor), for the package's drift gauges, from the first of ``stores`` that
+    holds the model's run (a registry's version may come from the project's store); None when it has none."""
     from .. import monitor
 
     run_id = (spec.get("registered") or {}).get("run_id") or spec.get("run_id")
     m = re.match(r"runs:/[0-9a-f]{32}/(.+)", spec.get("model_uri") or "")
-    if not run_id:
-        return None
-    try:
-        return monitor.load_reference(settings, run_id, m.group(1) if m else None)
-    except Exception:  # noqa: BLE001 - no reference (or no store to read it from): the package just has no gauges
-        return None
+    for settings in {s.tracking_uri: s for s in stores}.values() if run_id else []:
+        try:
+            return monitor.load_reference(settings, run_id, m.group(1) if m else None)
+        except Exception:  # noqa: BLE001 - no reference (or not this store's run): the package just has no gauges
+            continue
+    return None
 
 
 def _shell_quote(text: str) -> str:
