@@ -179,3 +179,32 @@ def test_a_step_whose_node_dies_is_retried_on_another(project, cluster):
         for node in (first, spare):
             if node is not None and node in cluster.worker_nodes:
                 cluster.remove_node(node)
+
+
+def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluster):
+    import os
+    import signal
+
+    import psutil
+
+    nb = notebook(project / "long.ipynb", [
+        ("x = 1", ["step:prep"]),
+        ("import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(300)\ny = x",
+         ["step:long", "after:prep"]),
+    ])
+    pipeline.export(nb, "pipe")
+    proc = subprocess.Popen(CLI + ["pipeline", "run", "pipe", "--address", cluster.address], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(wait_for(lambda: (project / "kernel.pid").exists() and (project / "kernel.pid").read_text(),
+                           timeout=120, what="the long step's kernel"))
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=60, what="the cancelled step's kernel to stop")
+    state = json.loads((project / "pipe" / STATE_DIR / "state.json").read_text())["steps"]
+    assert "success" in state["prep"] and "success" not in state["long"]
+    status = {name: st for name, st, _ in pipeline.status("pipe")}
+    assert status == {"prep": "fresh", "long": "failed"}
