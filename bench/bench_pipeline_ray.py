@@ -12,27 +12,18 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from bench_pipeline import timed  # bench/ is on sys.path: this file runs as a script from there
 
 BIN = Path(sys.executable).parent
 REPEAT = 2
 STEPS, SLEEP_S, SLOTS = 4, 2.0, 2
 IDEAL = STEPS / SLOTS * SLEEP_S
-
-
-def timed(cmd: list, cwd: Path, env: dict) -> tuple[float, str]:
-    t = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - t
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    return took, out.stdout
 
 
 def main() -> None:

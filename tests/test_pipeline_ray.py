@@ -17,6 +17,7 @@ from test_sweep import ray_processes
 from mlops_jupyter import pipeline
 from mlops_jupyter.errors import PipelineError
 from mlops_jupyter.pipeline.state import STATE_DIR
+from mlops_jupyter.server.handlers import _ran_on
 
 CLI = [sys.executable, "-m", "mlops_jupyter.cli"]
 MB = 1 << 20
@@ -80,7 +81,8 @@ def test_steps_run_on_the_cluster_with_the_records_of_a_local_run(project, clust
     assert all(k.data.tags["mlops.node"] for k in kids.values())
     assert any("train" in ln and f"on node {cluster.gpu_node.node_ip_address}" in ln for ln in lines)
     state = json.loads((project / "pipe" / STATE_DIR / "state.json").read_text())["steps"]
-    assert state["train"]["success"]["node"]["id"] == cluster.gpu_node.node_id  # what the sidebar reads
+    assert _ran_on(state["train"]) == {"id": cluster.gpu_node.node_id, "ip": cluster.gpu_node.node_ip_address,
+                                       "resources": {"gpu": 1}, "gpus": "0"}  # the sidebar's GET pipeline
 
     # the same runs, params and metrics as the local run's
     local_kids = step_runs(project, local.mlflow_run)

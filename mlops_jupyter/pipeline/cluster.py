@@ -189,10 +189,11 @@ class RayRunner(_Runner):
         self.owned = False  # this run connected to Ray (and disconnects at the end)
         self._connect_lock = threading.Lock()
 
-    def connect(self) -> None:
+    def connect(self, needed: bool = False) -> None:
         """Reach the cluster and check that each step likely to run fits on one of its nodes, before any runs.
-        Nothing at all when no step will run: an unchanged re-run never contacts the cluster."""
-        if not self.likely:
+        Nothing at all when no step will run (unless ``needed``): an unchanged re-run never contacts the
+        cluster."""
+        if not (self.likely or needed):
             return
         with self._connect_lock:
             if self.remote is not None:
@@ -238,7 +239,7 @@ class RayRunner(_Runner):
         import ray
         from papermill.exceptions import PapermillExecutionError
 
-        self.connect()
+        self.connect(needed=True)
         name, folder = spec["name"], self.pipe.folder
         producers = sorted(set(spec["inputs"].values()))
         if self.storage:
