@@ -107,6 +107,12 @@ def _local_copy(job: dict, work: Path) -> Path:
     return path
 
 
+def _warm() -> None:
+    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's next step,
+    has papermill (nbclient, jupyter_client) imported already."""
+    import papermill  # noqa: F401
+
+
 def run_step(job: dict) -> dict:
     """A Ray task: papermill on one step notebook. Returns the node it ran on and, when a cell raised,
     papermill's error (never raised: a failing notebook is no reason for Ray to retry)."""
@@ -216,8 +222,14 @@ class RayRunner(_Runner):
                         "to, or auto for the cluster started on this machine.", what="address", address=self.address,
                         reason=reason)
                 self.owned = True
-            self._check(sweep.cluster_nodes(), sweep.describe_nodes)
+            nodes = sweep.cluster_nodes()
+            self._check(nodes, sweep.describe_nodes)
             self.remote = ray.remote(run_step)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            warm = ray.remote(num_cpus=0)(_warm)
+            for node in nodes:
+                warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote()
 
     def _check(self, nodes: list, describe) -> None:
         """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
