@@ -15,7 +15,7 @@ from harness import all_runs, notebook, wait_for
 from test_sweep import ray_processes
 
 from mlops_jupyter import pipeline
-from mlops_jupyter.errors import PipelineError
+from mlops_jupyter.errors import InvalidInput, PipelineError
 from mlops_jupyter.pipeline.state import STATE_DIR
 from mlops_jupyter.server.handlers import _ran_on
 
@@ -130,8 +130,12 @@ def test_a_failed_step_resumes_through_a_hand_off_storage(project, cluster, tmp_
     assert all(st == "fresh" for _, st, _ in pipeline.status("pipe"))
 
 
-def test_an_unreachable_address_is_named_before_anything_runs(project):
+def test_an_unreachable_address_is_named_before_anything_runs(project, ip):
+    from IPython.core.error import UsageError
+
     pipeline.export(fan_out(project), "pipe")
+    with pytest.raises(UsageError, match="could not reach .* check --address, RAY_ADDRESS"):
+        ip.run_line_magic("mlops", "pipeline run pipe --address 127.0.0.1:1")
     with pytest.raises(PipelineError, match="could not reach the Ray cluster at 127.0.0.1:1") as caught:
         pipeline.run("pipe", address="127.0.0.1:1", echo=lambda s: None)
     assert caught.value.what == "address" and "ray://head:10001" in str(caught.value)
@@ -139,6 +143,22 @@ def test_an_unreachable_address_is_named_before_anything_runs(project):
     done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--address", "127.0.0.1:1"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "check --address, RAY_ADDRESS" in done.stderr and "Traceback" not in done.stderr
+    # the address from [tool.mlops] ray-address when none is given
+    (project / "pyproject.toml").write_text('[project]\nname = "demo"\n[tool.mlops]\nray-address = "127.0.0.1:1"\n')
+    with pytest.raises(PipelineError, match="could not reach the Ray cluster at 127.0.0.1:1"):
+        pipeline.run("pipe", echo=lambda s: None)
+
+
+def test_a_hand_off_storage_without_a_cluster_is_refused(project):
+    pipeline.export(fan_out(project), "pipe")
+    with pytest.raises(InvalidInput, match="used only when the steps run on a Ray cluster") as caught:
+        pipeline.run("pipe", storage="s3://bucket/x", echo=lambda s: None)
+    assert caught.value.what == "storage"
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--storage", "s3://bucket/x"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "--storage goes with --address" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--max-retries", "-1"], capture_output=True, text=True)
+    assert done.returncode == 2 and "'-1' is not a whole number >= 0" in done.stderr
 
 
 def test_a_step_wanting_more_gpus_than_any_node_has_is_refused(project, cluster):
