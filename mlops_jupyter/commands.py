@@ -508,7 +508,7 @@ HINTS = [
     (E.PipelineError, {"what": "address"}, "check --address, RAY_ADDRESS or [tool.mlops] ray-address (e.g. "
                                            "ray://head:10001, host:6379 or auto); leave them all unset to run the "
                                            "steps on this machine"),
-    (E.PipelineError, {"what": "resources"}, "or pick a cluster that has such a node with --address"),
+    (E.PipelineError, {"what": "resources"}, "point --address at one (e.g. ray://head:10001)"),
     (E.InvalidInput, {"what": "storage"}, "--storage goes with --address (e.g. --address auto --storage "
                                           "s3://bucket/handoff)"),
     (E.SweepError, {"what": "address"}, "check --address / RAY_ADDRESS (e.g. ray://head:10001 for Ray Client); "

@@ -244,7 +244,7 @@ class RayRunner(_Runner):
                                for k, v in asks.items())
             raise PipelineError(f"step {spec['name']!r} asks for {wanted}, and no node of the Ray cluster at "
                                 f"{self.address} has that much (the cluster has: {describe(nodes)}); nothing was "
-                                "run. Lower the step's resources tag, or run on a cluster with such a node.",
+                                "run. Lower the step's resources tag, or use a cluster with such a node.",
                                 what="resources", step=spec["name"], address=self.address, nodes=nodes)
 
     def _notebook(self, spec: dict, out: Path, km) -> None:

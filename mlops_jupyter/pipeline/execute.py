@@ -100,7 +100,7 @@ def _first_line(text: str) -> str:
 
 
 class _Runner:
-    local_kernels = True  # steps run in kernels this process starts (the Ray runner's run on the cluster)
+    local_kernels = True  # steps run in kernels this process starts (the Ray runner's steps run on the cluster)
 
     def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int, on_step=None):
         self.pipe, self.params, self.forced, self.echo_fn, self.on_step = pipe, params, forced, echo, on_step
@@ -123,7 +123,7 @@ class _Runner:
         self.kernels = K.Kernels(pipe.kernel, self.root)
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
         self.threads: list = []  # one per step
-        self.placed: dict = {}  # step -> where it ran and with what (Ray runs only): tags and state
+        self.placed: dict = {}  # step -> the cluster node it ran on (Ray runs only; see _placement)
         # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
         self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
         self._draw_lock = threading.Lock()
@@ -154,7 +154,8 @@ class _Runner:
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:
         first = next((s for s in self.pipe.steps if s["name"] in self.likely), None)
-        if first is not None and self.local_kernels:  # the kernels' template process imports while the scheduler gets going
+        # the kernels' template process imports while the scheduler gets going
+        if first is not None and self.local_kernels:
             self.kernels.start_fork_server(self.pipe.folder / first["notebook"], first["name"], self._format_libs())
         with self.cond:
             while not all(v in FINAL for v in self.status.values()):
