@@ -83,6 +83,7 @@ def _number(cast, ok, what: str):
 positive = _number(int, lambda v: v >= 1, "a positive whole number")
 amount = _number(float, lambda v: v >= 0, "a number >= 0 (fractions such as 0.5 are allowed)")
 port = _number(int, lambda v: 0 <= v <= 65535, "a port number (0-65535)")
+count = _number(int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def identifier(text: str) -> str:
@@ -273,6 +274,12 @@ def _pipeline_run(p, door):
                    help="override a parameter of params.yaml for this run")
     p.add_argument("--from", dest="from_step", metavar="STEP", help="re-run STEP and every step after it")
     p.add_argument("--force", action="store_true", help="re-run every step")
+    p.add_argument("--address", metavar="ray://head:10001|host:6379|auto", help="run the steps as Ray tasks on "
+                   "this cluster (default: RAY_ADDRESS, else [tool.mlops] ray-address, else on this machine)")
+    p.add_argument("--storage", metavar="PATH_OR_FSSPEC_URI", help="with a cluster: where steps hand data to each "
+                   "other, reached by every node (default: the pipeline folder)")
+    p.add_argument("--max-retries", type=count, default=2, metavar="N",
+                   help="with a cluster: run a step again up to N times when its node dies (default 2)")
 
 
 @verb("pipeline status", "each step: fresh, stale (and why) or failed; and whether the export is outdated")
@@ -542,6 +549,12 @@ HINTS = [
     (E.Conflict, {"what": "package folder"}, "give --out a new folder"),
     (E.Conflict, {"what": "address"}, "pick another with --port or --host"),
     (E.StoreError, {"what": "dvc remote"}, "push again with `{p} snapshot {path} --push`"),
+    (E.PipelineError, {"what": "address"}, "check --address, RAY_ADDRESS or [tool.mlops] ray-address (e.g. "
+                                           "ray://head:10001, host:6379 or auto); leave them all unset to run the "
+                                           "steps on this machine"),
+    (E.PipelineError, {"what": "resources"}, "point --address at one (e.g. ray://head:10001)"),
+    (E.InvalidInput, {"what": "storage"}, "--storage goes with --address (e.g. --address auto --storage "
+                                          "s3://bucket/handoff)"),
     (E.SweepError, {"what": "address"}, "check --address / RAY_ADDRESS (e.g. ray://head:10001 for Ray Client); "
                                         "leave both unset to run on this machine"),
     (E.SweepError, {"what": "resources"}, "ask for less with --cpus-per-trial / --gpus-per-trial, or connect to a "

@@ -21,6 +21,7 @@ ENV_VARS = {
     "experiment": ("MLOPS_EXPERIMENT",),
     "artifact_location": ("MLOPS_ARTIFACT_LOCATION",),
     "ui_url": ("MLOPS_UI_URL",),  # where the MLflow UI is served, when it is not the tracking server itself
+    "ray_address": ("RAY_ADDRESS",),  # the Ray cluster `pipeline run` sends its steps to (Ray's own variable)
 }
 KNOWN_KEYS = tuple(ENV_VARS)
 
@@ -32,6 +33,7 @@ class Settings:
     experiment: str | None = None
     artifact_location: str | None = None
     ui_url: str | None = None
+    ray_address: str | None = None
     origin: dict = field(default_factory=dict, compare=False)  # key -> where the value came from
 
     @property

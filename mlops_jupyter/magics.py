@@ -344,7 +344,8 @@ class MlopsMagics(Magics):
         handle = display(shown, display_id=True)
         try:
             result = pipeline.run(ns.dir, params=ns.param, from_step=ns.from_step, force=ns.force, echo=shown.say,
-                                  on_step=shown.step)
+                                  on_step=shown.step, address=ns.address, storage=ns.storage,
+                                  max_retries=ns.max_retries)
         finally:
             handle.update(shown)  # a saved notebook's text/plain and text/html: how the run left each step
         for note in result.notes:

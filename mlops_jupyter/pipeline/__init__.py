@@ -38,15 +38,19 @@ def export(notebook, out, target="local", image=None):
     return pipe
 
 
-def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True, on_step=None):
+def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True, on_step=None,
+        address=None, storage=None, max_retries=2):
     """Run an exported pipeline incrementally; returns a RunResult. ``wait_records=False``: return once the
     steps are done, leaving the last MLflow records to the recorder when the store has kept up (a process
     about to exit; `mlops runs` waits for them). ``on_step(name, status, result)``: each step as it starts
-    executing and as it ends."""
+    executing and as it ends. ``address`` (else RAY_ADDRESS, else [tool.mlops] ray-address): each step a Ray
+    task on that cluster, handing off through ``storage`` (default: the pipeline folder), run again up to
+    ``max_retries`` times when its node dies."""
     from .execute import run_pipeline
 
     return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo,
-                        wait_records=wait_records, on_step=on_step)
+                        wait_records=wait_records, on_step=on_step, address=address, storage=storage,
+                        max_retries=max_retries)
 
 
 def status(folder):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
-from ..errors import Busy
+from ..errors import Busy, InvalidInput
 from ..tracking.records import Recording
 from . import kernels as K
 from . import picture, resources
@@ -100,6 +100,8 @@ def _first_line(text: str) -> str:
 
 
 class _Runner:
+    local_kernels = True  # steps run in kernels this process starts (the Ray runner's steps run on the cluster)
+
     def __init__(self, pipe: Pipeline, params: dict, forced: set, echo, workers: int, on_step=None):
         self.pipe, self.params, self.forced, self.echo_fn, self.on_step = pipe, params, forced, echo, on_step
         self.state = S.State(pipe.folder)
@@ -120,6 +122,8 @@ class _Runner:
         self.width = max(len(s["name"]) for s in pipe.steps)
         self.kernels = K.Kernels(pipe.kernel, self.root)
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
+        self.threads: list = []  # one per step
+        self.placed: dict = {}  # step -> the cluster node it ran on (Ray runs only; see _placement)
         # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
         self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
         self._draw_lock = threading.Lock()
@@ -149,9 +153,9 @@ class _Runner:
 
     # -- the scheduler ------------------------------------------------------------------------
     def run(self) -> None:
-        threads = []
         first = next((s for s in self.pipe.steps if s["name"] in self.likely), None)
-        if first is not None:  # the kernels' template process imports while the scheduler gets going
+        # the kernels' template process imports while the scheduler gets going
+        if first is not None and self.local_kernels:
             self.kernels.start_fork_server(self.pipe.folder / first["notebook"], first["name"], self._format_libs())
         with self.cond:
             while not all(v in FINAL for v in self.status.values()):
@@ -164,9 +168,9 @@ class _Runner:
                         self.status[name] = "launched"
                         t = threading.Thread(target=self._step, args=(spec,), name=f"step-{name}", daemon=True)
                         t.start()
-                        threads.append(t)
+                        self.threads.append(t)
                 self.cond.wait(1.0)
-        for t in threads:
+        for t in self.threads:
             t.join()
 
     def _prepare_runs_dir(self) -> Path:
@@ -206,7 +210,7 @@ class _Runner:
         try:
             # a step likely to run starts its kernel (and its imports) while the steps it waits on run;
             # ``ahead_slots`` bounds how many kernels wait like that
-            while name in self.likely:
+            while self.local_kernels and name in self.likely:
                 with self.cond:
                     if deps_done():
                         break
@@ -250,7 +254,7 @@ class _Runner:
                 self.set(name, "executing")
                 runs = self._prepare_runs_dir()
                 self.echo("▶", name, f"running ({'; '.join(why)})")
-                if km is None:
+                if km is None and self.local_kernels:
                     km = self._start_kernel()
                 result = self._execute(spec, fp, why, km, runs)
             finally:
@@ -301,9 +305,9 @@ class _Runner:
             live = list(self.live)
         for km in live:
             self._stop_kernel(km)
-        self.wait_for_kernels()
+        self.release()
 
-    def wait_for_kernels(self) -> None:
+    def release(self) -> None:
         """Every kernel stopped and the fork server gone."""
         self.kernels.close(wait=False)  # it exits once the kernels it forked are gone (or kills them)
         with self.cond:
@@ -383,8 +387,16 @@ class _Runner:
         except Exception:  # noqa: BLE001 - already gone
             pass
 
-    def _execute(self, spec: dict, fp: dict, why: list, km, runs: Path) -> StepResult:
+    def _notebook(self, spec: dict, out: Path, km) -> None:
+        """Execute the step notebook into ``out`` in kernel ``km``; papermill's errors propagate."""
         import papermill as pm
+
+        pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
+                            kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
+                            request_save_on_cell_execute=False,  # one write at the end: less GIL time
+                            start_timeout=120)
+
+    def _execute(self, spec: dict, fp: dict, why: list, km, runs: Path) -> StepResult:
         from papermill.exceptions import PapermillExecutionError
 
         name = spec["name"]
@@ -394,10 +406,7 @@ class _Runner:
             name, parent=self.parent, start_ms=int(start * 1000),
             tags={"mlops.kind": "pipeline-step", "mlops.pipeline": self.pipe.name, "mlops.step": name}, code=self.root)
         try:
-            pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
-                                kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
-                                request_save_on_cell_execute=False,  # one write at the end: less GIL time
-                                start_timeout=120)
+            self._notebook(spec, out, km)
         except PapermillExecutionError as exc:
             where = self._cell(out, exc.cell_index, exc.source)
             err = f"{exc.ename}: {_first_line(exc.evalue) or exc.evalue}"
@@ -432,9 +441,10 @@ class _Runner:
         packages = {m: S.package_hash(self.pipe, m, self.state) for m in spec.get("models", [])}
         with self.state.lock:
             entry["success"] = {"fingerprint": fp, "digest": S.digest(fp), "outputs": outputs, "packages": packages,
-                                "notebook": str(out), "time": time.time()}
+                                "notebook": str(out), "time": time.time(), **self._placement(name)}
         self.state.save()
-        shown = " · ".join([f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]] + served)
+        shown = " · ".join([f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]] + served
+                           + [_where(n) for n in self._placement(name).values()])
         self.echo("✓", name, f"ran in {res.seconds:.1f}s" + (f" · {shown}" if shown else ""))
         self._track(res, start)
         return res
@@ -466,10 +476,17 @@ class _Runner:
             text = f"cell {index} of the step notebook"
         return f"{text} `{_first_line(source)[:60]}`"
 
+    def _placement(self, name: str) -> dict:
+        """``{"node": {"id", "ip", "resources", "gpus"}}`` for a step that ran on a cluster node (the resources
+        it asked for, the GPUs it was given), else {}."""
+        with self.cond:
+            node = self.placed.get(name)
+        return {"node": node} if node else {}
+
     def _record_failure(self, name: str, error: str, notebook: str | None) -> None:
         with self.state.lock:
             self.state.steps.setdefault(name, {})["failed"] = {"error": error, "notebook": notebook,
-                                                                "time": time.time()}
+                                                                "time": time.time(), **self._placement(name)}
         self.state.save()
 
     def _track(self, res: StepResult, start: float) -> None:
@@ -480,10 +497,25 @@ class _Runner:
         tags = {"mlops.step.reason": "; ".join(res.why)[:5000]}
         if res.error:
             tags["mlops.error"] = res.error[:5000]
+        for node in self._placement(res.name).values():
+            tags.update(_node_tags(node))
         rec.log(key, params={k: self.params.get(k) for k in spec["params"]}, metrics=res.metrics, tags=tags)
         if res.notebook and os.path.isfile(res.notebook):
             rec.files(key, [(res.notebook, "notebook")])
         rec.end_run(key, "FINISHED" if res.status == "ran" else "FAILED")
+
+
+def _node_tags(node: dict) -> dict:
+    """The tags a step's run gets for the cluster node it ran on (the sidebar shows them)."""
+    tags = {"mlops.node": node["id"], "mlops.node.ip": node["ip"],
+            "mlops.resources": ";".join(f"{k}={v:g}" for k, v in node["resources"].items())}
+    if node.get("gpus"):
+        tags["mlops.gpu_ids"] = node["gpus"]
+    return tags
+
+
+def _where(node: dict) -> str:
+    return f"on node {node['ip']} ({node['id'][:8]})" + (f", GPU {node['gpus']}" if node.get("gpus") else "")
 
 
 def _import_papermill() -> None:
@@ -512,10 +544,12 @@ def _lock(folder: Path):
 
 
 def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None,
-                 wait_records=True, on_step=None) -> RunResult:
+                 wait_records=True, on_step=None, address=None, storage=None, max_retries=2) -> RunResult:
     """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run. ``on_step(name,
     status, result)`` hears each step start executing and end (ran, skipped, failed, blocked), from the
-    step's own thread."""
+    step's own thread. ``address`` (else RAY_ADDRESS, else [tool.mlops] ray-address): run the steps as Ray
+    tasks on that cluster (``cluster``), handing off through ``storage`` (default: the pipeline folder), a
+    task run again up to ``max_retries`` times when its node dies."""
     t0 = time.time()
     pipe = load_pipeline(folder)
     values = S.override(S.load_params(pipe), params)
@@ -526,11 +560,29 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
         pipe.step(from_step)  # a clear error for an unknown step
         forced = descendants(pipe, from_step)
     workers = workers or max(1, os.cpu_count() or 1)
+    from .cluster import resolve_address
+
+    address = resolve_address(address, (pipe.folder / pipe.root).resolve())
+    if storage is not None and not address:
+        raise InvalidInput(f"a hand-off storage ({storage}) is used only when the steps run on a Ray cluster, and "
+                           "no cluster address was given; give one, or leave the storage out.", what="storage",
+                           storage=storage)
     lock = _lock(pipe.folder)
     try:
-        echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}")
-        runner = _Runner(pipe, values, forced, echo, workers, on_step)
-        resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
+        echo(f"pipeline {pipe.name}: {len(pipe.steps)} steps in {pipe.folder}" + (f" · Ray cluster {address}"
+                                                                                   if address else ""))
+        if address:
+            from .cluster import RayRunner
+
+            runner = RayRunner(pipe, values, forced, echo, on_step, address, storage, max_retries)
+            try:
+                runner.connect()  # unreachable, or a step no node can take: before anything runs
+            except BaseException:
+                runner.release()
+                raise
+        else:
+            runner = _Runner(pipe, values, forced, echo, workers, on_step)
+            resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
         try:
             runner.run()
         except BaseException:
@@ -545,7 +597,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
             if note:
                 notes.append(note)
         finally:
-            runner.wait_for_kernels()
+            runner.release()
             runner.state.save_cache()  # hashes learnt by a run that skipped every step, too
     finally:
         lock.close()

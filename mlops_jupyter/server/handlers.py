@@ -283,6 +283,12 @@ class PipelineMixin:
         return pipeline.default_folder(nb) if out is None or out == "" else self.inside(out, "out")
 
 
+def _ran_on(last: dict) -> dict | None:
+    """The Ray node a step's latest run went to (a failed run's first); None when it ran on this machine."""
+    entry = last.get("failed") or last.get("success") or {}
+    return entry.get("node")
+
+
 class PipelineHandler(PipelineMixin, GetRoute):
     """GET the notebook's pipeline: exported or not, each step fresh / stale / failed / never, the run."""
 
@@ -307,7 +313,7 @@ class PipelineHandler(PipelineMixin, GetRoute):
 
         known = State(folder).steps
         out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why,
-                         "notebook": self._executed(known.get(name, {}))}
+                         "notebook": self._executed(known.get(name, {})), "node": _ran_on(known.get(name, {}))}
                         for name, state, why in pipeline.status(folder)]
         out["models"] = _models(pipe.steps)
         if out["models"]:

@@ -10,7 +10,7 @@ __all__ = ["SweepError", "Term", "parse", "from_mapping", "SweepSpec", "prepare"
 
 
 def __getattr__(name):  # the runner imports nothing heavy itself, but keep `import ...sweep` to the parser
-    if name in ("SweepSpec", "prepare", "execute", "SweepResult"):
+    if name in ("SweepSpec", "prepare", "execute", "SweepResult", "init_ray", "cluster_nodes", "describe_nodes"):
         from . import runner
 
         return getattr(runner, name)

@@ -120,6 +120,22 @@ def connect(address: str | None) -> None:
                 not address.startswith("ray://") and ray.get_runtime_context().gcs_address == address):
             return
         ray.shutdown()
+    reason = init_ray(address)
+    if reason:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise SweepError(f"could not reach {where}: {reason}. A cluster's address is ray://head:10001 for Ray "
+                         "Client, or host:6379 for a cluster this machine belongs to.", what="address",
+                         address=address or "", reason=reason)
+    _connected = address
+    if address is None:
+        _quiet_exit()
+
+
+def init_ray(address: str | None) -> str | None:
+    """``ray.init`` for ``address`` (None: a Ray instance on this machine; ray://: Ray Client, which ships this
+    package to the cluster's workers); returns None, or one line saying why Ray could not be reached."""
+    import ray
+
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address is None:
@@ -132,16 +148,10 @@ def connect(address: str | None) -> None:
         else:
             ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure to start or reach Ray is the user's to fix
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
         # Ray Client's errors open with a header line ("... from server:") and end with the cause
-        first = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
-        raise SweepError(f"could not reach {where}: {first}. A cluster's address is ray://head:10001 for Ray "
-                         "Client, or host:6379 for a cluster this machine belongs to.", what="address",
-                         address=address or "", reason=first) from None
-    _connected = address
-    if address is None:
-        _quiet_exit()
+        return lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+    return None
 
 
 def _quiet_exit() -> None:

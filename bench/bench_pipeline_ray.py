@@ -1,0 +1,82 @@
+"""Pipeline steps as Ray tasks, against anchors timed in the same run (a temp project, real kernels, a real
+2-node ray.cluster_utils.Cluster with 1 CPU per node, timed once the cluster is up):
+
+- 4 independent steps of 2 s each (time.sleep; each after a no-op first step, since a step tagged without
+  after: follows the one above it) with `mlops pipeline run --address --force`: the wall against the ideal
+  for 2 slots (4 s) as a ratio, and the local runner's wall on the same pipeline beside it;
+- an unchanged re-run with --address (goal <= 2 s, and the cluster not contacted: no step runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from bench_pipeline import timed  # bench/ is on sys.path: this file runs as a script from there
+
+BIN = Path(sys.executable).parent
+REPEAT = 2
+STEPS, SLEEP_S, SLOTS = 4, 2.0, 2
+IDEAL = STEPS / SLOTS * SLEEP_S
+
+
+def main() -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    load = os.getloadavg()[0]  # other work on the machine skews the ratio: say how much there was
+    root = Path(tempfile.mkdtemp(prefix="bench-pipeline-ray-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "RAY_ADDRESS"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    t = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20})
+    cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
+    cluster.wait_for_nodes()
+    up = time.perf_counter() - t
+    try:
+        (root / "pyproject.toml").write_text('[project]\nname = "bench"\nversion = "0"\n')
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells.append(nbformat.v4.new_code_cell("import time", metadata={"tags": ["imports"]}))
+        nb.cells.append(nbformat.v4.new_code_cell("start = 0", metadata={"tags": ["step:start"]}))
+        for i in range(STEPS):
+            nb.cells.append(nbformat.v4.new_code_cell(f"time.sleep({SLEEP_S})\nv{i} = {i}",
+                                                      metadata={"tags": [f"step:s{i}", "after:start"]}))
+        nbformat.write(nb, root / "fan.ipynb")
+        mlops = [str(BIN / "mlops")]
+        timed(mlops + ["export", "fan.ipynb", "--out", "pipe"], root, env)
+        on_ray = mlops + ["pipeline", "run", "pipe", "--address", cluster.address]
+        # warm-up: the MLflow store's tables, the workers' first imports of papermill
+        timed(mlops + ["pipeline", "run", "pipe"], root, env)
+        timed(on_ray + ["--force"], root, env)
+        local, remote = [], []
+        for _ in range(REPEAT):
+            local.append(timed(mlops + ["pipeline", "run", "pipe", "--force"], root, env)[0])
+            remote.append(timed(on_ray + ["--force"], root, env)[0])
+        again, out = [], ""
+        for _ in range(REPEAT):
+            took, out = timed(on_ray, root, env)
+            again.append(took)
+        l, r, u = statistics.median(local), statistics.median(remote), statistics.median(again)
+        print(f"machine load (1-minute average) at the start / end: {load:.2f} / {os.getloadavg()[0]:.2f} "
+              f"on {os.cpu_count()} cores; the 2-node cluster came up in {up:.1f}s; each run: local "
+              f"{' '.join(f'{x:.2f}' for x in local)} · ray {' '.join(f'{x:.2f}' for x in remote)}")
+        print(f"{STEPS} independent steps of {SLEEP_S:g}s on {SLOTS} 1-CPU nodes, --force: {r:.2f}s = "
+              f"{r / IDEAL:.2f}x the ideal {IDEAL:g}s; the local runner on the same pipeline: {l:.2f}s = "
+              f"{l / IDEAL:.2f}x (median of {REPEAT})")
+        print(f"unchanged re-run with --address: {u:.2f}s (goal <= 2 s: {'ok' if u <= 2 else 'MISSED'}; "
+              f"nothing run: {'yes' if f'{STEPS + 1} skipped' in out else 'NO'})")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Pipeline steps as Ray tasks: ``mlops pipeline run DIR --address ray://head:10001 | host:6379 | auto``.
+
+The driver is the local runner with one thing swapped: a step's notebook runs in a Ray task (``run_step``,
+papermill inside the worker) instead of a kernel started here. Everything else stays in the driver: the
+DAG (a step starts when its parents finish, independent steps at once), the fingerprints and state, ``-p``,
+the MLflow records through tracking's journal, the models. A run where nothing is stale never imports Ray.
+
+The hand-off goes through storage every node reaches: by default the pipeline folder itself (a shared file
+system), else ``storage`` (a folder or an fsspec URI such as s3://bucket/run): the driver puts a step's
+inputs there, the worker reads them into a folder of its own and puts the step's outputs, metrics and
+executed notebook back, and the driver copies those into the pipeline folder. Either way the project (the
+notebook's folder: local modules, data files) must be at the same path on every node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from ..errors import InvalidInput, PipelineError
+from .execute import _first_line, _Runner
+
+CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long cancelled steps get to stop their kernels before being killed
+
+
+def resolve_address(address: str | None, root: Path) -> str | None:
+    """The cluster to run on: ``address``, else RAY_ADDRESS, else [tool.mlops] ray-address; None: this machine."""
+    if address:
+        return address.strip()
+    from .. import config
+
+    return config.resolve(root).ray_address
+
+
+def _storage(storage: str | None, folder: Path) -> str | None:
+    """The hand-off location as an absolute folder or a URI; None when it is the pipeline folder itself."""
+    if storage is None:
+        return None
+    if not storage.strip():
+        raise InvalidInput("the hand-off storage is empty; give a folder every node reaches or an fsspec URI such "
+                           "as s3://bucket/pipeline (or leave it out to hand off through the pipeline folder).",
+                           what="storage", storage=storage)
+    if "://" in storage:
+        return storage.rstrip("/")
+    path = Path(storage).resolve()
+    return None if path == folder.resolve() else str(path)
+
+
+# ---- the hand-off through storage (fsspec) ---------------------------------------------------------
+def _fs(uri: str, rel: str):
+    from fsspec.core import url_to_fs
+
+    fs, base = url_to_fs(uri)
+    return fs, f"{base.rstrip('/')}/{rel}"
+
+
+def put(local: Path, uri: str, rel: str) -> None:
+    """Copy a local file or folder to ``uri/rel``, replacing what is there (nothing when ``local`` is absent)."""
+    fs, target = _fs(uri, rel)
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local] * local.is_file()
+    for file in files:
+        dest = target if file == local else f"{target}/{file.relative_to(local).as_posix()}"
+        fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(file), dest)
+
+
+def get(uri: str, rel: str, local: Path) -> None:
+    """Replace ``local`` with the file or folder at ``uri/rel`` (nothing when that is absent)."""
+    fs, src = _fs(uri, rel)
+    if not fs.exists(src):
+        return
+    if local.is_dir():
+        shutil.rmtree(local)
+    elif local.exists():
+        local.unlink()
+    pairs = [(p, local / p[len(src):].lstrip("/")) for p in fs.find(src)] if fs.isdir(src) else [(src, local)]
+    for path, dest in pairs:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(dest))
+
+
+def _outputs(step: str, out: str) -> list:
+    """What a step hands back, relative to the pipeline folder: its hand-off, its metrics, its notebook."""
+    return [f"artifacts/{step}", f"metrics/{step}.json", out]
+
+
+# ---- in the Ray worker -----------------------------------------------------------------------------
+def _local_copy(job: dict, work: Path) -> Path:
+    """The step notebook in ``work``, its inputs beside it: the hand-off read from storage, not the pipeline
+    folder (which this node may not have)."""
+    for producer in job["inputs"]:
+        get(job["storage"], f"artifacts/{producer}", work / "artifacts" / producer)
+    nb = json.loads(job["source"])
+    for cell in nb["cells"]:
+        if cell.get("id") == f"{job['step']}-setup":
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = "\n".join(f"_mlops_dir = {str(work)!r}" if ln.startswith("_mlops_dir =") else ln
+                                       for ln in text.splitlines())
+    path = work / Path(job["notebook"]).name
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def _warm() -> None:
+    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's next step,
+    has papermill (nbclient, jupyter_client) imported already."""
+    import papermill  # noqa: F401
+
+
+def run_step(job: dict) -> dict:
+    """A Ray task: papermill on one step notebook. Returns the node it ran on and, when a cell raised,
+    papermill's error (never raised: a failing notebook is no reason for Ray to retry)."""
+    import papermill as pm
+    import ray
+    from papermill.exceptions import PapermillExecutionError
+
+    ctx = ray.get_runtime_context()
+    node = {"id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "resources": job["resources"],
+            "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+    os.environ["MLOPS_RAY_NODE"] = node["id"]  # the step's kernel can tell where it runs
+    reply: dict = {"node": node}
+    if not os.path.isdir(job["root"]):
+        reply["failure"] = (f"the project folder {job['root']} is not on node {node['ip']}; every node must see the "
+                            "project at the same path (a shared file system, or the same checkout on each node)")
+        return reply
+    folder, work = Path(job["folder"]), None
+    try:
+        if job["storage"]:
+            work = Path(tempfile.mkdtemp(prefix=f"mlops-step-{job['step']}-"))
+            src, base = _local_copy(job, work), work
+        else:
+            src, base = folder / job["notebook"], folder
+        (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
+                            cwd=job["root"], progress_bar=False, log_output=False,
+                            request_save_on_cell_execute=False, start_timeout=120)
+    except PapermillExecutionError as exc:
+        reply["error"] = {k: getattr(exc, k) for k in ("cell_index", "exec_count", "source", "ename", "evalue",
+                                                       "traceback")}
+    except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors: the driver reports it
+        reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
+    finally:
+        if work is not None:
+            for rel in _outputs(job["step"], job["out"]):
+                put(work / rel, job["storage"], rel)
+            shutil.rmtree(work, ignore_errors=True)
+    return reply
+
+
+# ---- the driver ------------------------------------------------------------------------------------
+def _probe(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a host:port address (None: something listens, or the address is ``auto``):
+    Ray itself would keep trying to reach it for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _asks(spec: dict) -> dict:
+    """A step's resources as Ray names them: a CPU unless it says otherwise, GPUs and memory when tagged."""
+    res = spec.get("resources", {})
+    asks = {"CPU": res.get("cpu", 1), "GPU": res.get("gpu", 0), "memory": res.get("memory", 0)}
+    return {k: v for k, v in asks.items() if v}
+
+
+class RayRunner(_Runner):
+    """The local runner's scheduler, state and records; each step's notebook runs as a Ray task."""
+
+    local_kernels = False
+
+    def __init__(self, pipe, params: dict, forced: set, echo, on_step, address: str, storage: str | None,
+                 max_retries: int):
+        if max_retries < 0:
+            raise InvalidInput(f"max retries {max_retries}: give a whole number >= 0 (how often Ray runs a step "
+                               "again when its node dies).", what="max retries", max_retries=max_retries)
+        # as many steps at once as the DAG allows: the cluster's resources decide how many run
+        super().__init__(pipe, params, forced, echo, max(1, len(pipe.steps)), on_step)
+        self.address, self.max_retries = address, max_retries
+        self.storage = _storage(storage, pipe.folder)
+        self.refs: dict = {}  # step -> its task while it runs
+        self.remote = None  # run_step as a Ray remote function, once connected
+        self.owned = False  # this run connected to Ray (and disconnects at the end)
+        self._connect_lock = threading.Lock()
+
+    def connect(self, needed: bool = False) -> None:
+        """Reach the cluster and check that each step likely to run fits on one of its nodes, before any runs.
+        Nothing at all when no step will run (unless ``needed``): an unchanged re-run never contacts the
+        cluster."""
+        if not (self.likely or needed):
+            return
+        with self._connect_lock:
+            if self.remote is not None:
+                return
+            import ray
+
+            from .. import sweep
+
+            if ray.is_initialized() and (self.address == "auto" or
+                                         ray.get_runtime_context().gcs_address == self.address):
+                pass  # this process is on that cluster already (a kernel that swept there)
+            else:
+                if ray.is_initialized():
+                    ray.shutdown()
+                reason = _probe(self.address) or sweep.init_ray(self.address)
+                if reason:
+                    raise PipelineError(
+                        f"could not reach the Ray cluster at {self.address}: {reason}; nothing was run. A cluster's "
+                        "address is ray://head:10001 for Ray Client, host:6379 for a cluster this machine belongs "
+                        "to, or auto for the cluster started on this machine.", what="address", address=self.address,
+                        reason=reason)
+                self.owned = True
+            nodes = sweep.cluster_nodes()
+            self._check(nodes, sweep.describe_nodes)
+            self.remote = ray.remote(run_step)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            warm = ray.remote(num_cpus=0)(_warm)
+            for node in nodes:
+                warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote()
+
+    def _check(self, nodes: list, describe) -> None:
+        """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
+        import ray
+
+        alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for spec in self.pipe.steps:
+            asks = _asks(spec)
+            if spec["name"] not in self.likely or any(all(r.get(k, 0) >= v for k, v in asks.items()) for r in alive):
+                continue
+            wanted = ", ".join(f"{v / 2**30:.3g} GiB memory" if k == "memory" else f"{v:g} {k}"
+                               for k, v in asks.items())
+            raise PipelineError(f"step {spec['name']!r} asks for {wanted}, and no node of the Ray cluster at "
+                                f"{self.address} has that much (the cluster has: {describe(nodes)}); nothing was "
+                                "run. Lower the step's resources tag, or use a cluster with such a node.",
+                                what="resources", step=spec["name"], address=self.address, nodes=nodes)
+
+    def _notebook(self, spec: dict, out: Path, km) -> None:
+        import ray
+        from papermill.exceptions import PapermillExecutionError
+
+        self.connect(needed=True)
+        name, folder = spec["name"], self.pipe.folder
+        producers = sorted(set(spec["inputs"].values()))
+        if self.storage:
+            for producer in producers:  # a producer skipped in this run left its hand-off here only
+                put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
+        job = {"step": name, "folder": str(folder), "root": str(self.root), "notebook": spec["notebook"],
+               "out": out.relative_to(folder).as_posix(), "params": self.params, "kernel": self.pipe.kernel,
+               "inputs": producers, "storage": self.storage, "resources": spec.get("resources", {}),
+               "source": (folder / spec["notebook"]).read_text() if self.storage else None}
+        asks = _asks(spec)
+        ref = self.remote.options(name=f"mlops step {name}", num_cpus=asks.get("CPU", 0), num_gpus=asks.get("GPU", 0),
+                                  memory=asks.get("memory"), max_retries=self.max_retries,
+                                  retry_exceptions=False).remote(job)
+        with self.cond:
+            self.refs[name] = ref
+        try:
+            reply = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            raise PipelineError(f"step {name} was cancelled", step=name) from None
+        except ray.exceptions.RayError as exc:  # its node or worker died more often than max_retries allows
+            raise PipelineError(f"its Ray task failed (after up to {self.max_retries} retries): "
+                                f"{_first_line(str(exc))}", step=name) from None
+        finally:
+            with self.cond:
+                self.refs.pop(name, None)
+        if self.storage:
+            for rel in _outputs(name, job["out"]):
+                get(self.storage, rel, folder / rel)
+        with self.cond:
+            self.placed[name] = reply["node"]
+        if "error" in reply:
+            raise PapermillExecutionError(**reply["error"])
+        if "failure" in reply:
+            raise PipelineError(reply["failure"], step=name)
+
+    def stop_all(self) -> None:
+        """Ctrl-C: cancel the steps' tasks (their workers stop papermill, which stops the kernel), then kill
+        what has not stopped; each cancelled step is recorded as failed, so the next run runs it again."""
+        if self.remote is not None:
+            import ray
+
+            for force in (False, True):
+                with self.cond:
+                    refs = list(self.refs.values())
+                for ref in refs:
+                    try:
+                        ray.cancel(ref, force=force)
+                    except Exception:  # noqa: BLE001 - finished meanwhile
+                        pass
+                for t in self.threads:
+                    t.join(CANCEL_WAIT_S / len(self.threads))
+        super().stop_all()
+
+    def release(self) -> None:
+        super().release()
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False

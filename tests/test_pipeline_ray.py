@@ -1,0 +1,232 @@
+"""`mlops pipeline run DIR --address`: each step a Ray task on a real 2-node ray.cluster_utils.Cluster (the
+head with 2 CPUs, a second node with 1 CPU and 1 logical GPU), papermill inside the worker; the driver keeps
+the state, the overrides and the MLflow records of a local run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from harness import all_runs, notebook, wait_for
+from test_sweep import ray_processes
+
+from mlops_jupyter import pipeline
+from mlops_jupyter.errors import InvalidInput, PipelineError
+from mlops_jupyter.pipeline.state import STATE_DIR
+from mlops_jupyter.server.handlers import _ran_on
+
+CLI = [sys.executable, "-m", "mlops_jupyter.cli"]
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * MB})
+    c.gpu_node = c.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * MB)
+    c.wait_for_nodes()
+    session = c.head_node.get_session_dir_path()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+    wait_for(lambda: not ray_processes(session), timeout=60, what="the cluster's Ray processes to exit")
+
+
+def fan_out(project: Path, extra: tuple = ()) -> Path:
+    """prep -> (train on a GPU, count, *extra) -> report; train prints the GPUs Ray gave it."""
+    return notebook(project / "fan.ipynb", [
+        ("n = 3\nrate = 0.5\nfail = False", ["parameters"]),
+        ("data = list(range(n))", ["step:prep"]),
+        ("import os\nprint('CUDA_VISIBLE_DEVICES=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))\n"
+         "total = sum(data) * rate", ["step:train", "after:prep", "limit:nvidia.com/gpu:1"]),
+        ("size = len(data)", ["step:count", "after:prep"]),
+        *extra,
+        ("final = total + size", ["step:report", "after:train", "after:count"]),
+        ("final", ["metrics"]),
+    ])
+
+
+def ran(result) -> set:
+    return {s.name for s in result.steps if s.status == "ran"}
+
+
+def step_runs(project: Path, parent: str) -> dict:
+    return {r.info.run_name: r for r in all_runs(project) if r.data.tags.get("mlflow.parentRunId") == parent}
+
+
+def test_steps_run_on_the_cluster_with_the_records_of_a_local_run(project, cluster, monkeypatch):
+    nb = fan_out(project)
+    pipeline.export(nb, "local")
+    pipeline.export(nb, "pipe")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the local run's GPU check: this machine has none
+    local = pipeline.run("local", echo=lambda s: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    lines = []
+    remote = pipeline.run("pipe", address=cluster.address, echo=lines.append)
+    assert remote.ok and ran(remote) == {"prep", "train", "count", "report"}, "\n".join(lines)
+    assert json.loads((project / "pipe" / "metrics" / "report.json").read_text()) == {"final": 4.5}
+
+    # the GPU step landed on the GPU node, with CUDA_VISIBLE_DEVICES set by Ray
+    kids = step_runs(project, remote.mlflow_run)
+    train = kids["train"].data.tags
+    assert train["mlops.node"] == cluster.gpu_node.node_id and train["mlops.gpu_ids"] == "0"
+    assert train["mlops.resources"] == "gpu=1"
+    assert "CUDA_VISIBLE_DEVICES=0" in (Path(remote.runs_dir) / "train.ipynb").read_text()
+    assert all(k.data.tags["mlops.node"] for k in kids.values())
+    assert any("train" in ln and f"on node {cluster.gpu_node.node_ip_address}" in ln for ln in lines)
+    state = json.loads((project / "pipe" / STATE_DIR / "state.json").read_text())["steps"]
+    assert _ran_on(state["train"]) == {"id": cluster.gpu_node.node_id, "ip": cluster.gpu_node.node_ip_address,
+                                       "resources": {"gpu": 1}, "gpus": "0"}  # the sidebar's GET pipeline
+
+    # the same runs, params and metrics as the local run's
+    local_kids = step_runs(project, local.mlflow_run)
+    assert set(kids) == set(local_kids)
+    for name, run in kids.items():
+        assert run.data.params == local_kids[name].data.params
+        assert run.data.metrics == local_kids[name].data.metrics
+        assert run.info.status == "FINISHED"
+    parents = {r.info.run_id: r for r in all_runs(project)}
+    assert parents[remote.mlflow_run].data.params == parents[local.mlflow_run].data.params
+
+    # unchanged: a fresh process never imports Ray, let alone reaches the cluster
+    code = (f"import sys; from mlops_jupyter import pipeline; r = pipeline.run('pipe', address={cluster.address!r}, "
+            "echo=lambda s: None); assert r.ok and r.count('skipped') == 4, r; assert 'ray' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project)
+    assert done.returncode == 0, done.stderr
+
+    # an override re-runs the steps that read it, on the cluster
+    over = pipeline.run("pipe", params=["rate=2.0"], address=cluster.address, echo=lines.append)
+    assert ran(over) == {"train", "report"}
+    assert json.loads((project / "pipe" / "metrics" / "report.json").read_text()) == {"final": 9.0}
+    assert step_runs(project, over.mlflow_run)["train"].data.params == {"rate": "2.0"}
+
+
+def test_a_failed_step_resumes_through_a_hand_off_storage(project, cluster, tmp_path):
+    nb = fan_out(project, extra=[("if fail:\n    raise ValueError('bad batch')\nchecked = True",
+                                  ["step:check", "after:prep"]),
+                                 ("checked", ["step:publish", "after:check"])])
+    pipeline.export(nb, "pipe")
+    storage = tmp_path / "handoff"
+    first = pipeline.run("pipe", params=["fail=True"], address=cluster.address, storage=str(storage),
+                         echo=lambda s: None)
+    status = {s.name: s for s in first.steps}
+    assert status["check"].status == "failed" and "ValueError: bad batch" in status["check"].error
+    assert status["publish"].status == "blocked" and ran(first) == {"prep", "train", "count", "report"}
+    assert (storage / "artifacts" / "prep").is_dir()  # the hand-off went through the storage...
+    assert (project / "pipe" / "artifacts" / "train").is_dir()  # ...and came back to the pipeline folder
+    assert (Path(first.runs_dir) / "check.ipynb").is_file()
+    kids = step_runs(project, first.mlflow_run)
+    assert kids["check"].info.status == "FAILED" and "bad batch" in kids["check"].data.tags["mlops.error"]
+
+    again = pipeline.run("pipe", address=cluster.address, storage=str(storage), echo=lambda s: None)
+    assert again.ok and ran(again) == {"check", "publish"}
+    assert again.count("skipped") == 4
+    assert all(st == "fresh" for _, st, _ in pipeline.status("pipe"))
+
+
+def test_an_unreachable_address_is_named_before_anything_runs(project, ip):
+    from IPython.core.error import UsageError
+
+    pipeline.export(fan_out(project), "pipe")
+    with pytest.raises(UsageError, match="could not reach .* check --address, RAY_ADDRESS"):
+        ip.run_line_magic("mlops", "pipeline run pipe --address 127.0.0.1:1")
+    with pytest.raises(PipelineError, match="could not reach the Ray cluster at 127.0.0.1:1") as caught:
+        pipeline.run("pipe", address="127.0.0.1:1", echo=lambda s: None)
+    assert caught.value.what == "address" and "ray://head:10001" in str(caught.value)
+    assert not (project / "pipe" / STATE_DIR / "state.json").exists() and all_runs(project) == []
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--address", "127.0.0.1:1"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "check --address, RAY_ADDRESS" in done.stderr and "Traceback" not in done.stderr
+    # the address from [tool.mlops] ray-address when none is given
+    (project / "pyproject.toml").write_text('[project]\nname = "demo"\n[tool.mlops]\nray-address = "127.0.0.1:1"\n')
+    with pytest.raises(PipelineError, match="could not reach the Ray cluster at 127.0.0.1:1"):
+        pipeline.run("pipe", echo=lambda s: None)
+
+
+def test_a_hand_off_storage_without_a_cluster_is_refused(project):
+    pipeline.export(fan_out(project), "pipe")
+    with pytest.raises(InvalidInput, match="used only when the steps run on a Ray cluster") as caught:
+        pipeline.run("pipe", storage="s3://bucket/x", echo=lambda s: None)
+    assert caught.value.what == "storage"
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--storage", "s3://bucket/x"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "--storage goes with --address" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--max-retries", "-1"], capture_output=True, text=True)
+    assert done.returncode == 2 and "'-1' is not a whole number >= 0" in done.stderr
+
+
+def test_a_step_wanting_more_gpus_than_any_node_has_is_refused(project, cluster):
+    pipeline.export(notebook(project / "big.ipynb", [("x = 1", ["step:prep"]),
+                                                     ("y = x", ["step:fit", "after:prep", "resources:gpu=2;cpu=1"])]),
+                    "pipe")
+    with pytest.raises(PipelineError, match="step 'fit' asks for 1 CPU, 2 GPU") as caught:
+        pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
+    assert caught.value.what == "resources" and caught.value.step == "fit"
+    assert "1 CPU, 1 GPU" in str(caught.value)  # the cluster's nodes are listed
+    assert not (project / "pipe" / STATE_DIR / "state.json").exists() and all_runs(project) == []
+
+
+def test_a_step_whose_node_dies_is_retried_on_another(project, cluster):
+    # only a 3-CPU node takes the slow step: the one it starts on is removed, with another one ready
+    nb = notebook(project / "slow.ipynb", [
+        ("x = 1", ["step:prep"]),
+        ("import os, time\nwith open('attempts.txt', 'a') as fh:\n    fh.write(os.environ['MLOPS_RAY_NODE'] + '\\n')\n"
+         "time.sleep(8)\ny = x + 1", ["step:slow", "after:prep", "resources:cpu=3"]),
+    ])
+    pipeline.export(nb, "pipe")
+    first = cluster.add_node(num_cpus=3, object_store_memory=80 * MB)
+    box = {}
+    runner = threading.Thread(target=lambda: box.update(result=pipeline.run("pipe", address=cluster.address,
+                                                                             echo=lambda s: None)), daemon=True)
+    runner.start()
+    spare = None
+    try:
+        wait_for(lambda: (project / "attempts.txt").exists(), timeout=120, what="the slow step to start")
+        spare = cluster.add_node(num_cpus=3, object_store_memory=80 * MB)  # Cluster's nodes change in the main thread
+        cluster.remove_node(first, allow_graceful=False)
+        runner.join(180)
+        result = box["result"]
+        assert result.ok and ran(result) == {"prep", "slow"}
+        attempts = (project / "attempts.txt").read_text().split()
+        assert attempts[0] == first.node_id and attempts[-1] == spare.node_id
+        assert step_runs(project, result.mlflow_run)["slow"].data.tags["mlops.node"] == spare.node_id
+    finally:
+        runner.join(180)
+        for node in (first, spare):
+            if node is not None and node in cluster.worker_nodes:
+                cluster.remove_node(node)
+
+
+def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluster):
+    import os
+    import signal
+
+    import psutil
+
+    nb = notebook(project / "long.ipynb", [
+        ("x = 1", ["step:prep"]),
+        ("import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(300)\ny = x",
+         ["step:long", "after:prep"]),
+    ])
+    pipeline.export(nb, "pipe")
+    proc = subprocess.Popen(CLI + ["pipeline", "run", "pipe", "--address", cluster.address], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(wait_for(lambda: (project / "kernel.pid").exists() and (project / "kernel.pid").read_text(),
+                           timeout=120, what="the long step's kernel"))
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=60, what="the cancelled step's kernel to stop")
+    state = json.loads((project / "pipe" / STATE_DIR / "state.json").read_text())["steps"]
+    assert "success" in state["prep"] and "success" not in state["long"]
+    status = {name: st for name, st, _ in pipeline.status("pipe")}
+    assert status == {"prep": "fresh", "long": "failed"}
