@@ -68,9 +68,21 @@ def test_the_exported_workflow_runs_in_a_fresh_clone(project, tmp_path):
     assert (clone / "pipe" / "report" / "report.comment.md").is_file() and (clone / ".mlops" / "mlflow.db").is_file()
 
 
-def test_the_exported_workflow_passes_actionlint(project):
-    nb = notebook(project / "fit.ipynb", [("x = 1", ["step:one"]), ("y = x + 1", ["step:two"]), ("y", ["metrics"])])
+def test_the_exported_workflows_pass_actionlint(project):
+    """The pipeline's workflow, and for a pipeline that fits a model the scheduled retrain-if-drift one."""
+    nb = notebook(project / "fit.ipynb", [
+        ("from sklearn.tree import DecisionTreeClassifier\nX = [[0, 1], [1, 0], [1, 1], [0, 0]]\n"
+         "clf = DecisionTreeClassifier().fit(X, [0, 1, 1, 0])", ["step:one", "model:clf"]),
+        ("y = clf.score(X, [0, 1, 1, 0])", ["step:two"]), ("y", ["metrics"])])
     pipeline.export(nb, "pipe")
-    flow = project / "pipe" / ".github" / "workflows" / "pipeline-fit.yml"
-    out = subprocess.run(["node", str(ACTIONLINT), str(flow)], cwd=project, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
+    flows = project / "pipe" / ".github" / "workflows"
+    assert sorted(p.name for p in flows.iterdir()) == ["pipeline-fit.yml", "retrain-fit.yml"]
+    for flow in flows.iterdir():
+        out = subprocess.run(["node", str(ACTIONLINT), str(flow)], cwd=project, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, flow.name + out.stdout + out.stderr
+    retrain = yaml.safe_load((flows / "retrain-fit.yml").read_text())
+    assert retrain[True] == {"schedule": [{"cron": "17 5 * * *"}], "workflow_dispatch": None}  # YAML's `on`
+    steps = {s.get("name"): s for s in retrain["jobs"]["run"]["steps"]}
+    assert steps["Retrain if its traffic drifted"]["run"] == 'mlops retrain . --if-drift "$MONITORED" --log prediction-log'
+    assert retrain["jobs"]["run"]["if"] == "vars.MLOPS_MONITORED != ''"
