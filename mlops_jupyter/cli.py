@@ -221,7 +221,8 @@ def _report(args) -> int:
 
     commands.report_args(args)
     settings = config.resolve(args.target if args.target and os.path.isdir(args.target) else None)
-    made = reports.build(settings, args.target, args.baseline, args.out, env=args.env, plots=bool(args.out))
+    made = reports.build(settings, args.target, args.baseline, args.out, env=args.env, plots=bool(args.out),
+                         log=args.log)
     if args.out:
         print(f"mlops report: {args.out} ({len(made.plots)} plots in {made.folder})")
         for problem in made.problems:

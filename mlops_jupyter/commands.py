@@ -335,6 +335,8 @@ def _report(p, door):
                    "in CI, else main or master; none: this run alone")
     p.add_argument("--out", metavar="report.md", help="write the Markdown there, its plots in <stem>_files/ beside it")
     _env_option(p, "the environment whose registry NAME@ALIAS and the promotions are read from")
+    p.add_argument("--log", metavar="SOURCE", help="a serving package (or its prediction log) whose traffic's drift "
+                   "the report adds")
     p.add_argument("--comment", action="store_true", help="post the report on the pull request as one comment, "
                    "updated on later runs (needs the gh CLI and GH_TOKEN)")
     p.add_argument("--dry-run", action="store_true", help="with --comment: write the comment's body to a file "

@@ -406,7 +406,7 @@ class MlopsMagics(Magics):
         commands.report_args(ns)
         target = ns.target
         settings = config.resolve(target) if target and os.path.isdir(target) else self._settings()
-        made = reports.build(settings, target, ns.baseline, ns.out, env=ns.env)
+        made = reports.build(settings, target, ns.baseline, ns.out, env=ns.env, log=ns.log)
         if ns.comment:
             print(f"mlops: {reports.comment(made, ns.out, dry_run=ns.dry_run)}")
         return _render.Document(made.html(), made.markdown())

@@ -151,3 +151,19 @@ def test_no_baseline_found_says_what_was_searched(branches):
     assert "mlops.pipeline=fit" in out.stderr and "--baseline NAME@ALIAS or RUN" in out.stderr
     alone = mlops("report", "pipe", "--baseline", "none", cwd=branches)
     assert alone.returncode == 0 and "no baseline" in alone.stdout and "| `fit.rows` | - | 60 | new |" in alone.stdout
+
+
+def test_a_drift_summary_from_a_serving_log(branches, tmp_path):
+    import numpy as np
+    from mlflow_seed import drift_frame, served_package
+
+    from mlops_jupyter.monitor import drift
+
+    rng = np.random.default_rng(9)
+    ref = drift.profile(drift_frame(rng, 3000), model={"run_id": "d" * 32, "name": "model"})
+    served_package(tmp_path, ref, drift_frame(rng, 1000, new_category=True))
+    out = mlops("report", "pipe", "--log", str(tmp_path / "pkg"), "--out", "drifted/report.md", cwd=branches)
+    assert out.returncode == 0, out.stderr
+    text = (branches / "drifted" / "report.md").read_text()
+    assert "### Drift of the served traffic" in text and "DRIFT in 1 of 10 columns: city (1000 rows" in text, text
+    assert re.search(r"\| `city` \| jensenshannon \| 0\.\d+ \| 0\.1 \|", text), text

@@ -71,6 +71,7 @@ class Report:
     plots: list = field(default_factory=list)  # (title, path)
     problems: list = field(default_factory=list)  # plots that could not be made, each one line
     folder: Path | None = None  # where the plots are
+    drift: dict | None = None  # a serving log's drift check: {source, summary, drifted: [(column, test, stat, limit)]}
 
     # ---- text -----------------------------------------------------------------------------------------------
     def markdown(self, images: str | None = None, embed_plots: bool = True) -> str:
@@ -97,6 +98,11 @@ class Report:
             for g in self.gates:
                 said = "; ".join(_gate(x) for x in g["gates"])
                 lines.append(f"- `{g['model']}` v{g['version']} to {g['environment']}: {said or 'no gates recorded'}")
+        if self.drift:
+            lines += ["", "### Drift of the served traffic", "", f"`{self.drift['source']}`: {self.drift['summary']}."]
+            if self.drift["drifted"]:
+                lines += [""] + _table(["column", "test", "statistic", "threshold"],
+                                       [(f"`{c}`", t, _num(x), _num(limit)) for c, t, x, limit in self.drift["drifted"]])
         if self.plots or self.problems:
             lines += ["", "### Plots", ""]
             for title, path in self.plots:
@@ -136,6 +142,10 @@ class Report:
                   [(g["model"], g["version"], g["environment"],
                     "; ".join(_gate(x) for x in g["gates"]))
                    for g in self.gates], "")
+        if self.drift:
+            table(f"Drift of the served traffic ({html.escape(self.drift['summary'])})",
+                  ["column", "test", "statistic", "threshold"],
+                  [(c, t, _num(x), _num(limit)) for c, t, x, limit in self.drift["drifted"]], "None.")
         for title, path in self.plots:
             data = base64.b64encode(Path(path).read_bytes()).decode()
             parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}"/>'
@@ -286,9 +296,10 @@ def _on_branch(settings, root: Path, branch: str, same: dict, target: Side) -> S
 
 # ---- building ----------------------------------------------------------------------------------------------
 def build(settings, target: str | None = None, baseline: str | None = None, out: os.PathLike | None = None,
-          env: str | None = None, plots: bool = True) -> Report:
+          env: str | None = None, plots: bool = True, log: str | None = None) -> Report:
     """The report of ``target`` (a pipeline folder or a run; default: the pipeline in the working directory)
-    against ``baseline``. With ``out`` (a .md path) it is written there, its plots in ``<stem>_files/`` beside it."""
+    against ``baseline``, with the drift of a serving package's traffic when ``log`` names one. With ``out`` (a .md
+    path) it is written there, its plots in ``<stem>_files/`` beside it."""
     side, same, title = _target(settings, target)
     base = None if baseline == "none" else _baseline(settings, baseline, same, side, env)
     report = Report(title, side, base)
@@ -301,6 +312,13 @@ def build(settings, target: str | None = None, baseline: str | None = None, out:
     report.data = [(k, old_d.get(k), new_d.get(k)) for k in sorted(set(old_d) | set(new_d))
                    if old_d.get(k) != new_d.get(k)] if base else []
     report.gates = _gates(settings, side, env)
+    if log:
+        from .. import monitor
+
+        found = monitor.check(settings, log)
+        report.drift = {"source": log, "summary": found.summary(),
+                        "drifted": [(c["column"], c["test"], c["statistic"], c["threshold"]) for c in found.columns
+                                    if c["drift"]]}
     if out is not None:
         out = Path(out)
         report.folder = out.with_name(out.stem + "_files")
