@@ -237,23 +237,47 @@ def http_ok(url: str) -> bool:
         return False
 
 
+AUTH_ADMIN = ("admin", "admin-pass-1234")  # the basic-auth server's first user (MLflow ships no default password)
+
+
+def password_of(user: str) -> str:
+    """The password the tests give ``user`` on a basic-auth server."""
+    return f"{user}-pass-1234"
+
+
 @contextmanager
-def mlflow_server(folder: Path, port: int | None = None):
+def mlflow_server(folder: Path, port: int | None = None, users: list | None = None):
     """A real ``mlflow server`` on loopback (its own SQLite store and artifact folder under ``folder``), in a
-    process group of its own, stopped with it. Yields its URI."""
+    process group of its own, stopped with it. Yields its URI. With ``users``, it runs MLflow's basic-auth app
+    (``--app-name basic-auth``, permissions in its own SQLite file, READ by default) and each user is created
+    through its REST API with ``password_of(user)``."""
     import sys
 
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    args = []
+    if users is not None:
+        (folder / "auth.ini").write_text(
+            f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/auth.db\n"
+            f"admin_username = {AUTH_ADMIN[0]}\nadmin_password = {AUTH_ADMIN[1]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(folder / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="tests-only")
+        args = ["--app-name", "basic-auth"]
     log = open(folder / "server.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *args,
          "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=log, stderr=log)
+        env=env, start_new_session=True, stdout=log, stderr=log)
     try:
         wait_for(lambda: http_ok(f"{uri}/health"), timeout=120, interval=0.3, what="mlflow server")
+        for user in users or []:
+            import httpx
+
+            made = httpx.post(f"{uri}/api/2.0/mlflow/users/create", auth=AUTH_ADMIN, timeout=30,
+                              json={"username": user, "password": password_of(user)})
+            assert made.status_code == 200, made.text
         yield uri
     finally:
         stop_group(proc)

@@ -12,7 +12,8 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from harness import CLEAN_VARS, finished_runs, free_port, git, make_git_project, mlflow_server, notebook
+from harness import (CLEAN_VARS, finished_runs, free_port, git, make_git_project, mlflow_server, notebook,
+                     password_of)
 
 PY = sys.executable
 DATA = ("from sklearn.datasets import load_iris\n"
@@ -25,7 +26,8 @@ EVAL = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=Tru
 
 
 def env(user: str = "alice") -> dict:
-    return {**{k: v for k, v in os.environ.items() if k not in CLEAN_VARS}, "MLFLOW_TRACKING_USERNAME": user}
+    return {**{k: v for k, v in os.environ.items() if k not in CLEAN_VARS}, "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": password_of(user)}  # MLflow's own variables: the basic-auth server reads them
 
 
 def papermill(project, nb):
@@ -51,14 +53,17 @@ def one_paragraph(text: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A project with four runs that each logged ``forest`` (a good one, a worse one, one with other inputs, one
-    from a dirty tree), evaluation data, and staging + prod servers."""
+    from a dirty tree), evaluation data, staging + prod servers, and `secure`: a basic-auth server where alice and
+    bob have MLflow's default permission (READ) on what they did not create."""
     base = tmp_path_factory.mktemp("registry")
-    with mlflow_server(base / "staging") as staging, mlflow_server(base / "prod") as prod:
+    with mlflow_server(base / "staging") as staging, mlflow_server(base / "prod") as prod, \
+            mlflow_server(base / "secure", users=["alice", "bob"]) as secure:
         root = make_git_project(base / "proj")
         (root / "pyproject.toml").write_text(
             '[project]\nname = "demo"\nversion = "0"\n\n'
             f'[tool.mlops.environments.staging]\ntracking-uri = "{staging}"\n\n'
             f'[tool.mlops.environments.prod]\ntracking-uri = "{prod}"\npromoters = ["alice"]\n\n'
+            f'[tool.mlops.environments.secure]\ntracking-uri = "{secure}"\n\n'
             f'[tool.mlops.environments.down]\ntracking-uri = "http://127.0.0.1:{free_port()}"\n\n'
             '[tool.mlops.promotion]\nmetric = "accuracy"\nmode = "max"\nevaluation-data = "eval.csv"\n')
         (root / "notes.txt").write_text("clean\n")
@@ -77,7 +82,7 @@ def world(tmp_path_factory):
         finished_runs(root, 4, timeout=120)
         for run in ("good", "worse", "narrow", "dirty"):
             mlops(root, "register", run, "--model", "iris")
-        yield {"root": root, "staging": staging, "prod": prod}
+        yield {"root": root, "staging": staging, "prod": prod, "secure": secure}
 
 
 def test_register_marks_lineage_and_lists_versions(world):
@@ -197,3 +202,29 @@ def test_the_magic_door_says_the_same(ip):
     with pytest.raises(UsageError, match="there is no environment 'qa'.*pick one with --env"):
         ip.run_line_magic("mlops", "promote iris/1 --to qa")
     assert "no rows" in repr(ip.run_line_magic("mlops", "models"))
+
+
+def test_mlflow_permissions_refuse_a_user_in_one_line_and_leave_nothing_half_done(world):
+    """On a basic-auth server MLflow's permissions decide: alice creates iris there (so she manages it); bob, with
+    the default READ, is refused, named with the environment, the model and the permission he lacks."""
+    from mlflow.tracking import MlflowClient
+
+    mlops(world["root"], "promote", "iris/1", "--to", "secure")
+    out = mlops(world["root"], "promote", "iris/1", "--to", "secure", "--force", "metric", "--reason", "b", ok=False,
+                user="bob")
+    line = one_paragraph(out.stderr)
+    assert line.startswith("mlops promote: bob may not go on promoting iris: MLflow's permissions on registered model "
+                           "iris in secure") and "it takes EDIT" in line and "Nothing was changed" in line, out.stderr
+    os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=password_of("alice"))
+    try:
+        client = MlflowClient(world["secure"])
+        versions = client.search_model_versions("name = 'iris'")
+        assert len(versions) == 1 and client.get_registered_model("iris").aliases == {"secure": "1"}
+    finally:
+        for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(var, None)
+    # a wrong password: one line too, naming the user and where credentials come from
+    out = subprocess.run([PY, "-m", "mlops_jupyter.cli", "models", "history", "iris", "--env", "secure"],
+                         cwd=world["root"], capture_output=True, text=True, timeout=600,
+                         env={**env("bob"), "MLFLOW_TRACKING_PASSWORD": "wrong"})
+    assert out.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in one_paragraph(out.stderr), out.stderr

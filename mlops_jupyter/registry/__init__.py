@@ -74,7 +74,23 @@ def _audit(action: str, env: str, **fields) -> dict:
             "t": t, "when": datetime.fromtimestamp(t / 1000, timezone.utc).isoformat(timespec="seconds"), **fields}
 
 
-def _write(settings: config.Settings, env: config.Environment, what: str, do) -> str | None:
+DENIED = {"PERMISSION_DENIED", "UNAUTHENTICATED"}  # MLflow's basic-auth app: no such permission / no such user
+
+
+def _denied(code: str, uri: str, env: str, what: str, model: str, permission: str) -> AccessDenied:
+    who = _who()
+    if code == "UNAUTHENTICATED":
+        return AccessDenied(f"the registry of {env} ({uri}) did not accept {who}'s credentials, so {what} did not "
+                            "start; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) "
+                            "to your user on that server. Nothing was changed.", user=who, environment=env,
+                            resource=model, permission=permission)
+    return AccessDenied(f"{who} may not go on {what}: MLflow's permissions on registered model {model} in {env} "
+                        f"({uri}) refuse it, and it takes {permission}; ask that server's admin or the model's manager "
+                        "to grant it. Nothing was changed.", user=who, environment=env, resource=model,
+                        permission=permission)
+
+
+def _write(settings: config.Settings, env: config.Environment, what: str, do, model: str = "") -> str | None:
     """Run ``do(recording)`` against ``env``'s registry through the one writer and wait until it is written;
     ``do`` returns the key of the version record whose number it wants back, or None."""
     from ..tracking.records import Recording
@@ -86,6 +102,9 @@ def _write(settings: config.Settings, env: config.Environment, what: str, do) ->
     if outcome.waiting:
         raise StoreUnavailable(uri=env.registry_uri, journal=outcome.journal, reason=outcome.error or "",
                                environment=env.name, what=what)
+    refused = next((code for code in rec.codes if code in DENIED), None)
+    if refused:
+        raise _denied(refused, env.registry_uri, env.name, what, model, "EDIT")
     if rec.warnings:
         raise RegistryError(f"{what} in {env.name} ({env.registry_uri}) was refused by the registry: "
                             f"{rec.warnings[0][:500]}", environment=env.name, uri=env.registry_uri)
@@ -114,10 +133,13 @@ def _version(env: config.Environment, name: str, version: str | None = None, ali
 ABSENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}  # MLflow's "no such thing"
 
 
-def _absent_or_raise(exc, uri: str) -> None:
+def _absent_or_raise(exc, uri: str, env: str = "", model: str = "") -> None:
     """A registry that said "no such model/alias" is fine to read as empty; one that did not answer is not
-    (a gate must never pass because the holder could not be read)."""
-    if getattr(exc, "error_code", None) not in ABSENT:
+    (a gate must never pass because the holder could not be read), nor one that refused the user."""
+    code = getattr(exc, "error_code", None)
+    if code in DENIED:
+        raise _denied(code, uri, env or uri, "reading it", model or "(any)", "READ") from None
+    if code not in ABSENT:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise StoreUnavailable(uri=uri, reason=first) from None
 
@@ -158,7 +180,7 @@ def register(settings: config.Settings, run: str, name: str, env: str | None = N
     audit = _audit("register", target.name, run=found.info.run_id, lineage=tags[G.LINEAGE])
     key = f"register:{found.info.run_id}:{model['model_id']}:{name}"
     source = tags.pop("mlops.source")
-    version = _write(settings, target, f"registering {name}", lambda rec: rec.register(
+    version = _write(settings, target, f"registering {name}", model=name, do=lambda rec: rec.register(
         key, name, source, run_id=found.info.run_id, model_id=model["model_id"], tags=tags, audit=audit) or key)
     return Moved("register", name, version or "?", target.name, lineage=tags[G.LINEAGE])
 
@@ -300,7 +322,7 @@ def promote(settings: config.Settings, ref: str, to: str, force: dict | None = N
         rec.alias(name, dst.name, version_key=key, audit=audit)
         return key
 
-    moved = _write(settings, dst, f"promoting {name}", move) or str(candidate.version)
+    moved = _write(settings, dst, f"promoting {name}", move, model=name) or str(candidate.version)
     return Moved("promote", name, moved or "?", dst.name, alias=dst.name,
                  previous=str(holder.version) if holder else None, gates=results)
 
@@ -351,7 +373,7 @@ def rollback(settings: config.Settings, name: str, env: str) -> Moved:
                             environment=target.name, version=current.version)
     audit = _audit("rollback", target.name, alias=target.name, previous=str(current.version), source=None, gates=[])
     _write(settings, target, f"rolling back {name}",
-           lambda rec: rec.alias(name, target.name, version=last["previous"], audit=audit))
+           lambda rec: rec.alias(name, target.name, version=last["previous"], audit=audit), model=name)
     return Moved("rollback", name, last["previous"], target.name, alias=target.name, previous=str(current.version))
 
 

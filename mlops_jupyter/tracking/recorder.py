@@ -41,7 +41,7 @@ EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # ret
 SLOW_OP_S = 3.0  # an op slower than this is reported as "store not answering"
 COMPACT_BYTES = int(os.environ.get("MLOPS_JOURNAL_COMPACT_BYTES", 8 << 20))
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
-             "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED"}
+             "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 MIME_FILES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "text/html": "html",
               "text/markdown": "md", "application/json": "json", "text/plain": "txt"}
 
@@ -191,7 +191,7 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - classify below, never die on a store error
                 if getattr(exc, "error_code", None) in PERMANENT:
                     said = str(exc) if isinstance(exc, Unwritable) else f"{type(exc).__name__}: {exc}"
-                    self.emit(event="warning", key=op.get("key"), message=said)
+                    self.emit(event="warning", key=op.get("key"), message=said, code=exc.error_code)
                     print(f"mlops recorder: skipped part of {op.get('op')}: {exc}", file=sys.stderr)
                     return True
                 self._report_down(exc)

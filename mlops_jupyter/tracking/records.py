@@ -56,6 +56,7 @@ class Recording:
         self._models: dict = {}
         self._versions: dict = {}
         self.warnings: list = []  # records the store refused for good (the recorder skipped them), in its words
+        self.codes: list = []  # the MLflow error code of each of them (PERMISSION_DENIED: a basic-auth refusal)
         self._error: str | None = None
         self._cond = threading.Condition()
         self._exited = False
@@ -78,6 +79,7 @@ class Recording:
                 self._models[f"{event['key']}/{event['name']}"] = f"models:/{event['model_id']}"
             elif kind == "warning":
                 self.warnings.append(event.get("message") or "a record was refused")
+                self.codes.append(event.get("code") or "")
             elif kind == "version":
                 self._versions[event["key"]] = event["version"]
             elif kind == "degraded":
