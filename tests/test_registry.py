@@ -141,7 +141,7 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
 
 
 @pytest.mark.parametrize("args, says", [
-    (("promote", "iris/1", "--to", "qa"), "there is no environment 'qa'; the configured ones are dev, down, prod, staging"),
+    (("promote", "iris/1", "--to", "qa"), "there is no environment 'qa'; the configured ones are dev, down, prod, secure, staging"),
     (("register", "good", "--model", "iris", "--env", "qa"), "there is no environment 'qa'"),
     (("promote", "nosuch/1", "--to", "staging"), "there is no registered model 'nosuch' in dev"),
     (("promote", "iris/99", "--to", "staging"), "iris has no version 99 in dev; its versions there are 1, 2, 3, 4"),
