@@ -1,6 +1,7 @@
 """Promotion with every gate on a 50-tree forest, against the same done by hand with MLflow; and rollback.
 
-Goal: `registry.promote` (signature, metric and lineage gates, both models re-scored on the evaluation data, the
+Goal: `registry.promote` (signature, metric, tests and lineage gates: both models re-scored on the evaluation data,
+the candidate's serving package generated and put through its own tests, the
 version copied into the staging registry, the alias moved, the audit record written through the journal) <= 1.5x
 the hand-made equivalent: the candidate's files downloaded from dev and logged into a staging run, a model version
 made from them, both models loaded and scored on the same evaluation data, the alias set. Both in this process,
@@ -77,7 +78,7 @@ def main() -> None:
             t = time.perf_counter()
             moved = registry.promote(settings, f"iris/{mine}", "staging")
             ours.append(time.perf_counter() - t)
-            assert [g["status"] for g in moved.gates] == ["passed", "passed", "passed"], moved.gates
+            assert all(g["status"] == "passed" for g in moved.gates) and len(moved.gates) == 4, moved.gates
             t = time.perf_counter()
             hand_holder = by_hand(dev, staging, "iris", theirs, hand_holder, X, y)
             hand.append(time.perf_counter() - t)

@@ -298,7 +298,7 @@ def _register(p, door):
     _env_option(p, "the environment whose registry gets the version")
 
 
-GATES = ("signature", "metric", "lineage")  # registry.gates.NAMES, named here so the doors import no engine
+GATES = ("signature", "metric", "tests", "lineage")  # registry.gates.NAMES, named here so the doors import no engine
 
 
 @verb("promote", "move an environment's alias to a model version, after the gates")

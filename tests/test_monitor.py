@@ -345,3 +345,13 @@ async def test_the_monitor_route_lists_packages_and_checks_one(jp_fetch, jp_root
     assert code == 200 and body["check"] is None and f"run {'b' * 32} is not in" in body["problem"], body
     code, body = await call(jp_fetch, "monitor", path="nb.ipynb", since="lately")
     assert code == 400 and "is not a span of time" in body["message"]
+
+
+def test_a_package_that_has_logged_nothing_yet(project):
+    rng = np.random.default_rng(6)
+    ref = drift.profile(frame(rng, 500), model={"run_id": "f" * 32, "name": "model"})
+    fake_package(project, ref, frame(rng, 10))
+    (project / "pkg" / "prediction-log" / "predictions-1.parquet").unlink()
+    out = mlops(project, "monitor", "pkg", "--report", "r.html")
+    assert out.returncode == 0 and out.stdout.startswith("no predictions logged since"), out.stdout + out.stderr
+    assert json.loads(mlops(project, "monitor", "pkg", "--json").stdout)["rows"] == 0

@@ -21,6 +21,16 @@ DATA = ("from sklearn.datasets import load_iris\n"
 FOREST = ("from sklearn.ensemble import RandomForestClassifier\n"
           "forest = RandomForestClassifier(n_estimators=20, random_state=0).fit({X}, y_train)")
 STUMP = "from sklearn.tree import DecisionTreeClassifier\nforest = DecisionTreeClassifier(max_depth=1).fit(X_train, y_train)"
+# a model whose class lives in a module beside the notebook: it scores here, but its serving package cannot load it
+HELPERS = ("from sklearn.base import BaseEstimator, ClassifierMixin\n"
+           "from sklearn.ensemble import RandomForestClassifier\n\n\n"
+           "class Wrapped(ClassifierMixin, BaseEstimator):\n"
+           "    def fit(self, X, y):\n"
+           "        self.forest_ = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)\n"
+           "        self.classes_ = self.forest_.classes_\n"
+           "        return self\n\n"
+           "    def predict(self, X):\n"
+           "        return self.forest_.predict(X)\n")
 EVAL = ("from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True, as_frame=True)\n"
         "X.assign(target=y).iloc[1::2].to_csv('eval.csv', index=False)")
 
@@ -67,20 +77,23 @@ def world(tmp_path_factory):
             f'[tool.mlops.environments.down]\ntracking-uri = "http://127.0.0.1:{free_port()}"\n\n'
             '[tool.mlops.promotion]\nmetric = "accuracy"\nmode = "max"\nevaluation-data = "eval.csv"\n')
         (root / "notes.txt").write_text("clean\n")
+        (root / "helpers.py").write_text(HELPERS)
         subprocess.run([PY, "-c", EVAL], cwd=root, check=True)
-        git(root, "add", "pyproject.toml", "notes.txt", "eval.csv")
+        git(root, "add", "pyproject.toml", "notes.txt", "eval.csv", "helpers.py")
         git(root, "commit", "-q", "-m", "config")
         cells = ["%load_ext mlops_jupyter", DATA,
                  f"%%mlops run --name good --model forest\n{FOREST.format(X='X_train')}",
                  f"%%mlops run --name worse --model forest\n{STUMP}",
-                 f"%%mlops run --name narrow --model forest\n{FOREST.format(X='X_train.iloc[:, :2]')}"]
+                 f"%%mlops run --name narrow --model forest\n{FOREST.format(X='X_train.iloc[:, :2]')}",
+                 "%%mlops run --name custom --model forest\nfrom helpers import Wrapped\n"
+                 "forest = Wrapped().fit(X_train, y_train)"]
         papermill(root, notebook(root / "m.ipynb", cells))
-        finished_runs(root, 3, timeout=120)
+        finished_runs(root, 4, timeout=120)
         (root / "notes.txt").write_text("changed, not committed\n")
         papermill(root, notebook(root / "d.ipynb", [*cells[:2], f"%%mlops run --name dirty --model forest\n"
                                                                  f"{FOREST.format(X='X_train')}"]))
-        finished_runs(root, 4, timeout=120)
-        for run in ("good", "worse", "narrow", "dirty"):
+        finished_runs(root, 5, timeout=120)
+        for run in ("good", "worse", "narrow", "dirty", "custom"):
             mlops(root, "register", run, "--model", "iris")
         yield {"root": root, "staging": staging, "prod": prod, "secure": secure}
 
@@ -103,6 +116,7 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
     root = world["root"]
     out = mlops(root, "promote", "iris/1", "--to", "staging")
     assert "signature" in out.stdout and "metric" in out.stdout and "lineage" in out.stdout, out.stdout
+    assert "passes its own tests" in out.stdout, out.stdout
     assert "@staging in staging is version 1" in out.stdout, out.stdout
     out = mlops(root, "promote", "iris@staging", "--to", "prod")
     assert "@prod in prod is version 1" in out.stdout, out.stdout
@@ -118,6 +132,9 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
     dirty = mlops(root, "promote", "iris/4", "--to", "staging", ok=False).stderr
     assert "lineage: lineage is incomplete: uncommitted changes" in one_paragraph(dirty), dirty
     assert "--force GATE --reason TEXT" in one_paragraph(dirty)
+    custom = mlops(root, "promote", "iris/5", "--to", "staging", ok=False).stderr
+    assert "tests: the serving package generated for it fails its own tests" in one_paragraph(custom), custom
+    assert "No module named 'helpers'" in one_paragraph(custom), custom
     assert "@staging -> 1" in mlops(root, "models").stdout  # nothing moved
 
     # forced, with the reason kept in the audit record
@@ -144,7 +161,7 @@ def test_dev_to_staging_to_prod_then_gates_force_history_and_rollback(world):
     (("promote", "iris/1", "--to", "qa"), "there is no environment 'qa'; the configured ones are dev, down, prod, secure, staging"),
     (("register", "good", "--model", "iris", "--env", "qa"), "there is no environment 'qa'"),
     (("promote", "nosuch/1", "--to", "staging"), "there is no registered model 'nosuch' in dev"),
-    (("promote", "iris/99", "--to", "staging"), "iris has no version 99 in dev; its versions there are 1, 2, 3, 4"),
+    (("promote", "iris/99", "--to", "staging"), "iris has no version 99 in dev; its versions there are 1, 2, 3, 4, 5"),
     (("promote", "iris", "--to", "staging"), "'iris' does not name a model version; give NAME/VERSION"),
     (("promote", "iris/1", "--to", "prod", "--force", "speed", "--reason", "x"), "there is no gate 'speed'; "
                                                                                   "the gates are signature, metric"),

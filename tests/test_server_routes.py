@@ -573,5 +573,5 @@ def test_route_names_are_the_contract():
     assert [e for e, _ in ROUTES] == ["status", "runs", "compare", "snapshots", "restore", "sweeps", "pipeline",
                                       "pipeline/validate", "pipeline/export", "pipeline/run", "pipeline/retrain", "pipeline/report",
                                       "serving", "serving/generate",
-                                      "serving/build", "models", "models/promote", "models/rollback"]
+                                      "serving/build", "models", "models/promote", "models/rollback", "monitor"]
     assert all(re.fullmatch(r"[a-z/]+", e) for e, _ in ROUTES)

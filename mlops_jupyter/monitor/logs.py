@@ -61,8 +61,10 @@ def read(folder: Path, since: datetime | None = None) -> Log:
 
     skipped: list = []
     table, files = _read_all(folder, "predictions-*.parquet", since, skipped)
-    if table is None:
-        table = pa.table({name: pa.array([], pa.string()) for name in META})
+    if table is None:  # nothing logged yet: the log's own columns, typed as predlog.py writes them
+        types = {"timestamp": pa.timestamp("us", "UTC"), "row": pa.int64(), "status": pa.int64(),
+                 "latency_ms": pa.float64()}
+        table = pa.table({name: pa.array([], types.get(name, pa.string())) for name in META})
     labels, _ = _read_all(folder, "labels-*.parquet", None, skipped)
     return Log(folder, table, files, skipped, labels)
 

@@ -19,6 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .. import config
 from ..errors import AccessDenied, GateFailed, InvalidInput, ModelNotFound, RegistryError, StoreUnavailable
@@ -39,10 +40,12 @@ class Moved:
     previous: str | None = None
     gates: list = field(default_factory=list)
     lineage: str = ""
+    tests: str = ""  # a register: its serving package's own tests, as pytest summed them up
 
     def summary(self) -> str:
         if self.action == "register":
-            return f"registered {self.name} version {self.version} in {self.env} (lineage {self.lineage})"
+            tested = f", serving package tests {self.tests}" if self.tests else ""
+            return f"registered {self.name} version {self.version} in {self.env} (lineage {self.lineage}{tested})"
         was = f" (was version {self.previous})" if self.previous else ""
         verb = "promoted" if self.action == "promote" else "rolled back"
         return f"{verb} {self.name}: @{self.alias} in {self.env} is version {self.version}{was}"
@@ -74,6 +77,7 @@ def _audit(action: str, env: str, **fields) -> dict:
             "t": t, "when": datetime.fromtimestamp(t / 1000, timezone.utc).isoformat(timespec="seconds"), **fields}
 
 
+MODEL_ID = "mlops.model_id"  # the logged model a version was made from: its copies in other registries carry it too
 DENIED = {"PERMISSION_DENIED", "UNAUTHENTICATED"}  # MLflow's basic-auth app: no such permission / no such user
 
 
@@ -182,7 +186,11 @@ def register(settings: config.Settings, run: str, name: str, env: str | None = N
     source = tags.pop("mlops.source")
     version = _write(settings, target, f"registering {name}", model=name, do=lambda rec: rec.register(
         key, name, source, run_id=found.info.run_id, model_id=model["model_id"], tags=tags, audit=audit) or key)
-    return Moved("register", name, version or "?", target.name, lineage=tags[G.LINEAGE])
+    moved = Moved("register", name, version or "?", target.name, lineage=tags[G.LINEAGE])
+    if version:  # its serving package's tests, once per model: each promotion's tests gate reuses a pass
+        ok, summary, _ = package_tests(settings.project_root, target.registry_uri, name, version, model["model_id"])
+        moved.tests = summary if ok else f"FAILED ({summary})"
+    return moved
 
 
 def _lineage_tags(uri: str, run, model: dict) -> dict:
@@ -209,8 +217,8 @@ def _lineage_tags(uri: str, run, model: dict) -> dict:
                 problems.append(f"uncommitted changes in {project['root']}")
     except ValueError:
         pass
-    out = {"mlops.run": run.info.run_id, "mlops.git.commit": tags.get("mlops.git.commit", ""),
-           "mlops.data": json.dumps(data), "mlops.metrics": json.dumps(run.data.metrics),
+    out = {"mlops.run": run.info.run_id, MODEL_ID: model["model_id"],
+           "mlops.git.commit": tags.get("mlops.git.commit", ""), "mlops.data": json.dumps(data), "mlops.metrics": json.dumps(run.data.metrics),
            G.LINEAGE: "complete" if not problems else "incomplete: " + "; ".join(problems), "mlops.source": where}
     if sig:
         out[G.SIGNATURE] = json.dumps(sig)
@@ -232,6 +240,37 @@ class _Context:
         """``version`` (the candidate, from its registry, or the holder, from the target's) scored on X, y."""
         env = self.src if version is self.candidate else self.dst
         return _metric(self.promotion.metric, y, _load(env.registry_uri, version.name, version.version).predict(X))
+
+    def package_tests(self, version) -> tuple[bool, str, list]:
+        return package_tests(self.project_root, self.src.registry_uri, version.name, str(version.version),
+                             version.tags.get(MODEL_ID) or version.source)
+
+
+def package_tests(root, registry_uri: str, name: str, version: str, key: str) -> tuple[bool, str, list]:
+    """The serving package of version ``version`` of ``name`` (in the registry at ``registry_uri``), generated afresh
+    and put through its own tests: (passed, summary, last lines). A pass is kept under ``key`` (the logged model's
+    id, which its copies in other registries carry), so registering pays it once and each promotion reuses it."""
+    import tempfile
+
+    from ..serving import generate_package
+    from ..serving import package_tests as run
+
+    cache = config.ensure_state_dir(root) / "gate-tests.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return tuple(known[key])
+    store = dataclasses.replace(config.resolve(root), tracking_uri=registry_uri)
+    with tempfile.TemporaryDirectory(prefix="mlops-gate-") as tmp:
+        result = run(generate_package(f"models:/{name}/{version}", Path(tmp) / "pkg", name=name, settings=store))
+    if result[0]:
+        known[key] = result
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    return result
 
 
 def _load(uri: str, name: str, version: str):

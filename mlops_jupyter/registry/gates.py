@@ -5,6 +5,7 @@ the user forces shows as "forced" with their reason."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,15 @@ def _metric(candidate, holder, ctx):
     return "passed", f"{where}: {new:.4g} against {old:.4g} for version {holder.version}"
 
 
+def _tests(candidate, holder, ctx):
+    ok, summary, tail = ctx.package_tests(candidate)
+    if ok:
+        return "passed", f"the serving package generated for it passes its own tests ({summary})"
+    why = next((ln.strip() for ln in reversed(tail) if re.match(r"\s*E\s+\w+(Error|Exception)", ln)), "")
+    return "failed", (f"the serving package generated for it fails its own tests ({summary})"
+                      + (f": {why.lstrip('E').strip()[:300]}" if why else ""))
+
+
 def _lineage(candidate, holder, ctx):
     state = candidate.tags.get(LINEAGE, "incomplete: never recorded")
     if state == "complete":
@@ -79,6 +89,7 @@ def _lineage(candidate, holder, ctx):
 SIGNATURE, LINEAGE = "mlops.signature", "mlops.lineage"
 GATES = [Gate("signature", "the signature matches the current alias holder's", _signature),
          Gate("metric", "the configured metric, re-scored on the evaluation data, is not worse", _metric),
+         Gate("tests", "the serving package generated for the candidate passes its own tests", _tests),
          Gate("lineage", "the run had a clean git tree and snapshotted data", _lineage)]
 NAMES = tuple(g.name for g in GATES)
 

@@ -3,7 +3,7 @@
 would be refused for, ``check_build_request``; its last image, ``package_state``) and its Kubernetes
 manifests (``write_manifests``)."""
 
-from .build import build_image, check_build_request, package_state
+from .build import build_image, check_build_request, package_state, package_tests
 from .choose import model_of_run
 from .generate import generate_package
 from .manifests import write_manifests

@@ -100,14 +100,20 @@ def default_tag(folder: Path) -> str:
     return f"{project['name']}:{project['version']}"
 
 
-def run_tests(folder: Path, on_line: Callable[[str], None] | None = None) -> str:
-    """Run the package's own tests with this Python; return pytest's summary line, raise when they fail."""
+def package_tests(folder: Path, on_line: Callable[[str], None] | None = None) -> tuple[bool, str, list[str]]:
+    """Run the package's own tests with this Python: (passed, pytest's summary line, the output's last lines)."""
     out = _stream([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"], folder, on_line)
     summary = next((ln.strip("= ") for ln in reversed(out.lines) if re.search(r"\d+ (passed|failed|error)", ln)),
                    f"pytest exited with status {out.status}")
-    if out.status != 0:
+    return out.status == 0, summary, out.tail()
+
+
+def run_tests(folder: Path, on_line: Callable[[str], None] | None = None) -> str:
+    """Run the package's own tests; return pytest's summary line, raise when they fail."""
+    ok, summary, tail = package_tests(folder, on_line)
+    if not ok:
         raise ServingError(f"the package's tests failed ({summary}), so no image was built; fix the package or "
-                           "the model, then build again.", step="tests", folder=str(folder), log=out.tail())
+                           "the model, then build again.", step="tests", folder=str(folder), log=tail)
     return summary
 
 

@@ -85,7 +85,7 @@ export function ModelsView(props: { model: MlopsModel }): JSX.Element {
     const ref = from === 'dev' ? `${name}/${version}` : `${name}@${from}`;
     const ok = await confirm(
       `Promote ${name} v${version} to ${to}?`,
-      `The gates (signature, metric, lineage) run first; @${to} moves only if every gate passes.`,
+      `The gates (signature, metric, tests, lineage) run first; @${to} moves only if every gate passes.`,
       'Promote'
     );
     if (!ok) {
