@@ -153,10 +153,16 @@ def _pipeline_run(args) -> int:
 
     # this process exits next: the recorder writes the last records on its own (`mlops runs` waits for them)
     result = pipeline.run(args.dir, params=args.param, from_step=args.from_step, force=args.force,
-                          wait_records=False, address=args.address, storage=args.storage, max_retries=args.max_retries)
+                          wait_records=args.register, address=args.address, storage=args.storage,
+                          max_retries=args.max_retries)
     for note in result.notes:
         print(f"mlops: {note}", file=sys.stderr)
     print(result.summary())
+    if args.register and result.ok:
+        from . import registry
+
+        for _step, name, run in pipeline.fitted(args.dir, result):
+            print(_render.moved_text(registry.register(config.resolve(args.dir), run, name, env=args.env)))
     return 0 if result.ok else 1
 
 

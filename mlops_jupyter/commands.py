@@ -280,6 +280,9 @@ def _pipeline_run(p, door):
                    "other, reached by every node (default: the pipeline folder)")
     p.add_argument("--max-retries", type=count, default=2, metavar="N",
                    help="with a cluster: run a step again up to N times when its node dies (default 2)")
+    p.add_argument("--register", action="store_true", help="register each model a step fitted anew (model:NAME) "
+                   "as a new version of the registered model NAME")
+    _env_option(p, "with --register: the environment whose registry gets the versions")
 
 
 @verb("pipeline status", "each step: fresh, stale (and why) or failed; and whether the export is outdated")

@@ -351,6 +351,11 @@ class MlopsMagics(Magics):
         for note in result.notes:
             print(f"mlops: {note}")
         print(f"mlops: {result.summary()}")
+        if ns.register and result.ok:
+            from . import config, registry
+
+            for _step, name, run in pipeline.fitted(ns.dir, result):
+                print(f"mlops: {_render.moved_text(registry.register(config.resolve(ns.dir), run, name, env=ns.env))}")
 
     def _pipeline_status(self, ns, _cell):
         from . import pipeline

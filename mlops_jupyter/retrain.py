@@ -123,13 +123,13 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
         raise PipelineError(f"retrain {pipe.name}: step {failed.name} failed ({failed.error}); nothing was registered. "
                             "Fix it and retrain again: the finished steps are kept.", pipeline=pipe.name,
                             step=failed.name)
-    steps = _step_runs(settings, result.mlflow_run) if result.mlflow_run else {}
+    steps = {(step, name): run for step, name, run in pipeline.fitted(folder, result)}
     for step, name in fitted:
-        if step not in out.ran:
+        if (step, name) not in steps:
             out.decisions.append(Decision(name, "unchanged", f"step {step} was fresh: no new model"))
             continue
         champion = holder(settings, name, target)
-        moved = registry.register(settings, steps[step], name, env=source.name)
+        moved = registry.register(settings, steps[(step, name)], name, env=source.name)
         decision = Decision(name, "kept", "", challenger=moved.version, champion=champion)
         found = scores(settings, name, {"challenger": (source.name, moved.version),
                                         "champion": (target, champion)}) if champion else None
@@ -146,15 +146,6 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
         out.decisions.append(decision)
     out.run_id = _record(settings, pipe, out)
     return out
-
-
-def _step_runs(settings: config.Settings, parent: str) -> dict:
-    """{step: its run id} of the pipeline run ``parent``."""
-    from . import tracking
-
-    (run,) = tracking.get_runs(settings, [parent])
-    return {c["tags"].get("mlops.step", c["run_name"]): c["run_id"]
-            for c in tracking.child_runs(settings, parent, run.info.experiment_id)}
 
 
 def _record(settings: config.Settings, pipe, out: Outcome) -> str | None:

@@ -148,3 +148,19 @@ def test_dvc_repro_writes_the_serving_package(project):
     status = subprocess.run([PY, "-m", "dvc", "status"], cwd=project / "pipe", capture_output=True, text=True,
                             env=env)
     assert "changed outs" not in status.stdout and "deleted" not in status.stdout, status.stdout
+
+
+def test_pipeline_run_register_makes_a_version_of_each_model_fitted_anew(project):
+    notebook(project / "m.ipynb", CELLS)
+    pipeline.export(project / "m.ipynb", "pipe")
+    out = subprocess.run([PY, "-m", "mlops_jupyter.cli", "pipeline", "run", "pipe", "--register"], capture_output=True,
+                         text=True, cwd=project, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "registered clf version 1 in dev (lineage " in out.stdout, out.stdout
+    assert "serving package tests 10 passed" in out.stdout, out.stdout
+    again = subprocess.run([PY, "-m", "mlops_jupyter.cli", "pipeline", "run", "pipe", "--register"],
+                           capture_output=True, text=True, cwd=project, timeout=900)
+    assert again.returncode == 0 and "registered" not in again.stdout, again.stdout  # nothing fitted anew
+    versions = client(project).search_model_versions("name = 'clf'")
+    (step,) = [r for r in all_runs(project) if r.info.run_name == "train"]
+    assert [v.run_id for v in versions] == [step.info.run_id]

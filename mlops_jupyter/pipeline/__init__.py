@@ -53,6 +53,23 @@ def run(folder, params=None, from_step=None, force=False, echo=print, wait_recor
                         max_retries=max_retries)
 
 
+def fitted(folder, result) -> list[tuple[str, str, str]]:
+    """(step, model name, the step's MLflow run) of each model:NAME a pipeline run ``result`` fitted anew (its
+    step ran)."""
+    from .. import config, tracking
+
+    pipe = load(folder)
+    ran = {s.name for s in result.steps if s.status == "ran"}
+    settings = config.resolve((Path(pipe.folder) / pipe.root).resolve())
+    runs = {}
+    if result.mlflow_run and ran:
+        (parent,) = tracking.get_runs(settings, [result.mlflow_run])
+        runs = {c["tags"].get("mlops.step", c["run_name"]): c["run_id"]
+                for c in tracking.child_runs(settings, result.mlflow_run, parent.info.experiment_id)}
+    return [(s["name"], m, runs[s["name"]]) for s in pipe.steps for m in s.get("models", [])
+            if s["name"] in ran and s["name"] in runs]
+
+
 def status(folder):
     """[(step, state, reason)] with state one of fresh / stale / failed."""
     from .state import pipeline_status
