@@ -6,7 +6,6 @@ on drift; /metrics exports drift gauges that a real Prometheus turns into a firi
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -388,8 +387,8 @@ def check(settings: config.Settings, source: str, model: str | None = None, run:
     src = source_of(source)
     log = logs.read(src.log, start)
     expected_run, expected_name, label = _expected(settings, src, model, run)
-    ref = src.reference if (expected_run is None or (src.reference or {}).get("model", {}).get("run_id")
-                            == expected_run) and src.reference else None
+    shipped = (src.reference or {}).get("model", {}).get("run_id")  # the package's own, if it is that model's
+    ref = src.reference if src.reference and expected_run in (None, shipped) else None
     served = [{"model_uri": u, "model_version": v} for u, v in _identities(log.table)]
     if ref is None:
         if expected_run is None:

@@ -598,7 +598,8 @@ class MonitorHandler(GetRoute):
         from .. import monitor
         from ..errors import InvalidInput, MlopsError
 
-        monitor.parse_span(since, "since"), monitor.parse_span(window, "window")  # 400 before any reading
+        for value, what in ((since, "since"), (window, "window")):  # a 400 before anything is read
+            monitor.parse_span(value, what)
         packages = monitor.packages(nb.parent)
         target = source or (packages[0] if packages else None)
         body = {"packages": [self.rel(p) for p in packages], "source": self.rel(target) if target else None,
