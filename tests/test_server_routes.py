@@ -438,6 +438,18 @@ async def test_export_status_run_and_one_run_per_folder(jp_fetch, proj):
     nb["cells"][2]["source"] = "total = sum(xs) + 1"
     nb_path.write_text(json.dumps(nb))
     assert (await state())["outdated"] is True
+    assert all(step["node"] is None and step["resources"] == {} for step in final["steps"])  # this machine
+
+    # a cluster address the run cannot reach: the job says so, and nothing ran
+    code, body = await call(jp_fetch, "pipeline/run", body={"path": "analysis/pipe.ipynb",
+                                                             "address": "127.0.0.1:1"})
+    assert code == 202, body
+    for _ in range(600):
+        final = await state()
+        if not final["run"]["running"]:
+            break
+        await asyncio.sleep(0.1)
+    assert final["run"]["ok"] is False and "127.0.0.1:1" in "\n".join(final["run"]["log"]), final["run"]
 
 
 async def test_export_into_a_chosen_folder_lists_the_tagged_models(jp_fetch, proj):
@@ -453,6 +465,7 @@ async def test_export_into_a_chosen_folder_lists_the_tagged_models(jp_fetch, pro
     ({"path": "analysis/pipe.ipynb", "params": {"bad key": 1}}, 400, "`params` maps parameter names"),
     ({"path": "analysis/pipe.ipynb", "params": {"n": [1]}}, 400, "`params` maps parameter names"),
     ({"path": "analysis/pipe.ipynb", "params": [1]}, 400, "`params` must be a dict"),
+    ({"path": "analysis/pipe.ipynb", "address": 6379}, 400, "`address` must be a string"),
     ({"path": "analysis/pipe.ipynb", "out": "analysis/nowhere"}, 404, "not an exported pipeline"),
 ])
 async def test_bad_pipeline_run_requests(jp_fetch, body, status, words):

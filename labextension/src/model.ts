@@ -194,8 +194,13 @@ export class MlopsModel {
     return postAPI('pipeline/export', { path: this.need(), out });
   }
 
-  runPipeline(out: string, force: boolean): Promise<{ folder: string; started: number }> {
-    return postAPI('pipeline/run', { path: this.need(), out, force });
+  /** `address`: run the steps as Ray tasks on that cluster (ray://head:10001, host:6379 or auto). */
+  runPipeline(out: string, force: boolean, address = ''): Promise<{ folder: string; started: number }> {
+    const body: Record<string, unknown> = { path: this.need(), out, force };
+    if (address.trim()) {
+      body.address = address.trim();
+    }
+    return postAPI('pipeline/run', body);
   }
 
   retrainPipeline(out: string): Promise<{ folder: string; started: number }> {

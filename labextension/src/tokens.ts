@@ -128,7 +128,16 @@ export interface IPipeline {
   exported: boolean;
   outdated: boolean;
   /** `notebook`: the step's latest executed notebook, relative to the server root (null: never executed). */
-  steps: { name: string; state: StepState; reason: string; notebook?: string | null }[];
+  steps: {
+    name: string;
+    state: StepState;
+    reason: string;
+    notebook?: string | null;
+    /** The Ray node its latest run went to (with --address), null on this machine. */
+    node?: { id: string; ip: string; gpus?: string[] | string | null } | null;
+    /** What its tags ask for: gpu, cpu, memory. */
+    resources?: Record<string, string | number>;
+  }[];
   models: { name: string; step: string }[];
   /** pipeline.svg: the step DAG, coloured by state (redrawn live while a run goes); absent before the export. */
   picture?: string | null;

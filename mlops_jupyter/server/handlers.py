@@ -312,8 +312,10 @@ class PipelineHandler(PipelineMixin, GetRoute):
         from ..pipeline.state import State
 
         known = State(folder).steps
+        asks = {s["name"]: s.get("resources") or {} for s in pipe.steps}
         out["steps"] = [{"name": name, "state": "never" if why == "never run" else state, "reason": why,
-                         "notebook": self._executed(known.get(name, {})), "node": _ran_on(known.get(name, {}))}
+                         "notebook": self._executed(known.get(name, {})), "node": _ran_on(known.get(name, {})),
+                         "resources": asks.get(name, {})}
                         for name, state, why in pipeline.status(folder)]
         out["models"] = _models(pipe.steps)
         if out["models"]:
@@ -358,7 +360,7 @@ class PipelineRunHandler(PipelineMixin, PostRoute):
     status = 202
 
     def read(self):
-        body = self.body(path=str, out=str, params=dict, force=bool, **{"from": str})
+        body = self.body(path=str, out=str, params=dict, force=bool, address=str, **{"from": str})
         nb = self.notebook_path(body.get("path"))
         for key, value in (body.get("params") or {}).items():
             if not re.fullmatch(r"[A-Za-z_]\w*", key) or not isinstance(value, (str, int, float, bool)):
@@ -372,7 +374,8 @@ class PipelineRunHandler(PipelineMixin, PostRoute):
         jobs: Jobs = self.settings["mlops_jobs"]
         pipeline.load(folder)  # not exported: a clear 404
         pairs = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (body.get("params") or {}).items()]
-        cmd = pipeline_command(folder, pairs, bool(body.get("force")), body.get("from"))
+        cmd = pipeline_command(folder, pairs, bool(body.get("force")), body.get("from"),
+                               (body.get("address") or "").strip() or None)
         # the folder's own lock covers runs started from a terminal too
         started = None if pipeline.running(folder) else jobs.start("pipeline", folder, cmd, self.project(nb))
         if started is None:

@@ -24,8 +24,11 @@ LOG_LINES = 40  # lines of a job's output the GET routes show
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour and cursor codes: text in a browser, not a terminal
 
 
-def pipeline_command(folder: Path, params: list, force: bool, from_step: str | None) -> list[str]:
+def pipeline_command(folder: Path, params: list, force: bool, from_step: str | None,
+                     address: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "mlops_jupyter.cli", "pipeline", "run", str(folder)]
+    if address:  # the steps as Ray tasks on that cluster
+        cmd += ["--address", address]
     for pair in params:
         cmd += ["-p", pair]
     if force:

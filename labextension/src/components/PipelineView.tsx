@@ -159,6 +159,33 @@ function RetrainSection(props: {
   );
 }
 
+/** Where a step's latest run went (its Ray node and GPUs) and what its tags ask for. */
+function StepPlace(props: { step: IPipeline['steps'][number] }): JSX.Element | null {
+  const { node, resources } = props.step;
+  const asks = Object.entries(resources ?? {})
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ');
+  if (!node && !asks) {
+    return null;
+  }
+  const gpus = node?.gpus ? ` · GPU ${Array.isArray(node.gpus) ? node.gpus.join(',') : node.gpus}` : '';
+  return (
+    <span className="mlops-step-place">
+      {asks && (
+        <span className="mlops-chip" title="what the step's resources tags ask for">
+          {asks}
+        </span>
+      )}
+      {node && (
+        <span className="mlops-chip" data-testid="mlops-step-node" title={`Ray node ${node.id}`}>
+          on {node.ip}
+          {gpus}
+        </span>
+      )}
+    </span>
+  );
+}
+
 function PipelineSection(props: {
   model: MlopsModel;
   onOpen: (path: string) => void;
@@ -166,6 +193,7 @@ function PipelineSection(props: {
 }): JSX.Element {
   const { model } = props;
   const { out, setOut, folder, commit } = useOutFolder(model, 'pipeline');
+  const [address, setAddress] = React.useState('');
   const { busy, failure, run } = useAction();
   const { data, error, reload } = usePolled(
     () => model.pipeline(folder),
@@ -191,6 +219,13 @@ function PipelineSection(props: {
         )}
       </div>
       <Field label="out" testid="mlops-pipeline-out" value={out} onChange={setOut} onCommit={commit} />
+      <Field
+        label="cluster"
+        testid="mlops-pipeline-address"
+        placeholder="this machine (or ray://head:10001, auto)"
+        value={address}
+        onChange={setAddress}
+      />
       <div className="mlops-actions">
         <button
           type="button"
@@ -207,7 +242,7 @@ function PipelineSection(props: {
           data-testid="mlops-pipeline-run"
           disabled={!!busy || running || !data?.exported}
           title={data?.exported ? 'mlops pipeline run: only what changed' : 'Export first'}
-          onClick={() => void act('run', () => model.runPipeline(folder, false))}
+          onClick={() => void act('run', () => model.runPipeline(folder, false, address))}
         >
           {running ? 'running…' : 'Run'}
         </button>
@@ -216,7 +251,7 @@ function PipelineSection(props: {
           className="mlops-button"
           disabled={!!busy || running || !data?.exported}
           title="Run every step, fresh or not (--force)"
-          onClick={() => void act('run', () => model.runPipeline(folder, true))}
+          onClick={() => void act('run', () => model.runPipeline(folder, true, address))}
         >
           Run all
         </button>
@@ -243,6 +278,7 @@ function PipelineSection(props: {
               {step.reason && step.state !== 'never' && (
                 <span className="mlops-muted mlops-step-reason">{step.reason}</span>
               )}
+              <StepPlace step={step} />
             </li>
           ))}
         </ol>
