@@ -237,6 +237,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
+SERVERS: dict = {}  # uri -> the process of a running mlflow_server, for a test that kills one
 AUTH_ADMIN = ("admin", "admin-pass-1234")  # the basic-auth server's first user (MLflow ships no default password)
 
 
@@ -272,6 +273,7 @@ def mlflow_server(folder: Path, port: int | None = None, users: list | None = No
         env=env, start_new_session=True, stdout=log, stderr=log)
     try:
         wait_for(lambda: http_ok(f"{uri}/health"), timeout=120, interval=0.3, what="mlflow server")
+        SERVERS[uri] = proc
         for user in users or []:
             import httpx
 
@@ -280,6 +282,7 @@ def mlflow_server(folder: Path, port: int | None = None, users: list | None = No
             assert made.status_code == 200, made.text
         yield uri
     finally:
+        SERVERS.pop(uri, None)
         stop_group(proc)
         log.close()
 

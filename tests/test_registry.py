@@ -12,8 +12,8 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from harness import (CLEAN_VARS, finished_runs, free_port, git, make_git_project, mlflow_server, notebook,
-                     password_of)
+from harness import (CLEAN_VARS, SERVERS, finished_runs, free_port, git, make_git_project, mlflow_server, notebook,
+                     password_of, wait_for)
 
 PY = sys.executable
 DATA = ("from sklearn.datasets import load_iris\n"
@@ -245,3 +245,42 @@ def test_mlflow_permissions_refuse_a_user_in_one_line_and_leave_nothing_half_don
                          cwd=world["root"], capture_output=True, text=True, timeout=600,
                          env={**env("bob"), "MLFLOW_TRACKING_PASSWORD": "wrong"})
     assert out.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in one_paragraph(out.stderr), out.stderr
+
+
+def test_a_registry_stopped_mid_promotion_is_finished_by_the_next_use(world, tmp_path):
+    """The target's server dies while the version is being copied into it: the promotion says where its records
+    wait; once the server is back, the next use of mlops-jupyter finishes it: one copy, its audit record, the alias."""
+    import signal
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    root, port, folder = world["root"], free_port(), tmp_path / "flaky"
+    with (root / "pyproject.toml").open("a") as toml:
+        toml.write(f'\n[tool.mlops.environments.flaky]\ntracking-uri = "http://127.0.0.1:{port}"\n')
+
+    def copying() -> bool:  # the run that will hold the copied files exists: the copy has begun
+        try:
+            with sqlite3.connect(folder / "server.db") as db:
+                return bool(db.execute("SELECT count(*) FROM runs WHERE name LIKE 'iris v%'").fetchone()[0])
+        except sqlite3.Error:
+            return False
+
+    with mlflow_server(folder, port=port) as uri:
+        promote = subprocess.Popen([PY, "-m", "mlops_jupyter.cli", "promote", "iris/1", "--to", "flaky"], cwd=root,
+                                   env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(copying, timeout=300, interval=0.01, what="the copy into flaky to begin")
+        os.killpg(SERVERS[uri].pid, signal.SIGKILL)
+        out, err = promote.communicate(timeout=300)
+    assert promote.returncode == 2 and "is not answering" in err and "the records wait in" in err, out + err
+    with mlflow_server(folder, port=port) as uri:
+        client = MlflowClient(uri)
+        held = client.get_registered_model("iris").aliases if client.search_registered_models() else {}
+        assert "flaky" not in held  # no alias went anywhere while its copy and record were unfinished
+        mlops(root, "models")  # the next use takes up the records the promotion left
+        wait_for(lambda: client.get_registered_model("iris").aliases.get("flaky"), timeout=120,
+                 what="the journal to finish the promotion")
+        (version,) = client.search_model_versions("name = 'iris'")
+        assert client.get_registered_model("iris").aliases == {"flaky": version.version}
+        audits = [k for k in version.tags if k.startswith("mlops.audit")]
+        assert len(audits) == 1, version.tags

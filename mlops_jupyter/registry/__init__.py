@@ -57,6 +57,14 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _take_up(settings: config.Settings) -> None:
+    """Registry moves a process left in its journal when it died or gave up (a registry that stopped answering
+    mid-promotion) are finished now, in the background, by any look at the registries."""
+    from ..tracking.journal import finish_orphans_once
+
+    finish_orphans_once(settings.state_dir)
+
+
 def _who() -> str:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
@@ -428,6 +436,7 @@ def parse_time(text: str) -> datetime:
 def history(settings: config.Settings, name: str, env: str | None = None, at: datetime | None = None) -> dict:
     """{"records": the audit records up to ``at`` (all when None), "holders": {env: version holding its alias
     at ``at`` (now when None)}, "unreachable": environments that did not answer}."""
+    _take_up(settings)
     found, silent = _records(settings, name, env)
     if at is not None:
         found = [r for r in found if r["t"] <= at.timestamp() * 1000]
@@ -443,6 +452,7 @@ def models(settings: config.Settings) -> list[dict]:
     environment that does not answer is listed with ``error``."""
     from ..tracking.query import store_ready
 
+    _take_up(settings)
     out = []
     for env in config.environments(settings).values():
         if env.registry_uri.startswith("sqlite:") and not store_ready(env.registry_uri):
