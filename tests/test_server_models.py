@@ -50,7 +50,7 @@ async def test_promote_shows_gates_then_rollback_and_history(jp_fetch):
     code, moved = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/1", "to": "staging"})
     assert code == 200 and "@staging in staging is version 1" in moved["summary"], moved
     assert {g["gate"]: g["status"] for g in moved["gates"]} == {"signature": "passed", "metric": "skipped",
-                                                                "lineage": "passed"}
+                                                                "tests": "passed", "lineage": "passed"}
     code, moved = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/2", "to": "staging"})
     assert code == 200 and "was version 1" in moved["summary"], moved
     code, again = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris@staging", "to": "staging"})
