@@ -93,7 +93,7 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
     nothing unless it drifted."""
     from . import data as snapshots
     from . import pipeline, registry
-    from .registry.lookup import holder, scores
+    from .registry.lookup import holder
 
     pipe = pipeline.load(folder)
     fitted = [(s["name"], m) for s in pipe.steps for m in s.get("models", [])]
@@ -131,9 +131,6 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
         champion = holder(settings, name, target)
         moved = registry.register(settings, steps[(step, name)], name, env=source.name)
         decision = Decision(name, "kept", "", challenger=moved.version, champion=champion)
-        found = scores(settings, name, {"challenger": (source.name, moved.version),
-                                        "champion": (target, champion)}) if champion else None
-        decision.scores = {k: v for k, v in (found or {}).items() if k != "data_md5"}
         try:
             promoted = registry.promote(settings, f"{name}/{moved.version}", target, env=source.name)
         except GateFailed as exc:
@@ -143,6 +140,8 @@ def retrain(settings: config.Settings, folder: os.PathLike, data: list | None = 
         else:
             decision.decision, decision.gates = "promoted", promoted.gates
             decision.reason = f"@{target} is version {promoted.version}" + (f" (was {champion})" if champion else "")
+        # both models as the metric gate scored them, on the same evaluation data (none without a champion)
+        decision.scores = next((g["scores"] for g in decision.gates if g.get("scores")), {})
         out.decisions.append(decision)
     out.run_id = _record(settings, pipe, out)
     return out

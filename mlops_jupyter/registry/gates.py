@@ -1,5 +1,5 @@
 """Promotion gates as data: each is a name and one function ``check(candidate, holder, ctx) -> (status,
-detail)``, run in order before anything is written. ``status`` is "passed", "failed" or "skipped"; a gate
+detail[, what it measured])``, run in order before anything is written. ``status`` is "passed", "failed" or "skipped"; a gate
 the user forces shows as "forced" with their reason."""
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ def _metric(candidate, holder, ctx):
         return "failed", f"the models could not both be scored on {conf.evaluation_data}: {first}"
     better = new - old if conf.mode == "max" else old - new
     where = f"{conf.metric} on {conf.evaluation_data} (md5 {md5[:8]})"
+    scores = {"scores": {"metric": conf.metric, "challenger": new, "champion": old}}  # kept with the result
     if better < conf.min_delta - 1e-12:
         return "failed", (f"{where} is {new:.4g} against {old:.4g} for version {holder.version}, worse than "
-                          f"allowed (min-delta {conf.min_delta:g}, mode {conf.mode})")
-    return "passed", f"{where}: {new:.4g} against {old:.4g} for version {holder.version}"
+                          f"allowed (min-delta {conf.min_delta:g}, mode {conf.mode})"), scores
+    return "passed", f"{where}: {new:.4g} against {old:.4g} for version {holder.version}", scores
 
 
 def _tests(candidate, holder, ctx):
@@ -116,6 +117,6 @@ def run(candidate, holder, ctx, forced: dict) -> list[dict]:
         if gate.name in forced:
             out.append({"gate": gate.name, "status": "forced", "detail": f"forced: {forced[gate.name]}"})
             continue
-        status, detail = gate.check(candidate, holder, ctx)
-        out.append({"gate": gate.name, "status": status, "detail": detail})
+        status, detail, *extra = gate.check(candidate, holder, ctx)  # extra: what the gate measured, e.g. scores
+        out.append({"gate": gate.name, "status": status, "detail": detail, **(extra[0] if extra else {})})
     return out

@@ -63,26 +63,6 @@ def movable(settings: config.Settings) -> dict:
     return {name: not env.promoters or who in env.promoters for name, env in config.environments(settings).items()}
 
 
-def scores(settings: config.Settings, name: str, versions: dict) -> dict | None:
-    """The configured promotion metric (``[tool.mlops.promotion]``) of each of ``versions`` ({role: (environment,
-    version)}, a version None left out) on the evaluation data: {"metric", "data_md5", role: score, ...}; None
-    when no metric or evaluation data is configured."""
-    from . import _load, _metric
-    from .gates import evaluation_frame
-
-    conf = config.promotion(settings)
-    if not conf.metric or not conf.evaluation_data:
-        return None
-    frame, md5 = evaluation_frame(settings.project_root, conf.evaluation_data)
-    X, y = frame.drop(columns=[conf.target]), frame[conf.target]
-    envs = config.environments(settings)
-    out = {"metric": conf.metric, "data_md5": md5}
-    for role, (env, version) in versions.items():
-        if version is not None:
-            out[role] = _metric(conf.metric, y, _load(envs[env].registry_uri, name, str(version)).predict(X))
-    return out
-
-
 def holder(settings: config.Settings, name: str, env: str) -> str | None:
     """The version ``env``'s alias of ``name`` points at, or None (no model, no alias yet)."""
     from . import _version
