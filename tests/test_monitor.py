@@ -354,3 +354,18 @@ def test_a_package_that_has_logged_nothing_yet(project):
     out = mlops(project, "monitor", "pkg", "--report", "r.html")
     assert out.returncode == 0 and out.stdout.startswith("no predictions logged since"), out.stdout + out.stderr
     assert json.loads(mlops(project, "monitor", "pkg", "--json").stdout)["rows"] == 0
+
+
+def test_the_gauges_read_only_the_newest_rows(tmp_path):
+    """Inside a busy server the drift gauges read the newest files up to a row count, not the whole window."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlops_jupyter.monitor import logs
+
+    for i in range(3):
+        pq.write_table(pa.table({"timestamp": pa.array([i] * 10, pa.int64()).cast(pa.timestamp("us", "UTC")),
+                                 "status": [200] * 10, "x": [float(i)] * 10}), tmp_path / f"predictions-{i}.parquet")
+    newest = logs.read(tmp_path, newest=15, labels=False)
+    assert newest.table["x"].to_pylist() == [1.0] * 10 + [2.0] * 10 and newest.labels is None
+    assert logs.read(tmp_path).rows == 30

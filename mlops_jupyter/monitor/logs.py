@@ -28,13 +28,17 @@ class Log:
         return self.table.num_rows
 
 
-def _read_all(folder: Path, pattern: str, since: datetime | None, skipped: list) -> tuple[object, int]:
+def _read_all(folder: Path, pattern: str, since: datetime | None, skipped: list,
+              newest: int | None = None) -> tuple[object, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    tables, count = [], 0
-    for path in sorted(folder.glob(pattern)):
+    tables, count, rows = [], 0, 0
+    paths = sorted(folder.glob(pattern))  # names begin with the time a file was opened
+    for path in reversed(paths) if newest else paths:
+        if newest and rows >= newest:
+            break
         try:
             if since is not None and path.stat().st_mtime < since.timestamp():
                 continue  # closed before ``since``: every row in it is older
@@ -50,23 +54,27 @@ def _read_all(folder: Path, pattern: str, since: datetime | None, skipped: list)
             table = table.filter(pc.greater_equal(table["timestamp"], pa.scalar(since, table["timestamp"].type)))
         if table.num_rows:
             tables.append(table)
+            rows += table.num_rows
     if not tables:
         return None, count
+    if newest:
+        tables.reverse()
     return pa.concat_tables(tables, promote_options="permissive"), count
 
 
-def read(folder: Path, since: datetime | None = None) -> Log:
-    """The log's rows (answered requests and refusals) at or after ``since`` (UTC), every readable file."""
+def read(folder: Path, since: datetime | None = None, newest: int | None = None, labels: bool = True) -> Log:
+    """The log's rows (answered requests and refusals) at or after ``since`` (UTC), every readable file; with
+    ``newest``, only the newest files that hold that many rows (a busy server logs millions an hour)."""
     import pyarrow as pa
 
     skipped: list = []
-    table, files = _read_all(folder, "predictions-*.parquet", since, skipped)
+    table, files = _read_all(folder, "predictions-*.parquet", since, skipped, newest)
     if table is None:  # nothing logged yet: the log's own columns, typed as predlog.py writes them
         types = {"timestamp": pa.timestamp("us", "UTC"), "row": pa.int64(), "status": pa.int64(),
                  "latency_ms": pa.float64()}
         table = pa.table({name: pa.array([], types.get(name, pa.string())) for name in META})
-    labels, _ = _read_all(folder, "labels-*.parquet", None, skipped)
-    return Log(folder, table, files, skipped, labels)
+    found, _ = _read_all(folder, "labels-*.parquet", None, skipped) if labels else (None, 0)
+    return Log(folder, table, files, skipped, found)
 
 
 def answered(table):

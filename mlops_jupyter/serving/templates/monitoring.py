@@ -2,8 +2,8 @@
 profile (reference.json, built from the training data), recomputed in the background.
 
 Every SERVE_DRIFT_EVERY_S seconds (default 60) the rows logged in the last SERVE_DRIFT_WINDOW_S seconds (default
-3600) are compared with the reference by the same code as `mlops monitor` (drift.py, logs.py), and /metrics
-exports each column's score (1 = its calibrated threshold), the rows it rests on and the prediction's
+3600; at most the newest SERVE_DRIFT_MAX_ROWS, default 100,000) are compared with the reference by the same
+code as `mlops monitor` (drift.py, logs.py), and /metrics exports each column's score (1 = its calibrated threshold), the rows it rests on and the prediction's
 distribution. With several workers one computes (whoever holds the log folder's lock file); `mlops monitor
 rules` writes the matching Prometheus alert rules.
 """
@@ -29,6 +29,7 @@ class DriftWatch:
         self.folder, self.reference, self.publish = Path(folder), reference, publish
         self.every = float(os.environ.get("SERVE_DRIFT_EVERY_S", "60"))
         self.window = float(os.environ.get("SERVE_DRIFT_WINDOW_S", "3600"))
+        self.max_rows = int(os.environ.get("SERVE_DRIFT_MAX_ROWS", "100000"))
         self._stop = threading.Event()
         self._lock_fh = None
         self._thread: threading.Thread | None = None
@@ -69,7 +70,9 @@ class DriftWatch:
         import numpy as np
 
         since = (now or datetime.now(timezone.utc)) - timedelta(seconds=self.window)
-        table = logs.answered(logs.read(self.folder, since).table)
+        # the newest rows suffice (thresholds follow the row count): a busy server logs millions an hour, and
+        # this runs inside it
+        table = logs.answered(logs.read(self.folder, since, newest=self.max_rows, labels=False).table)
         current = logs.current(self.reference["columns"], table)
         columns = drift.compare(self.reference, current) if table.num_rows else []
         shares = {}
