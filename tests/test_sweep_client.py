@@ -1,6 +1,7 @@
 """%%mlops sweep through Ray Client (`--address ray://host:port`) on a head started with `ray start`."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +32,10 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
     temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # Ray's socket paths must stay short
     gcs, client = free_port(), free_port()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60's CLI clusters use token auth; clients must too
+    # Ray 2.60's CLI clusters use token auth, and clients must too: this head's own token, so the test needs
+    # no ~/.ray/auth_token left by an earlier Ray
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     subprocess.run([ray, "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
                     "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
                     f"--temp-dir={temp}", "--disable-usage-stats"],

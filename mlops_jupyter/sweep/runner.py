@@ -107,6 +107,7 @@ def _finite(value) -> bool:
 
 # ---- Ray --------------------------------------------------------------------------------------
 _connected: str | None = None  # the address this kernel connected to (None: Ray started here)
+CLIENT_ATTEMPTS = 3  # Ray Client connections whose server the head failed to start
 
 
 def connect(address: str | None) -> None:
@@ -134,6 +135,21 @@ def connect(address: str | None) -> None:
 def init_ray(address: str | None) -> str | None:
     """``ray.init`` for ``address`` (None: a Ray instance on this machine; ray://: Ray Client, which ships this
     package to the cluster's workers); returns None, or one line saying why Ray could not be reached."""
+    for attempt in range(CLIENT_ATTEMPTS):
+        reason = _init_ray_once(address)
+        # a busy head can fail to bring up the server it starts for each Ray Client connection in time
+        # (Ray's proxier gives it 30 s): that is worth another try, a wrong address or a refusal is not
+        if not (reason and address and address.startswith("ray://") and any(
+                cue in reason for cue in ("Starting Ray client server failed", "Proxy failed to Connect"))):
+            return reason
+        import ray
+
+        ray.shutdown()
+        time.sleep(1 + attempt)
+    return reason
+
+
+def _init_ray_once(address: str | None) -> str | None:
     import ray
 
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
