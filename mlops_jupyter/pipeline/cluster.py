@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -107,10 +108,67 @@ def _local_copy(job: dict, work: Path) -> Path:
     return path
 
 
-def _warm() -> None:
-    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's next step,
-    has papermill (nbclient, jupyter_client) imported already."""
+# A kernel this worker process started for its next step: (what it was started for, its manager). Ray hands a
+# node's next task to the worker that went idle last, which is the one that just ran a step (or warmed up), so
+# the step that follows finds its kernel started, as the local runner's steps do.
+_parked: list = []
+
+
+def _fit(kernel: str, root: str) -> tuple:
+    """What a parked kernel must match: the kernel, the project, and this task's environment (Ray sets some
+    variables per task, CUDA_VISIBLE_DEVICES among them, and a kernel keeps the environment it started with)."""
+    return kernel, root, tuple(sorted(os.environ.items()))
+
+
+def _park(kernel: str, root: str) -> None:
+    """Start a kernel (no wait: it gets ready while the worker idles) for this worker's next step."""
+    from jupyter_core.utils import run_sync
+
+    from .kernels import Kernels
+
+    _unpark()
+    km = Kernels(kernel, Path(root)).manager()
+    try:
+        run_sync(km.start_kernel)(cwd=root, stderr=subprocess.DEVNULL)
+    except Exception:  # noqa: BLE001 - only a head start: the step starts its own kernel and reports errors
+        return
+    _parked.append((_fit(kernel, root), km))
+
+
+def _take(kernel: str, root: str):
+    """The parked kernel, if it suits this step and still runs; else None (and it is stopped)."""
+    from jupyter_core.utils import run_sync
+
+    if _parked and _parked[0][0] == _fit(kernel, root):
+        km = _parked.pop()[1]
+        try:
+            if run_sync(km.is_alive)():
+                return km
+        except Exception:  # noqa: BLE001 - gone: the step starts its own
+            pass
+    _unpark()
+    return None
+
+
+def _unpark() -> None:
+    from jupyter_core.utils import run_sync
+
+    while _parked:
+        try:
+            run_sync(_parked.pop()[1].shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _warm(kernel: str, root: str) -> None:
+    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's first step,
+    has papermill (nbclient, jupyter_client) imported and a kernel started."""
     import papermill  # noqa: F401
+    import ray
+
+    os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
+    if os.path.isdir(root):
+        _park(kernel, root)
 
 
 def run_step(job: dict) -> dict:
@@ -138,8 +196,8 @@ def run_step(job: dict) -> dict:
             src, base = folder / job["notebook"], folder
         (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
         pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
-                            cwd=job["root"], progress_bar=False, log_output=False,
-                            request_save_on_cell_execute=False, start_timeout=120)
+                            km=_take(job["kernel"], job["root"]), cwd=job["root"], progress_bar=False,
+                            log_output=False, request_save_on_cell_execute=False, start_timeout=120)
     except PapermillExecutionError as exc:
         reply["error"] = {k: getattr(exc, k) for k in ("cell_index", "exec_count", "source", "ename", "evalue",
                                                        "traceback")}
@@ -150,6 +208,8 @@ def run_step(job: dict) -> dict:
             for rel in _outputs(job["step"], job["out"]):
                 put(work / rel, job["storage"], rel)
             shutil.rmtree(work, ignore_errors=True)
+    if not ray.get_gpu_ids():  # a GPU task's worker is not reused (Ray's max_calls=1 for them)
+        _park(job["kernel"], job["root"])
     return reply
 
 
@@ -229,7 +289,8 @@ class RayRunner(_Runner):
 
             warm = ray.remote(num_cpus=0)(_warm)
             for node in nodes:
-                warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote()
+                warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote(
+                    self.pipe.kernel, str(self.root))
 
     def _check(self, nodes: list, describe) -> None:
         """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
