@@ -203,6 +203,37 @@ def test_a_step_whose_node_dies_is_retried_on_another(project, cluster):
                 cluster.remove_node(node)
 
 
+def test_a_step_whose_only_fitting_node_is_gone_fails_after_the_wait(project, cluster, monkeypatch):
+    # the one 3-CPU node goes while prep runs: the slow step, which only it could take, must not wait for ever
+    nb = notebook(project / "strand.ipynb", [
+        ("import time\nopen('prep.started', 'w').close()\ntime.sleep(4)\nx = 1", ["step:prep"]),
+        ("y = x + 1", ["step:slow", "after:prep", "resources:cpu=3"]),
+    ])
+    pipeline.export(nb, "pipe")
+    monkeypatch.setenv("MLOPS_RAY_NODE_WAIT_S", "oops")
+    with pytest.raises(InvalidInput, match="MLOPS_RAY_NODE_WAIT_S='oops' is not a number of seconds"):
+        pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
+    monkeypatch.setenv("MLOPS_RAY_NODE_WAIT_S", "3")
+    lonely = cluster.add_node(num_cpus=3, object_store_memory=80 * MB)
+    box = {}
+    runner = threading.Thread(target=lambda: box.update(result=pipeline.run("pipe", address=cluster.address,
+                                                                             echo=lambda s: None)), daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: (project / "prep.started").exists(), timeout=120, what="prep to start")
+        cluster.remove_node(lonely, allow_graceful=False)
+        runner.join(120)
+        assert not runner.is_alive(), "the stranded step is still waiting"
+        slow = {s.name: s for s in box["result"].steps}["slow"]
+        assert slow.status == "failed" and "asks for 3 CPU, and no node of the Ray cluster" in slow.error
+        assert "for 3 s" in slow.error and "MLOPS_RAY_NODE_WAIT_S" in slow.error
+        assert step_runs(project, box["result"].mlflow_run)["slow"].info.status == "FAILED"
+    finally:
+        runner.join(120)
+        if lonely in cluster.worker_nodes:
+            cluster.remove_node(lonely)
+
+
 def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluster):
     import os
     import signal

@@ -20,12 +20,16 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from ..errors import InvalidInput, PipelineError
 from .execute import _first_line, _Runner
 
 CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long cancelled steps get to stop their kernels before being killed
+# how long a step waits once no node of the cluster can take it any more (its node died), and how often that
+# is looked at
+WAIT_ENV, WAIT_S, NODE_POLL_S = "MLOPS_RAY_NODE_WAIT_S", 300.0, 2.0
 
 
 def resolve_address(address: str | None, root: Path) -> str | None:
@@ -49,6 +53,18 @@ def _storage(storage: str | None, folder: Path) -> str | None:
         return storage.rstrip("/")
     path = Path(storage).resolve()
     return None if path == folder.resolve() else str(path)
+
+
+def _wait_s() -> float:
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else WAIT_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise InvalidInput(f"{WAIT_ENV}={raw!r} is not a number of seconds; give how long a step may wait for a node "
+                           f"that can take it, e.g. {WAIT_S:g} (the default), or unset it.", what=WAIT_ENV, value=raw)
+    return value
 
 
 # ---- the hand-off through storage (fsspec) ---------------------------------------------------------
@@ -229,6 +245,17 @@ def _probe(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+def _fits(asks: dict) -> bool:
+    """Whether a live node of the cluster has ``asks`` (in total: a busy node will free them)."""
+    import ray
+
+    return any(all(n["Resources"].get(k, 0) >= v for k, v in asks.items()) for n in ray.nodes() if n.get("Alive"))
+
+
+def _wanted(asks: dict) -> str:
+    return ", ".join(f"{v / 2**30:.3g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in asks.items())
+
+
 def _asks(spec: dict) -> dict:
     """A step's resources as Ray names them: a CPU unless it says otherwise, GPUs and memory when tagged."""
     res = spec.get("resources", {})
@@ -249,6 +276,7 @@ class RayRunner(_Runner):
         # as many steps at once as the DAG allows: the cluster's resources decide how many run
         super().__init__(pipe, params, forced, echo, max(1, len(pipe.steps)), on_step)
         self.address, self.max_retries = address, max_retries
+        self.wait_s = _wait_s()
         self.storage = _storage(storage, pipe.folder)
         self.refs: dict = {}  # step -> its task while it runs
         self.remote = None  # run_step as a Ray remote function, once connected
@@ -294,19 +322,40 @@ class RayRunner(_Runner):
 
     def _check(self, nodes: list, describe) -> None:
         """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
-        import ray
-
-        alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         for spec in self.pipe.steps:
             asks = _asks(spec)
-            if spec["name"] not in self.likely or any(all(r.get(k, 0) >= v for k, v in asks.items()) for r in alive):
+            if spec["name"] not in self.likely or _fits(asks):
                 continue
-            wanted = ", ".join(f"{v / 2**30:.3g} GiB memory" if k == "memory" else f"{v:g} {k}"
-                               for k, v in asks.items())
-            raise PipelineError(f"step {spec['name']!r} asks for {wanted}, and no node of the Ray cluster at "
+            raise PipelineError(f"step {spec['name']!r} asks for {_wanted(asks)}, and no node of the Ray cluster at "
                                 f"{self.address} has that much (the cluster has: {describe(nodes)}); nothing was "
                                 "run. Lower the step's resources tag, or use a cluster with such a node.",
                                 what="resources", step=spec["name"], address=self.address, nodes=nodes)
+
+    def _wait(self, ref, name: str, asks: dict) -> dict:
+        """The step's reply. Ray would wait for ever for a node that can take the step once every such node
+        has gone (a GPU node lost mid-run): after ``wait_s`` without one (time for an autoscaler to replace
+        it), the task is cancelled and the step fails, saying so."""
+        import ray
+
+        from .. import sweep
+
+        since = None
+        while True:
+            done, _ = ray.wait([ref], timeout=NODE_POLL_S)
+            if done:
+                return ray.get(ref)
+            if _fits(asks):
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= self.wait_s:
+                ray.cancel(ref, force=True)
+                raise PipelineError(
+                    f"it asks for {_wanted(asks)}, and no node of the Ray cluster at {self.address} has had that much "
+                    f"for {self.wait_s:g} s (the cluster has: {sweep.describe_nodes(sweep.cluster_nodes())}); its "
+                    f"task was cancelled. Bring such a node back and run the pipeline again (it resumes here), or "
+                    f"lower the step's resources tag; {WAIT_ENV} sets how long a step waits.", step=name,
+                    what="resources", address=self.address)
 
     def _notebook(self, spec: dict, out: Path, km) -> None:
         import ray
@@ -329,7 +378,7 @@ class RayRunner(_Runner):
         with self.cond:
             self.refs[name] = ref
         try:
-            reply = ray.get(ref)
+            reply = self._wait(ref, name, asks)
         except ray.exceptions.TaskCancelledError:
             raise PipelineError(f"step {name} was cancelled", step=name) from None
         except ray.exceptions.RayError as exc:  # its node or worker died more often than max_retries allows
