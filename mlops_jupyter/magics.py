@@ -19,6 +19,8 @@ from .tracking.session import RunOptions, Tracker
 
 VERBS = tuple(v.name.split()[0] for v in commands.verbs(MAGIC))
 CELL_VERBS = {v.name: v for v in commands.verbs(MAGIC) if v.cell}
+# a notebook holding sweep cells starts Ray in the background as the extension loads; "0" turns that off
+PRESTART_ENV = "MLOPS_RAY_PRESTART"
 _SKIP_AUTOTRACK = ("%mlops", "%%mlops", "%load_ext", "%reload_ext", "%unload_ext", "%pip", "%conda")
 
 
@@ -87,6 +89,7 @@ class MlopsMagics(Magics):
         self.tracker = tracker
         self._nested = False
         self._run_lines: dict = {}  # %%mlops line -> its RunOptions (None: not a valid run line)
+        self._prestarting = False  # Ray started in the background: settled from this (main) thread once up
 
     # ---- the hooks that make ``%%mlops run`` and autotrack work ----------------------------
     def _header(self, raw: str):
@@ -115,6 +118,10 @@ class MlopsMagics(Magics):
         return lines
 
     def pre_run_cell(self, info) -> None:
+        if self._prestarting:
+            from .sweep import runner
+
+            self._prestarting = not runner.settle()
         if self._nested or getattr(info, "silent", False):
             return
         try:
@@ -467,6 +474,11 @@ def load(shell) -> None:
     shell.input_transformers_cleanup.append(magics.strip_run_header)
     _wrap_outputs(shell, tracker)
     shell._mlops_magics = magics
+    if os.environ.get(PRESTART_ENV, "1").strip().lower() not in ("0", "false", "no", "off") \
+            and tracker.notebook.sweeps_here():
+        from .sweep import runner  # imports nothing heavy; the prestart's thread imports Ray
+
+        magics._prestarting = runner.prestart()
     try:  # a kernel that died earlier in this project leaves no run RUNNING
         from . import config
         from .tracking import journal

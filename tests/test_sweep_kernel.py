@@ -1,6 +1,6 @@
 """Interrupting a sweep in a real kernel: trials KILLED, the kernel (and its Ray) usable after, nothing left."""
 
-from harness import all_runs, kernel, text_of, wait_for
+from harness import all_runs, kernel, notebook, text_of, wait_for
 from test_sweep import ray_processes
 
 
@@ -45,3 +45,31 @@ def test_interrupt_stops_the_sweep_cleanly_and_the_kernel_goes_on(project):
     assert first.info.status == "KILLED" and second.info.status == "FINISHED"
     killed = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
     assert killed and {r.info.status for r in killed} == {"KILLED"}
+
+
+def test_a_notebook_with_a_sweep_cell_has_ray_started_as_the_extension_loads(project):
+    """Ray's start off the first sweep's path: the kernel of a notebook that holds a local sweep starts Ray (and
+    imports Tune) in the background as the extension loads; other notebooks, or MLOPS_RAY_PRESTART=0, do not."""
+    sweep = '%%mlops sweep --space "i=grid(1, 2)" --metric acc --mode max\nacc = i'
+    plain = notebook(project / "plain.ipynb", ["x = 1", sweep.replace("%%mlops sweep", "%%mlops sweep --address "
+                                                                                      "ray://head:10001")])
+    sweeps = notebook(project / "sweeps.ipynb", ["x = 1", sweep])
+    ask = "import sys\nprint('ray' in sys.modules)"
+    for nb, env in ((plain, {}), (sweeps, {"MLOPS_RAY_PRESTART": "0"})):
+        with kernel(project, env={"MLOPS_NOTEBOOK": str(nb), **env}) as k:
+            k.run("%load_ext mlops_jupyter\nimport time\ntime.sleep(2)")
+            assert text_of(k.run(ask)[1]).strip() == "False", nb
+    with kernel(project, env={"MLOPS_NOTEBOOK": str(sweeps)}) as k:
+        reply, msgs = k.run("%load_ext mlops_jupyter\nfrom mlops_jupyter.sweep import runner\n"
+                            "print(runner.prestarted.wait(120))\nimport ray, sys\nprint(ray.is_initialized(), "
+                            "'ray.tune' in sys.modules)\n"
+                            "print(ray._private.worker._global_node.get_session_dir_path())", timeout=150)
+        lines = text_of(msgs).split()
+        assert reply["status"] == "ok" and lines[:3] == ["True", "True", "True"], text_of(msgs)
+        session = lines[3]
+        reply, msgs = k.run(sweep, timeout=120)  # found up: this kernel's Ray, no second start
+        assert reply["status"] == "ok", text_of(msgs)
+        reply, msgs = k.run("print(best_params, ray._private.worker._global_node.get_session_dir_path())")
+        assert text_of(msgs).split()[-1] == session and "{'i': 2}" in text_of(msgs)
+        k.run("get_ipython()._mlops_magics.tracker.flush(60)", timeout=90)
+    wait_for(lambda: not ray_processes(session), timeout=60, what="the kernel's Ray processes to exit")

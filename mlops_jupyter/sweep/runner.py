@@ -108,10 +108,69 @@ def _finite(value) -> bool:
 # ---- Ray --------------------------------------------------------------------------------------
 _connected: str | None = None  # the address this kernel connected to (None: Ray started here)
 CLIENT_ATTEMPTS = 3  # Ray Client connections whose server the head failed to start
+_starting = threading.Lock()  # held while this kernel starts or reaches Ray: a sweep waits for a prestart
+_prestarted: threading.Thread | None = None
+prestarted = threading.Event()  # set once a prestart has finished (Ray up, or failed)
+
+
+def prestart() -> bool:
+    """Start this machine's Ray, and import Tune, in the background (a notebook holding sweep cells, as the
+    extension loads), so that the first sweep finds them ready instead of paying seconds for them; False
+    when there is nothing to do (started already, or RAY_ADDRESS names a cluster). A sweep that comes first
+    waits for it; a failure is left for the sweep to report."""
+    global _prestarted
+    if _prestarted is not None or os.environ.get("RAY_ADDRESS"):
+        return False
+
+    def tune() -> None:
+        try:
+            from ray import tune  # noqa: F401 - the sweep's own first import, seconds here
+
+            from . import _tune  # noqa: F401
+        except Exception:  # noqa: BLE001 - the sweep imports it again and says what is wrong
+            pass
+
+    def run() -> None:
+        importing = None
+        try:
+            import ray  # noqa: F401
+
+            # Tune imports while ray.init mostly waits for Ray's processes to come up
+            importing = threading.Thread(target=tune, name="mlops-tune-import", daemon=True)
+            importing.start()
+            connect(None)
+        except Exception:  # noqa: BLE001 - the sweep itself says what is wrong
+            pass
+        finally:
+            if importing is not None:
+                importing.join()
+            prestarted.set()
+        # Ray's processes die with the thread that started them (Linux's parent-death signal follows the
+        # thread, not the process): this one stays, idle, for the kernel's life
+        threading.Event().wait()
+
+    _prestarted = threading.Thread(target=run, name="mlops-ray-prestart", daemon=True)
+    _prestarted.start()
+    return True
+
+
+def settle() -> bool:
+    """From the main thread, once a prestart is over: what ``connect`` does there after it starts Ray (a
+    thread cannot, see ``_quiet_exit``). True once done."""
+    if not prestarted.is_set():
+        return False
+    _quiet_exit()
+    return True
 
 
 def connect(address: str | None) -> None:
     """Reuse this kernel's Ray; else start a local one, or connect to ``address`` / RAY_ADDRESS."""
+    with _starting:
+        _connect(address)
+    settle()
+
+
+def _connect(address: str | None) -> None:
     global _connected
     import ray
 

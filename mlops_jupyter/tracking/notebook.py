@@ -100,6 +100,14 @@ class NotebookInfo:
         """{code cell id: (position, source)} of the saved notebook (empty when unknown)."""
         return self._index()[3]
 
+    def sweeps_here(self) -> bool:
+        """Whether the saved notebook holds a ``%%mlops sweep`` cell that runs on this machine (no --address)."""
+        for _, src in self.saved_cells().values():
+            first = src.lstrip().split("\n", 1)[0]
+            if first.startswith("%%mlops sweep") and "--address" not in first:
+                return True
+        return False
+
     def note_cell(self, raw: str, cell_id: str | None) -> None:
         """Remember the latest source of each parameters cell, in execution order."""
         if self.is_parameters_cell(raw, cell_id):
