@@ -41,6 +41,13 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
                     f"--temp-dir={temp}", "--disable-usage-stats"],
                    check=True, capture_output=True, timeout=120)
     try:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", client)) == 0
+
+        # `ray start` returns before its Ray Client server listens: on a busy machine, longer than a client's
+        # ~30 s of connection attempts. Wait for the head as its user would
+        wait_for(listening, timeout=180, what="the head's Ray Client server to listen")
         ip.run_cell("base = 10")
         result = ip.run_cell(f'%%mlops sweep --space "x=grid(1, 2, 3)" --address ray://127.0.0.1:{client} '
                              "--metric score --mode max\nscore = base + x")

@@ -246,8 +246,9 @@ async def lifespan(_app: FastAPI):
     # what start-up made (modules, the model: a forest is ~10^5 objects) lives as long as the process: out
     # of the collector's sight, a full collection no longer walks it (~100 ms here, a pause every request
     # in flight pays) but only what requests leave behind
-    gc.collect()
-    gc.freeze()
+    if not gc.get_freeze_count():  # once a process: a test client starts this lifespan again and again
+        gc.collect()
+        gc.freeze()
     log.info("serving %s (run %s) · batches of up to %d rows, %.1f ms wait, %s",
              SPEC["model_uri"], SPEC["run_id"], MAX_BATCH_ROWS, MAX_WAIT_MS,
              f"{MAX_LATENCY_MS:.0f} ms latency budget" if MAX_LATENCY_MS > 0 else "no latency budget")
