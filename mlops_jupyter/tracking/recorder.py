@@ -38,7 +38,9 @@ from . import tags as T
 from .journal import blob_dir, dumps, side_file, try_lock
 
 EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # retrying a failing store after the kernel is gone
-SLOW_OP_S = 3.0  # an op slower than this is reported as "store not answering"
+# an op slower than this is reported as "store not answering": long enough that a busy machine's own slowness
+# (2 cores, several kernels) does not read as a store that is down
+SLOW_OP_S = 8.0
 COMPACT_BYTES = int(os.environ.get("MLOPS_JOURNAL_COMPACT_BYTES", 8 << 20))
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
              "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
@@ -95,6 +97,7 @@ class Recorder:
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
         self._initializing = False
+        self._watchdog: threading.Timer | None = None  # the running op's slowness timer
         self.events = None
         if follow:
             # events go to the writer through a private copy of stdout; sys.stdout itself goes to the log, so
@@ -181,9 +184,7 @@ class Recorder:
     def retrying(self, fn, op, deadline) -> bool:
         delay = 0.25
         while True:
-            watchdog = threading.Timer(SLOW_OP_S, self._report_slow)
-            watchdog.daemon = True
-            watchdog.start()
+            self._arm()
             try:
                 fn(op)
             except (StoreDown, StoreBroken) as exc:
@@ -201,7 +202,7 @@ class Recorder:
                     self.emit(event="recovered")
                 return True
             finally:
-                watchdog.cancel()
+                self._watchdog.cancel()
             if deadline is not None:
                 if time.monotonic() + delay > deadline:
                     return False
@@ -216,6 +217,15 @@ class Recorder:
             self.degraded = True
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             self.emit(event="degraded", error=first, journal=str(self.journal))
+
+    def _arm(self) -> None:
+        """(Re)start the op's slowness watchdog: as an op starts, and once its own slow work (a model built) is
+        done and the store's part begins."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = threading.Timer(SLOW_OP_S, self._report_slow)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def _report_slow(self) -> None:
         if not self.degraded and not self._initializing:  # creating a new store is slow, not down
@@ -448,6 +458,7 @@ class Recorder:
                                                    f"drift checks ({type(exc).__name__}: {str(exc)[:300]})")
         finally:
             self._initializing = False
+            self._arm()  # the store's part of the op gets its own SLOW_OP_S
 
     def op_finish(self, op: dict) -> None:
         run_id = self._run_of(op)
