@@ -91,6 +91,19 @@ class MlopsMagics(Magics):
         self._run_lines: dict = {}  # %%mlops line -> its RunOptions (None: not a valid run line)
         self._prestarting = False  # Ray started in the background: settled from this (main) thread once up
 
+    def prestart_ray(self) -> str:
+        """Start this machine's Ray in the background for a notebook that will sweep here: as the extension
+        loads in a notebook that holds a local ``%%mlops sweep`` cell, and when the sidebar sees the user write
+        one (a silent request of the labextension's). What happened: started, idle (started already, or RAY_ADDRESS
+        names a cluster), off (MLOPS_RAY_PRESTART=0)."""
+        if os.environ.get(PRESTART_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+            return "off"
+        from .sweep import runner  # imports nothing heavy; the prestart's thread imports Ray
+
+        started = runner.prestart()
+        self._prestarting = self._prestarting or started
+        return "started" if started else "idle"
+
     # ---- the hooks that make ``%%mlops run`` and autotrack work ----------------------------
     def _header(self, raw: str):
         """For a ``%%mlops run ...`` cell: (options, body, magic line); None for any other cell, and for a run
@@ -474,11 +487,8 @@ def load(shell) -> None:
     shell.input_transformers_cleanup.append(magics.strip_run_header)
     _wrap_outputs(shell, tracker)
     shell._mlops_magics = magics
-    if os.environ.get(PRESTART_ENV, "1").strip().lower() not in ("0", "false", "no", "off") \
-            and tracker.notebook.sweeps_here():
-        from .sweep import runner  # imports nothing heavy; the prestart's thread imports Ray
-
-        magics._prestarting = runner.prestart()
+    if tracker.notebook.sweeps_here():
+        magics.prestart_ray()
     try:  # a kernel that died earlier in this project leaves no run RUNNING
         from . import config
         from .tracking import journal

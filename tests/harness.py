@@ -147,14 +147,24 @@ class Kernel:
         return self.km.provisioner.process.pid
 
     def run(self, code: str, cell_id: str | None = None, timeout: float = 60, wait: bool = True):
-        msg = self.kc.session.msg("execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": True}, metadata={"cellId": cell_id} if cell_id else {})
-        self.kc.shell_channel.send(msg)
-        msg_id = msg["header"]["msg_id"]
+        msg_id = self._execute(code, metadata={"cellId": cell_id} if cell_id else {})
         if not wait:
             return msg_id
         return self.collect(msg_id, timeout)
+
+    def ask(self, expression: str, timeout: float = 60) -> dict:
+        """The kernel's answer to a user expression in a silent request, as a frontend asks (nothing runs, is
+        printed or numbered): {"status": "ok", "data": {"text/plain": repr}} or the error."""
+        reply, _ = self.collect(self._execute("", silent=True, user_expressions={"x": expression}), timeout)
+        return reply["user_expressions"]["x"]
+
+    def _execute(self, code: str, silent: bool = False, user_expressions: dict | None = None,
+                 metadata: dict | None = None) -> str:
+        msg = self.kc.session.msg("execute_request", {
+            "code": code, "silent": silent, "store_history": not silent, "user_expressions": user_expressions or {},
+            "allow_stdin": False, "stop_on_error": True}, metadata=metadata or {})
+        self.kc.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
 
     def collect(self, msg_id: str, timeout: float = 60):
         outputs, deadline = [], time.monotonic() + timeout

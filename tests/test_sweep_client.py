@@ -35,7 +35,8 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
     # Ray 2.60's CLI clusters use token auth, and clients must too: this head's own token, so the test needs
     # no ~/.ray/auth_token left by an earlier Ray
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    token = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
     subprocess.run([ray, "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
                     "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
                     f"--temp-dir={temp}", "--disable-usage-stats"],
@@ -49,8 +50,16 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
         # ~30 s of connection attempts. Wait for the head as its user would
         wait_for(listening, timeout=180, what="the head's Ray Client server to listen")
         ip.run_cell("base = 10")
-        result = ip.run_cell(f'%%mlops sweep --space "x=grid(1, 2, 3)" --address ray://127.0.0.1:{client} '
-                             "--metric score --mode max\nscore = base + x")
+        cell = (f'%%mlops sweep --space "x=grid(1, 2, 3)" --address ray://127.0.0.1:{client} '
+                "--metric score --mode max\nscore = base + x")
+        # a wrong token: Ray Client only sees a server that never answers, so the error names the token too
+        monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        result = ip.run_cell(cell)
+        assert not result.success and "the head's own RAY_AUTH_TOKEN" in str(result.error_in_exec)
+        assert not all_runs(project)  # nothing recorded for a sweep that never ran
+        # the right one, set in the same kernel after Ray has read the wrong one (%env RAY_AUTH_TOKEN=...)
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        result = ip.run_cell(cell)
         assert result.success, f"{result.error_in_exec}\n{head_logs(temp)}"
         assert ip.user_ns["best_params"] == {"x": 3}
         flush(ip)
@@ -59,8 +68,14 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
         assert sorted(r.data.metrics["score"] for r in kids) == [11, 12, 13]
     finally:
         import ray as ray_mod
+        from ray._raylet import AuthenticationTokenLoader, Config
 
         ray_mod.shutdown()  # the client connection
+        # this process's Ray as it was: its environment, and the auth mode and token Ray read from it (it keeps
+        # them per process; a later test's in-process cluster would send this head's token to its own GCS)
+        monkeypatch.undo()
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
         # stop exactly the processes of this head (never `ray stop`: it would stop every Ray on the machine)
         mine = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a or f"={gcs}" in a
                                                                   for a in p.info["cmdline"] or [])]

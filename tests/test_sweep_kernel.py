@@ -1,5 +1,8 @@
 """Interrupting a sweep in a real kernel: trials KILLED, the kernel (and its Ray) usable after, nothing left."""
 
+import re
+from pathlib import Path
+
 from harness import all_runs, kernel, notebook, text_of, wait_for
 from test_sweep import ray_processes
 
@@ -47,18 +50,38 @@ def test_interrupt_stops_the_sweep_cleanly_and_the_kernel_goes_on(project):
     assert killed and {r.info.status for r in killed} == {"KILLED"}
 
 
+def labextension_request() -> str:
+    """The user expression the sidebar sends a kernel when the user writes a local sweep cell (prestart.ts)."""
+    source = (Path(__file__).parents[1] / "labextension" / "src" / "prestart.ts").read_text()
+    return re.search(r'^const ASK =\s*"([^"]*)";$', source, re.M).group(1)
+
+
 def test_a_notebook_with_a_sweep_cell_has_ray_started_as_the_extension_loads(project):
     """Ray's start off the first sweep's path: the kernel of a notebook that holds a local sweep starts Ray (and
-    imports Tune) in the background as the extension loads; other notebooks, or MLOPS_RAY_PRESTART=0, do not."""
+    imports Tune) in the background as the extension loads, or when the sidebar sees the user write one; other
+    notebooks, or MLOPS_RAY_PRESTART=0, do not."""
     sweep = '%%mlops sweep --space "i=grid(1, 2)" --metric acc --mode max\nacc = i'
     plain = notebook(project / "plain.ipynb", ["x = 1", sweep.replace("%%mlops sweep", "%%mlops sweep --address "
                                                                                       "ray://head:10001")])
     sweeps = notebook(project / "sweeps.ipynb", ["x = 1", sweep])
-    ask = "import sys\nprint('ray' in sys.modules)"
-    for nb, env in ((plain, {}), (sweeps, {"MLOPS_RAY_PRESTART": "0"})):
-        with kernel(project, env={"MLOPS_NOTEBOOK": str(nb), **env}) as k:
-            k.run("%load_ext mlops_jupyter\nimport time\ntime.sleep(2)")
-            assert text_of(k.run(ask)[1]).strip() == "False", nb
+    ask, request = "import sys\nprint('ray' in sys.modules)", labextension_request()
+    with kernel(project, env={"MLOPS_NOTEBOOK": str(sweeps), "MLOPS_RAY_PRESTART": "0"}) as k:
+        k.run("%load_ext mlops_jupyter\nimport time\ntime.sleep(2)")
+        assert text_of(k.run(ask)[1]).strip() == "False"
+        assert k.ask(request)["data"]["text/plain"] == "'off'"
+    with kernel(project, env={"MLOPS_NOTEBOOK": str(plain)}) as k:
+        assert k.ask(request)["data"]["text/plain"] == "None"  # no extension yet: the sidebar asks again later
+        k.run("%load_ext mlops_jupyter\nimport time\ntime.sleep(2)")
+        assert text_of(k.run(ask)[1]).strip() == "False"
+        # the user writes a local sweep cell: the sidebar's silent request starts Ray, once
+        assert k.ask(request)["data"]["text/plain"] == "'started'"
+        assert k.ask(request)["data"]["text/plain"] == "'idle'"
+        reply, msgs = k.run("from mlops_jupyter.sweep import runner\nprint(runner.prestarted.wait(120))\n"
+                            "import ray\nprint(ray.is_initialized())\n"
+                            "print(ray._private.worker._global_node.get_session_dir_path())", timeout=150)
+        assert reply["status"] == "ok" and text_of(msgs).split()[:2] == ["True", "True"], text_of(msgs)
+        early = text_of(msgs).split()[2]
+    wait_for(lambda: not ray_processes(early), timeout=60, what="the kernel's Ray processes to exit")
     with kernel(project, env={"MLOPS_NOTEBOOK": str(sweeps)}) as k:
         reply, msgs = k.run("%load_ext mlops_jupyter\nfrom mlops_jupyter.sweep import runner\n"
                             "print(runner.prestarted.wait(120))\nimport ray, sys\nprint(ray.is_initialized(), "

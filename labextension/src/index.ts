@@ -5,6 +5,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { mlopsIcon } from './icon';
 import { MlopsModel } from './model';
 import { updateBadges, updateChips } from './notebook';
+import { watchSweeps } from './prestart';
 import { PLUGIN_ID, SIDEBAR_ID } from './tokens';
 import { MlopsSidebar } from './widget';
 
@@ -49,8 +50,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
     model.changed.connect(badges);
     model.polled.connect(badges);
-    tracker.forEach(watchChips); // notebooks the restored layout opened before this plugin
-    tracker.widgetAdded.connect((_, nb) => watchChips(nb));
+    const watch = (nb: NotebookPanel) => {
+      watchChips(nb);
+      watchSweeps(nb);
+    };
+    tracker.forEach(watch); // notebooks the restored layout opened before this plugin
+    tracker.widgetAdded.connect((_, nb) => watch(nb));
   }
 };
 

@@ -110,7 +110,8 @@ _connected: str | None = None  # the address this kernel connected to (None: Ray
 CLIENT_ATTEMPTS = 3  # Ray Client connections whose server the head failed to start
 _starting = threading.Lock()  # held while this kernel starts or reaches Ray: a sweep waits for a prestart
 _prestarted: threading.Thread | None = None
-prestarted = threading.Event()  # set once a prestart has finished (Ray up, or failed)
+prestarted = threading.Event()  # set once a prestart has finished (Ray up and Tune imported, or failed)
+_local_up = threading.Event()  # this kernel has started a Ray on this machine
 
 
 def prestart() -> bool:
@@ -122,28 +123,15 @@ def prestart() -> bool:
     if _prestarted is not None or os.environ.get("RAY_ADDRESS"):
         return False
 
-    def tune() -> None:
+    def run() -> None:
         try:
+            connect(None)
             from ray import tune  # noqa: F401 - the sweep's own first import, seconds here
 
             from . import _tune  # noqa: F401
-        except Exception:  # noqa: BLE001 - the sweep imports it again and says what is wrong
-            pass
-
-    def run() -> None:
-        importing = None
-        try:
-            import ray  # noqa: F401
-
-            # Tune imports while ray.init mostly waits for Ray's processes to come up
-            importing = threading.Thread(target=tune, name="mlops-tune-import", daemon=True)
-            importing.start()
-            connect(None)
         except Exception:  # noqa: BLE001 - the sweep itself says what is wrong
             pass
         finally:
-            if importing is not None:
-                importing.join()
             prestarted.set()
         # Ray's processes die with the thread that started them (Linux's parent-death signal follows the
         # thread, not the process): this one stays, idle, for the kernel's life
@@ -155,12 +143,12 @@ def prestart() -> bool:
 
 
 def settle() -> bool:
-    """From the main thread, once a prestart is over: what ``connect`` does there after it starts Ray (a
-    thread cannot, see ``_quiet_exit``). True once done."""
-    if not prestarted.is_set():
-        return False
-    _quiet_exit()
-    return True
+    """From the main thread, once a prestart's thread has started Ray: what ``connect`` does there after it
+    starts Ray (a thread cannot, see ``_quiet_exit``). True once done, or when the prestart failed."""
+    if _local_up.is_set():
+        _quiet_exit()
+        return True
+    return prestarted.is_set()
 
 
 def connect(address: str | None) -> None:
@@ -188,6 +176,7 @@ def _connect(address: str | None) -> None:
                          address=address or "", reason=reason)
     _connected = address
     if address is None:
+        _local_up.set()  # under _starting: a sweep that waited for a prestart settles right after
         _quiet_exit()
 
 
@@ -212,6 +201,7 @@ def _init_ray_once(address: str | None) -> str | None:
     import ray
 
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
+    _fresh_token()
     try:
         if address is None:
             ray.init(include_dashboard=False, **kwargs)
@@ -225,8 +215,26 @@ def _init_ray_once(address: str | None) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure to start or reach Ray is the user's to fix
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
         # Ray Client's errors open with a header line ("... from server:") and end with the cause
-        return lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+        reason = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+        if "connection timeout" in reason:
+            # a refused token looks the same to Ray Client as a head that does not answer
+            reason += (" (or the cluster refused this machine's token: a cluster with token auth needs "
+                       "RAY_AUTH_MODE=token and the head's own RAY_AUTH_TOKEN here)")
+        return reason
     return None
+
+
+def _fresh_token() -> None:
+    """Ray reads its auth mode (RAY_AUTH_MODE) and token (RAY_AUTH_TOKEN, ~/.ray/auth_token) once per process
+    and keeps them: a token set in the notebook after an earlier Ray call (``%env RAY_AUTH_TOKEN=...``), or a
+    token cluster reached after a Ray without auth, would otherwise get the old ones, and Ray Client reports
+    the refusal as a connection timeout. Called only while this process holds no Ray connection."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token auth
+        return
+    Config.initialize("")  # as Ray does when it turns token auth on for a process
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _quiet_exit() -> None:
