@@ -8,6 +8,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# `make test` runs the suite in two pytest-xdist workers, one test file each at a time. ray.init() with no
+# address joins the cluster named in <Ray's temp dir>/ray_current_cluster, which a ray.cluster_utils.Cluster
+# writes: each worker gets its own temp dir, so a local sweep never lands on the other worker's cluster
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}")
 from harness import CLEAN_VARS, make_git_project, recorder_pids, wait_for  # noqa: E402
 
 

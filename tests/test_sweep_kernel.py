@@ -19,7 +19,7 @@ def test_interrupt_stops_the_sweep_cleanly_and_the_kernel_goes_on(project):
         wait_for(marker.exists, timeout=120, what="a trial to start")
         k.km.interrupt_kernel()
         reply, msgs = k.collect(msg_id, timeout=90)
-        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", text_of(msgs)
         assert "interrupted" in text_of(msgs)
         # the same kernel and its Ray run the next sweep with no restart
         reply, msgs = k.run('%%mlops sweep --space "i=grid(1, 2)" --metric acc --mode max\nacc = i\n'
