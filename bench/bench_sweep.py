@@ -8,6 +8,8 @@ Prints, timed in this run:
 - a sweep with Ray already up against 1.3x the ideal (5 s);
 - plain Ray Tune with its defaults (a worker process per trial, file loggers) on the same body: the
   anchor. It is slow, so it runs 4 trials and is scaled to 20 (said in its line);
+- plain Ray Tune at its fastest (reuse_actors, no file loggers, 1 CPU per trial), 20 trials on the same Ray:
+  the floor of any sweep that runs its trials through Tune, beside the goal;
 - a 2-node ray.cluster_utils.Cluster: trials per node.
 """
 
@@ -27,7 +29,7 @@ CELL = (f'%%mlops sweep --space "x=uniform(0, 1)" --samples {TRIALS} --metric ac
         f"import time\ntime.sleep({BODY_S})\nacc = x\n")
 
 
-def plain_tune(n: int) -> float:
+def plain_tune(n: int, fastest: bool = False) -> float:
     from ray import tune
 
     def body(config):
@@ -35,8 +37,8 @@ def plain_tune(n: int) -> float:
         tune.report({"acc": config["x"]})
 
     started = time.perf_counter()
-    tune.Tuner(body, param_space={"x": tune.uniform(0, 1)},
-               tune_config=tune.TuneConfig(num_samples=n, metric="acc", mode="max"),
+    tune.Tuner(tune.with_resources(body, {"cpu": 1}) if fastest else body, param_space={"x": tune.uniform(0, 1)},
+               tune_config=tune.TuneConfig(num_samples=n, metric="acc", mode="max", reuse_actors=fastest),
                run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
     return time.perf_counter() - started
 
@@ -95,6 +97,7 @@ def main() -> None:
     ip, sweep = session()
     sweep()
     warm = min(sweep() for _ in range(2))
+    floor = min(plain_tune(TRIALS, fastest=True) for _ in range(2))  # the sweep's own env: no file loggers
     anchor = plain_tune(ANCHOR_TRIALS) * TRIALS / ANCHOR_TRIALS
     for (gap, on), took in firsts.items():
         how = (f"Ray started as the extension loaded, the sweep {gap:g} s later" if on
@@ -103,6 +106,8 @@ def main() -> None:
               f"(goal: + 5 s or less) {'OK' if took <= IDEAL + 5 else 'SLOW'}")
     print(f"sweep, Ray up: {warm:.1f} s = {warm / IDEAL:.2f}x ideal {IDEAL:.0f} s (goal <= 1.3x) "
           f"{'OK' if warm <= 1.3 * IDEAL else 'SLOW'}")
+    print(f"plain Ray Tune at its fastest (reuse_actors, no file loggers): {floor:.1f} s = {floor / IDEAL:.2f}x ideal: "
+          f"the floor of a sweep run through Tune; %%mlops sweep adds {(warm - floor) / floor:+.0%}")
     print(f"plain Ray Tune, defaults: ~{anchor:.0f} s ({ANCHOR_TRIALS} trials timed, scaled to {TRIALS}) "
           f"-> %%mlops sweep is {anchor / warm:.1f}x faster")
 
