@@ -3,6 +3,7 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 import os  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -13,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # address joins the cluster named in <Ray's temp dir>/ray_current_cluster, which a ray.cluster_utils.Cluster
 # writes: each worker gets its own temp dir, so a local sweep never lands on the other worker's cluster
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}")
+    os.environ["RAY_TMPDIR"] = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(),
+                                            f"ray-{os.environ['PYTEST_XDIST_WORKER']}")
 from harness import CLEAN_VARS, make_git_project, recorder_pids, wait_for  # noqa: E402
 
 
