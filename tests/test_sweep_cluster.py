@@ -34,8 +34,15 @@ def test_gpus_asked_of_a_gpu_less_cluster_fail_listing_its_nodes(ip, project, cl
 
 
 def test_trials_run_on_both_nodes(ip, project, cluster):
+    # each trial waits (up to 2 min) until two have started; with one CPU per node, two trials can only run at once
+    # on both nodes. A fixed sleep was not enough: under load the head's reused actor finished all 4 trials before
+    # the worker node's actor had started.
+    started = project / "started"
+    started.mkdir()
     result = ip.run_cell(f'%%mlops sweep --space "i=grid(1, 2, 3, 4)" --address {cluster.address} '
-                         "--metric acc --mode max\nimport time\ntime.sleep(1.0)\nacc = i")
+                         "--metric acc --mode max\nimport pathlib, time\n"
+                         f"d = pathlib.Path({str(started)!r})\n(d / str(i)).touch()\nt0 = time.time()\n"
+                         "while len(list(d.iterdir())) < 2 and time.time() - t0 < 120:\n    time.sleep(0.05)\nacc = i")
     assert result.success, result.error_in_exec
     df = ip.user_ns["sweep"]
     assert set(df["status"]) == {"FINISHED"} and df["node"].nunique() == 2
