@@ -261,3 +261,51 @@ def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluste
     assert "success" in state["prep"] and "success" not in state["long"]
     status = {name: st for name, st, _ in pipeline.status("pipe")}
     assert status == {"prep": "fresh", "long": "failed"}
+
+
+def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, cluster):
+    """A Ray worker forks each step's kernel from its own template process (ipykernel and the imports cell
+    loaded, as on the local runner), yet a step sees nothing of the one before it; once the run is over, no
+    kernel or template process is left."""
+    import psutil
+
+    nb = notebook(project / "iso.ipynb", [
+        ("import json\nimport os\nimport numpy as np\nimport psutil", ["imports"]),
+        ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()", ["step:one"]),
+        ("leaked = int(hasattr(json, 'leak') or 'secret' in globals())\nsame_rng = int(r1 == float(np.random.rand()))\n"
+         "same_pid = int(os.getpid() == pid1)\n"
+         "forked = int('mlops_jupyter.pipeline.forkserver' in psutil.Process().parent().cmdline())\n"
+         "template = psutil.Process().parent().pid", ["step:two"]),
+        ("leaked, same_rng, same_pid, forked, pid1, template", ["metrics"]),
+    ])
+    pipeline.export(nb, "pipe")
+    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--address", cluster.address], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
+    assert {k: got[k] for k in ("leaked", "same_rng", "same_pid", "forked")} == {
+        "leaked": 0, "same_rng": 0, "same_pid": 0, "forked": 1}
+
+    def templates():
+        return [p for p in psutil.process_iter(["cmdline", "cwd"])
+                if "mlops_jupyter.pipeline.forkserver" in " ".join(p.info["cmdline"] or [])
+                and p.info["cwd"] == str(project)]
+
+    # the job's workers exit with the CLI; their templates follow, killing the kernels they forked
+    wait_for(lambda: not templates() and not psutil.pid_exists(int(got["pid1"])), timeout=60,
+             what="the steps' kernels and template processes to exit")
+
+    # a driver that stays connected (a notebook that swept there) keeps its workers between runs: each run
+    # still forks from a template of its own, so no run's kernel has modules another run imported
+    import ray
+
+    ray.init(address=cluster.address)
+    try:
+        seen = []
+        for _ in range(2):
+            assert pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None).ok
+            seen.append(json.loads((project / "pipe" / "metrics" / "two.json").read_text())["template"])
+        assert seen[0] != seen[1]
+    finally:
+        ray.shutdown()
+    wait_for(lambda: not templates(), timeout=60, what="the template processes to exit once the driver is gone")

@@ -10,6 +10,11 @@ system), else ``storage`` (a folder or an fsspec URI such as s3://bucket/run): t
 inputs there, the worker reads them into a folder of its own and puts the step's outputs, metrics and
 executed notebook back, and the driver copies those into the pipeline folder. Either way the project (the
 notebook's folder: local modules, data files) must be at the same path on every node.
+
+Speed: a worker forks its steps' kernels from a fork server of its own (``kernels``, ``forkserver``: ipykernel
+and the run's first step's imports loaded), and starts the next step's kernel as a step ends, so on the
+cluster, as on the local runner, a step after a worker's first pays neither for a kernel's start nor for its
+imports.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from ..errors import InvalidInput, PipelineError
@@ -128,34 +134,53 @@ def _local_copy(job: dict, work: Path) -> Path:
 # node's next task to the worker that went idle last, which is the one that just ran a step (or warmed up), so
 # the step that follows finds its kernel started, as the local runner's steps do.
 _parked: list = []
+# run -> this worker's ``Kernels`` for that pipeline run: its fork server (see ``kernels``) outlives a step, so
+# a step's kernel is forked from a process that has ipykernel and the run's imports loaded, as on the local
+# runner. One per run, as there: a worker of a driver that stays connected (a notebook) serves later runs too,
+# and their kernels must not get modules imported before a package was upgraded or an imports cell changed.
+_templates: dict = {}
 
 
-def _fit(kernel: str, root: str) -> tuple:
-    """What a parked kernel must match: the kernel, the project, and this task's environment (Ray sets some
-    variables per task, CUDA_VISIBLE_DEVICES among them, and a kernel keeps the environment it started with)."""
-    return kernel, root, tuple(sorted(os.environ.items()))
+def _kernels(job: dict):
+    from .kernels import Kernels
+
+    if job["run"] not in _templates:
+        for old in _templates.values():
+            old.close(wait=False)  # it kills the kernels it forked (a parked one too) and exits
+        _templates.clear()
+        _templates[job["run"]] = Kernels(job["kernel"], Path(job["root"]))
+        _templates[job["run"]].start_fork_server(job["preload"], job["later"])
+    return _templates[job["run"]]
 
 
-def _park(kernel: str, root: str) -> None:
+def _fit(job: dict) -> tuple:
+    """What a parked kernel must match: the run, and this task's environment (Ray sets some variables per
+    task, CUDA_VISIBLE_DEVICES among them, and a kernel keeps the environment it started with)."""
+    return job["run"], tuple(sorted(os.environ.items()))
+
+
+def _park(job: dict) -> None:
     """Start a kernel (no wait: it gets ready while the worker idles) for this worker's next step."""
     from jupyter_core.utils import run_sync
 
-    from .kernels import Kernels
-
     _unpark()
-    km = Kernels(kernel, Path(root)).manager()
+    kernels = _kernels(job)
+    km = kernels.manager()
     try:
-        run_sync(km.start_kernel)(cwd=root, stderr=subprocess.DEVNULL)
+        run_sync(km.start_kernel)(cwd=job["root"], stderr=subprocess.DEVNULL)
     except Exception:  # noqa: BLE001 - only a head start: the step starts its own kernel and reports errors
+        if kernels.is_forked(km):
+            kernels.close()  # the fork server failed: later kernels start the usual way
         return
-    _parked.append((_fit(kernel, root), km))
+    _parked.append((_fit(job), km))
 
 
-def _take(kernel: str, root: str):
-    """The parked kernel, if it suits this step and still runs; else None (and it is stopped)."""
+def _take(job: dict):
+    """The parked kernel, if it suits this step and still runs; else a manager for a new kernel, which
+    papermill starts (forked where it can be)."""
     from jupyter_core.utils import run_sync
 
-    if _parked and _parked[0][0] == _fit(kernel, root):
+    if _parked and _parked[0][0] == _fit(job):
         km = _parked.pop()[1]
         try:
             if run_sync(km.is_alive)():
@@ -163,7 +188,7 @@ def _take(kernel: str, root: str):
         except Exception:  # noqa: BLE001 - gone: the step starts its own
             pass
     _unpark()
-    return None
+    return _kernels(job).manager()
 
 
 def _unpark() -> None:
@@ -176,15 +201,15 @@ def _unpark() -> None:
             pass
 
 
-def _warm(kernel: str, root: str) -> None:
+def _warm(job: dict) -> None:
     """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's first step,
-    has papermill (nbclient, jupyter_client) imported and a kernel started."""
+    has papermill (nbclient, jupyter_client) imported, its fork server up and a kernel started."""
     import papermill  # noqa: F401
     import ray
 
     os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
-    if os.path.isdir(root):
-        _park(kernel, root)
+    if os.path.isdir(job["root"]):
+        _park(job)
 
 
 def run_step(job: dict) -> dict:
@@ -212,7 +237,7 @@ def run_step(job: dict) -> dict:
             src, base = folder / job["notebook"], folder
         (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
         pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
-                            km=_take(job["kernel"], job["root"]), cwd=job["root"], progress_bar=False,
+                            km=_take(job), cwd=job["root"], progress_bar=False,
                             log_output=False, request_save_on_cell_execute=False, start_timeout=120)
     except PapermillExecutionError as exc:
         reply["error"] = {k: getattr(exc, k) for k in ("cell_index", "exec_count", "source", "ename", "evalue",
@@ -225,7 +250,7 @@ def run_step(job: dict) -> dict:
                 put(work / rel, job["storage"], rel)
             shutil.rmtree(work, ignore_errors=True)
     if not ray.get_gpu_ids():  # a GPU task's worker is not reused (Ray's max_calls=1 for them)
-        _park(job["kernel"], job["root"])
+        _park(job)
     return reply
 
 
@@ -280,6 +305,7 @@ class RayRunner(_Runner):
         self.storage = _storage(storage, pipe.folder)
         self.refs: dict = {}  # step -> its task while it runs
         self.remote = None  # run_step as a Ray remote function, once connected
+        self.template: dict = {}  # the kernel, project and imports every step's job carries (set on connecting)
         self.owned = False  # this run connected to Ray (and disconnects at the end)
         self._connect_lock = threading.Lock()
 
@@ -315,10 +341,14 @@ class RayRunner(_Runner):
             self.remote = ray.remote(run_step)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+            # what every worker's kernels are forked from: the first step's imports, as on the local runner
+            first = next((s for s in self.pipe.steps if s["name"] in self.likely), self.pipe.steps[0])
+            self.template = {"run": uuid.uuid4().hex, "kernel": self.pipe.kernel, "root": str(self.root),
+                             "preload": self.preload(first), "later": self._format_libs()}
             warm = ray.remote(num_cpus=0)(_warm)
             for node in nodes:
                 warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote(
-                    self.pipe.kernel, str(self.root))
+                    self.template)
 
     def _check(self, nodes: list, describe) -> None:
         """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
@@ -367,9 +397,8 @@ class RayRunner(_Runner):
         if self.storage:
             for producer in producers:  # a producer skipped in this run left its hand-off here only
                 put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
-        job = {"step": name, "folder": str(folder), "root": str(self.root), "notebook": spec["notebook"],
-               "out": out.relative_to(folder).as_posix(), "params": self.params, "kernel": self.pipe.kernel,
-               "inputs": producers, "storage": self.storage, "resources": spec.get("resources", {}),
+        job = {**self.template, "step": name, "folder": str(folder), "notebook": spec["notebook"],
+               "out": out.relative_to(folder).as_posix(), "params": self.params, "inputs": producers, "storage": self.storage, "resources": spec.get("resources", {}),
                "source": (folder / spec["notebook"]).read_text() if self.storage else None}
         asks = _asks(spec)
         ref = self.remote.options(name=f"mlops step {name}", num_cpus=asks.get("CPU", 0), num_gpus=asks.get("GPU", 0),

@@ -156,7 +156,7 @@ class _Runner:
         first = next((s for s in self.pipe.steps if s["name"] in self.likely), None)
         # the kernels' template process imports while the scheduler gets going
         if first is not None and self.local_kernels:
-            self.kernels.start_fork_server(self.pipe.folder / first["notebook"], first["name"], self._format_libs())
+            self.kernels.start_fork_server(self.preload(first), self._format_libs())
         with self.cond:
             while not all(v in FINAL for v in self.status.values()):
                 for spec in self.pipe.steps:
@@ -315,6 +315,10 @@ class _Runner:
         for t in stoppers:
             t.join()
         self.kernels.close()
+
+    def preload(self, spec: dict) -> list:
+        """What the kernels' template process imports first, for a run whose first step is ``spec``."""
+        return K.preload_of(self.pipe.folder / spec["notebook"], spec["name"], self.root)
 
     def _format_libs(self, names=None) -> list:
         """Import statements for the hand-off formats the inputs of steps ``names`` (default: all) were saved in

@@ -54,6 +54,15 @@ def import_statements(sources: list, root: Path) -> list:
     return out
 
 
+def preload_of(notebook: Path, step: str, root: Path) -> list:
+    """What a fork server for ``step``'s kernels imports first: our loader and the step's ``imports`` cell."""
+    try:
+        sources = cell_sources(notebook, (f"{step}-imports-",))
+    except (OSError, ValueError, KeyError):
+        sources = []
+    return [SETUP] + import_statements(sources, root)
+
+
 def _fork_spec(kernel: str):
     """(kernel spec, interpreter command, index of the kernel's own arguments in its argv) when its kernels
     can be forked (an ipykernel launched the standard way, on an OS with fork and pidfd), else None."""
@@ -241,17 +250,13 @@ class Kernels:
         self.server: ForkServer | None = None
         self._args_at = 0
 
-    def start_fork_server(self, notebook: Path, step: str, later: list) -> None:
-        """Start the template process for ``notebook``'s kernel (a no-op where kernels cannot be forked)."""
+    def start_fork_server(self, preload: list, later: list) -> None:
+        """Start the template process that imports ``preload`` (see ``preload_of``), then ``later`` while idle
+        (a no-op where kernels cannot be forked)."""
         found = _fork_spec(self.kernel)
         if found is None:
             return
         spec, python, self._args_at = found
-        try:
-            sources = cell_sources(notebook, (f"{step}-imports-",))
-        except (OSError, ValueError, KeyError):
-            sources = []
-        preload = [SETUP] + import_statements(sources, self.root)
         try:
             self.server = ForkServer(spec, python, self.root, preload, [s for s in later if s not in preload])
         except OSError:
