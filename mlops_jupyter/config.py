@@ -268,6 +268,11 @@ def run_tags(env: dict | None = None) -> dict:
     return {str(k): str(v) for k, v in tags.items()}
 
 
+def switched_off(name: str) -> bool:
+    """Whether the on/off environment variable ``name`` (on unless set) is set to 0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def ensure_state_dir(root: str | os.PathLike) -> Path:
     """Create ``<root>/.mlops/`` with a .gitignore of its own, so git never picks it up."""
     state = Path(root) / STATE_DIR

@@ -12,7 +12,7 @@ import os
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from . import _render, commands, quiet
+from . import _render, commands, config, quiet
 from .commands import MAGIC, HelpShown, UsageProblem
 from .errors import MlopsError
 from .tracking.session import RunOptions, Tracker
@@ -96,7 +96,7 @@ class MlopsMagics(Magics):
         loads in a notebook that holds a local ``%%mlops sweep`` cell, and when the sidebar sees the user write
         one (a silent request of the labextension's). What happened: started, idle (started already, or RAY_ADDRESS
         names a cluster), off (MLOPS_RAY_PRESTART=0)."""
-        if os.environ.get(PRESTART_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        if config.switched_off(PRESTART_ENV):
             return "off"
         from .sweep import runner  # imports nothing heavy; the prestart's thread imports Ray
 

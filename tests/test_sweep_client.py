@@ -68,14 +68,14 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, monkeypat
         assert sorted(r.data.metrics["score"] for r in kids) == [11, 12, 13]
     finally:
         import ray as ray_mod
-        from ray._raylet import AuthenticationTokenLoader, Config
+
+        from mlops_jupyter.sweep.runner import _fresh_token
 
         ray_mod.shutdown()  # the client connection
         # this process's Ray as it was: its environment, and the auth mode and token Ray read from it (it keeps
         # them per process; a later test's in-process cluster would send this head's token to its own GCS)
         monkeypatch.undo()
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+        _fresh_token()
         # stop exactly the processes of this head (never `ray stop`: it would stop every Ray on the machine)
         mine = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a or f"={gcs}" in a
                                                                   for a in p.info["cmdline"] or [])]

@@ -270,11 +270,9 @@ def _probe(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def _fits(asks: dict) -> bool:
-    """Whether a live node of the cluster has ``asks`` (in total: a busy node will free them)."""
-    import ray
-
-    return any(all(n["Resources"].get(k, 0) >= v for k, v in asks.items()) for n in ray.nodes() if n.get("Alive"))
+def _fits(asks: dict, nodes: list) -> bool:
+    """Whether one of the live ``nodes`` (``ray.nodes()``) has ``asks`` (in total: a busy node will free them)."""
+    return any(all(n["Resources"].get(k, 0) >= v for k, v in asks.items()) for n in nodes if n.get("Alive"))
 
 
 def _wanted(asks: dict) -> str:
@@ -308,6 +306,8 @@ class RayRunner(_Runner):
         self.template: dict = {}  # the kernel, project and imports every step's job carries (set on connecting)
         self.owned = False  # this run connected to Ray (and disconnects at the end)
         self._connect_lock = threading.Lock()
+        self._nodes_lock = threading.Lock()
+        self._nodes: tuple = (float("-inf"), [])  # (when, ray.nodes()): one look at the cluster for all waiting steps
 
     def connect(self, needed: bool = False) -> None:
         """Reach the cluster and check that each step likely to run fits on one of its nodes, before any runs.
@@ -350,11 +350,22 @@ class RayRunner(_Runner):
                 warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote(
                     self.template)
 
+    def _live_nodes(self, max_age: float = NODE_POLL_S) -> list:
+        """The cluster's nodes as ``ray.nodes()`` lists them, at most ``max_age`` s old: however many steps
+        wait, the GCS is asked once per poll."""
+        import ray
+
+        with self._nodes_lock:
+            if time.monotonic() - self._nodes[0] >= max_age:
+                self._nodes = (time.monotonic(), ray.nodes())
+            return self._nodes[1]
+
     def _check(self, nodes: list, describe) -> None:
         """A step must fit on one node, or Ray would wait for such a node forever: fail now, saying why."""
+        live = self._live_nodes(max_age=0)
         for spec in self.pipe.steps:
             asks = _asks(spec)
-            if spec["name"] not in self.likely or _fits(asks):
+            if spec["name"] not in self.likely or _fits(asks, live):
                 continue
             raise PipelineError(f"step {spec['name']!r} asks for {_wanted(asks)}, and no node of the Ray cluster at "
                                 f"{self.address} has that much (the cluster has: {describe(nodes)}); nothing was "
@@ -374,7 +385,7 @@ class RayRunner(_Runner):
             done, _ = ray.wait([ref], timeout=NODE_POLL_S)
             if done:
                 return ray.get(ref)
-            if _fits(asks):
+            if _fits(asks, self._live_nodes()):
                 since = None
                 continue
             since = since or time.monotonic()

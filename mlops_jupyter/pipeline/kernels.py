@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from string import Template
 
+from .. import config
 from . import analysis
 
 FORK_ENV = "MLOPS_PIPELINE_FORK"
@@ -66,7 +67,7 @@ def preload_of(notebook: Path, step: str, root: Path) -> list:
 def _fork_spec(kernel: str):
     """(kernel spec, interpreter command, index of the kernel's own arguments in its argv) when its kernels
     can be forked (an ipykernel launched the standard way, on an OS with fork and pidfd), else None."""
-    if os.environ.get(FORK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if config.switched_off(FORK_ENV):
         return None
     if not (hasattr(os, "fork") and hasattr(os, "pidfd_open")):
         return None
