@@ -5,11 +5,13 @@ Prints, timed in this run:
   holding the sweep cell (so the extension starts Ray in the background as it loads), the sweep cell run right
   after the extension loads and after GAP_S of earlier cells (time.sleep standing in for imports and loading
   data); and with that background start turned off (MLOPS_RAY_PRESTART=0), as before it existed;
-- a sweep with Ray already up against 1.3x the ideal (5 s);
+- a sweep with Ray already up against 1.3x the ideal (5 s): with no scheduler its trials run as plain Ray tasks;
+- the same sweep through Tune (the path of --scheduler asha, or of a body that calls report(): here it reports
+  its metric once);
 - plain Ray Tune with its defaults (a worker process per trial, file loggers) on the same body: the
   anchor. It is slow, so it runs 4 trials and is scaled to 20 (said in its line);
 - plain Ray Tune at its fastest (reuse_actors, no file loggers), 20 trials on the same Ray:
-  the floor of any sweep that runs its trials through Tune, beside the goal;
+  the floor of any sweep that runs its trials through Tune;
 - a 2-node ray.cluster_utils.Cluster: trials per node.
 """
 
@@ -26,7 +28,8 @@ GAP_S = 5.0
 IDEAL = TRIALS * BODY_S / CPUS
 ANCHOR_TRIALS = 4
 CELL = (f'%%mlops sweep --space "x=uniform(0, 1)" --samples {TRIALS} --metric acc --mode max{{extra}}\n'
-        f"import time\ntime.sleep({BODY_S})\nacc = x\n")
+        f"import time\ntime.sleep({BODY_S})\nacc = x\n{{tail}}")
+TUNE_TAIL = "import mlops_jupyter\nmlops_jupyter.report(acc=acc)\n"  # report(): the sweep goes through Tune
 
 
 def plain_tune(n: int, fastest: bool = False) -> float:
@@ -55,7 +58,7 @@ def session(gap: float | None = None):
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import time"), nbformat.v4.new_code_cell(CELL.format(extra=""))]
+    nb.cells = [nbformat.v4.new_code_cell("import time"), nbformat.v4.new_code_cell(CELL.format(extra="", tail=""))]
     nbformat.write(nb, root / "sweep.ipynb")
     os.environ["MLOPS_NOTEBOOK"] = str(root / "sweep.ipynb")
     from IPython.testing.globalipapp import start_ipython
@@ -68,10 +71,10 @@ def session(gap: float | None = None):
     if gap:
         ip.run_cell(f"import time\ntime.sleep({max(0.0, gap - (time.perf_counter() - loaded))})")
 
-    def sweep(extra: str = "") -> float:
+    def sweep(extra: str = "", tail: str = "") -> float:
         started = time.perf_counter()
         with capture_output():
-            result = ip.run_cell(CELL.format(extra=extra))
+            result = ip.run_cell(CELL.format(extra=extra, tail=tail))
         if not result.success:
             raise SystemExit(f"sweep failed: {result.error_in_exec}")
         return time.perf_counter() - started
@@ -99,6 +102,8 @@ def main() -> None:
     ip, sweep = session()
     sweep()
     warm = min(sweep() for _ in range(2))
+    sweep(tail=TUNE_TAIL)
+    through_tune = min(sweep(tail=TUNE_TAIL) for _ in range(2))
     floor = min(plain_tune(TRIALS, fastest=True) for _ in range(2))
     anchor = plain_tune(ANCHOR_TRIALS) * TRIALS / ANCHOR_TRIALS
     for (gap, on), took in firsts.items():
@@ -108,8 +113,11 @@ def main() -> None:
               f"(goal: + 5 s or less) {'OK' if took <= IDEAL + 5 else 'SLOW'}")
     print(f"sweep, Ray up: {warm:.1f} s = {warm / IDEAL:.2f}x ideal {IDEAL:.0f} s (goal <= 1.3x) "
           f"{'OK' if warm <= 1.3 * IDEAL else 'SLOW'}")
+    print(f"the same sweep through Tune (the body calls report()), Ray up: {through_tune:.1f} s = "
+          f"{through_tune / IDEAL:.2f}x ideal")
     print(f"plain Ray Tune at its fastest (reuse_actors, no file loggers): {floor:.1f} s = {floor / IDEAL:.2f}x ideal: "
-          f"the floor of a sweep run through Tune; %%mlops sweep adds {(warm - floor) / floor:+.0%}")
+          f"the floor of a sweep run through Tune; through Tune %%mlops sweep adds "
+          f"{(through_tune - floor) / floor:+.0%}, as Ray tasks it takes {warm / floor:.2f}x Tune's floor")
     print(f"plain Ray Tune, defaults: ~{anchor:.0f} s ({ANCHOR_TRIALS} trials timed, scaled to {TRIALS}) "
           f"-> %%mlops sweep is {anchor / warm:.1f}x faster")
 

@@ -196,8 +196,8 @@ def _reproduce(p, door):
                         "reproduce always does; named for scripts that want to say so)")
 
 
-@verb("sweep", "this cell as a hyperparameter sweep on Ray Tune, one child run per trial", doors=(MAGIC.name,),
-      cell=True)
+@verb("sweep", "this cell as a hyperparameter sweep on Ray (Tune for --scheduler), one child run per trial",
+      doors=(MAGIC.name,), cell=True)
 def _sweep(p, door):
     space = p.add_mutually_exclusive_group(required=True)
     space.add_argument("--space", metavar='"lr=loguniform(1e-4,1e-1); depth=choice(3,5,8)"',

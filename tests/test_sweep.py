@@ -156,6 +156,26 @@ def test_sweep_records_parent_and_children_with_notebook_globals(ip, project, lo
             assert "trained tree numpy" in read_artifact(project, kid.info.run_id, "trial/output.txt")
 
 
+def test_grid_times_samples_and_report_calls_without_a_scheduler(ip, project, local_ray):
+    """Without a scheduler: a grid repeated --samples times with a random term, as Tune would draw it (trials
+    run as plain Ray tasks); and a body that calls report() (through Tune) keeps every reported metric."""
+    result = sweep(ip, '--space "depth=grid(1, 2, 3); lr=uniform(0, 1)" --samples 2 --metric acc --mode max',
+                   "acc = depth + lr")
+    assert result.success, result.error_in_exec
+    df = ip.user_ns["sweep"]
+    assert len(df) == 6 and set(df["status"]) == {"FINISHED"} and sorted(df["depth"]) == [1, 1, 2, 2, 3, 3]
+    assert df["lr"].nunique() == 6 and df["acc"].max() == pytest.approx(3 + df[df["depth"] == 3]["lr"].max())
+    result = sweep(ip, '--space "x=grid(1, 2)" --metric acc --mode max',
+                   "import mlops_jupyter\nfor epoch in range(2):\n"
+                   "    mlops_jupyter.report(acc=x * epoch, epoch=epoch)\nacc = x * 10")
+    assert result.success, result.error_in_exec
+    assert ip.user_ns["best_params"] == {"x": 2}
+    flush(ip)
+    parent = [r for r in all_runs(project) if r.data.tags.get("mlops.kind") == "sweep"]
+    kids = children(project, max(parent, key=lambda r: r.info.start_time))
+    assert sorted(k.data.metrics["acc"] for k in kids) == [10, 20] and {k.data.metrics["epoch"] for k in kids} == {1}
+
+
 def test_trials_get_distinct_gpus_from_ray(ip, project, local_ray):
     result = sweep(ip, '--space "i=grid(1, 2, 3, 4)" --gpus-per-trial 1 --metric acc --mode max',
                    "import os, time\ntime.sleep(1.0)\ngpu = os.environ['CUDA_VISIBLE_DEVICES']\nacc = i")

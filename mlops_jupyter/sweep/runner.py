@@ -1,4 +1,5 @@
-"""Driver side of a sweep: reach Ray, check resources, run Ray Tune, stream trials back to the cell."""
+"""Driver side of a sweep: reach Ray, check resources, run the trials (through Ray Tune, or as plain Ray tasks
+when no scheduler needs Tune: ``_Pool``), stream them back to the cell."""
 
 from __future__ import annotations
 
@@ -289,25 +290,119 @@ def prepare(spec: SweepSpec, user_ns: dict, hidden: dict) -> Plan:
     return Plan(spec, shipment, nodes, remote=client.is_connected())
 
 
-def _trainable(plan: Plan):
-    from ray import tune
-
-    from . import trial
-
+def _shipped(plan: Plan, put):
+    """``put(job)`` (one ray.put for the whole sweep) of what every trial needs: the body, the metric and the
+    notebook's globals, less those that cannot be pickled (a trial that needs one says so)."""
     spec, shipped = plan.spec, plan.shipment
     job = {"body": spec.body, "metric": spec.metric, "mode": spec.mode, "retries": spec.retries,
            "modules": shipped.modules, "submodules": shipped.submodules, "skipped": shipped.skipped,
            "values": shipped.values}
     try:
-        fn = tune.with_parameters(trial.run, job=job)  # one ray.put for the whole sweep
+        return put(job)
     except Exception:  # noqa: BLE001 - some global cannot be pickled: leave it (and say so if a trial needs it)
         problems = ship.pickle_problems(shipped.values)
         if not problems:
             raise
         shipped.skipped.update(problems)
         job["values"] = {k: v for k, v in shipped.values.items() if k not in problems}
-        fn = tune.with_parameters(trial.run, job=job)
-    return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+        return put(job)
+
+
+def _trainable(plan: Plan):
+    from ray import tune
+
+    from . import trial
+
+    fn = _shipped(plan, lambda job: tune.with_parameters(trial.run, job=job))
+    return tune.with_resources(fn, {"cpu": plan.spec.cpus_per_trial, "gpu": plan.spec.gpus_per_trial})
+
+
+def pooled(spec: SweepSpec) -> bool:
+    """Whether the sweep runs as plain Ray tasks (``_Pool``) rather than through Tune's controller: when no
+    scheduler compares trials as they go and the body streams no results (``report()`` calls)."""
+    return spec.scheduler is None and "report" not in spec.body
+
+
+def _slots(spec: SweepSpec, nodes: list) -> int:
+    """How many trials the cluster's nodes can run at once (or --concurrency): at least one."""
+    if spec.concurrency:
+        return spec.concurrency
+    fit = 0
+    for n in nodes:
+        per = [math.floor(have / want + 1e-9) for have, want in ((n["cpu"], spec.cpus_per_trial),
+                                                                  (n["gpu"], spec.gpus_per_trial)) if want]
+        fit += min(per) if per else 1 << 20
+    return max(1, fit)
+
+
+class _Pool:
+    """A sweep without a scheduler, as plain Ray tasks: trial ``i`` is ``trial.run_task`` with the i-th config
+    Tune's variant generator draws from the space (grid x --samples, as Tune would), as many at once as the
+    cluster fits. Tune runs each trial in an actor, and Ray starts a new worker process for every actor, each
+    sweep; tasks run on the worker processes Ray keeps between tasks, so a sweep with Ray up starts no process.
+    Measured on 2 CPUs (bench_sweep): Tune at its fastest took 1.39x the ideal, a sweep as tasks ~1.1x.
+    The events are Tune's (start, result, complete, recover, error), so ``_Tracker`` folds both alike. A trial
+    whose worker or node dies runs again (up to NODE_RETRIES times, a ``recover``); a stop request (Ctrl-C)
+    kills the running tasks at once, as a blocking call in the body would not see a gentler cancel."""
+
+    def __init__(self, plan: Plan, channel):
+        self.plan, self.channel = plan, channel
+        self.running: dict = {}  # task -> (trial id, config, restarts)
+
+    def fit(self) -> None:
+        import uuid
+
+        import ray
+        from ray.tune.search.variant_generator import generate_variants
+
+        from . import trial
+
+        spec = self.plan.spec
+        space = {name: term.to_tune() for name, term in spec.space.items()}
+        configs = [cfg for _ in range(spec.num_samples) for _, cfg in generate_variants(space)]
+        prefix = uuid.uuid4().hex[:5]
+        todo = [(f"{prefix}_{i:05d}", cfg) for i, cfg in reversed(list(enumerate(configs)))]
+        job = _shipped(self.plan, ray.put)
+        task = ray.remote(trial.run_task).options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
+                                                  max_retries=0, name="mlops sweep trial")
+        slots, looked = _slots(spec, self.plan.nodes), time.monotonic()
+        try:
+            while todo or self.running:
+                if self.channel.stopped():
+                    return
+                if todo and len(self.running) >= slots and time.monotonic() - looked > 2.0:
+                    slots, looked = _slots(spec, cluster_nodes()), time.monotonic()  # a node came or went
+                while todo and len(self.running) < slots:
+                    trial_id, cfg = todo.pop()
+                    self.running[task.remote(cfg, job)] = (trial_id, cfg, 0)
+                    self.channel.put(("start", trial_id, dict(cfg), time.time()))
+                done, _ = ray.wait(list(self.running), num_returns=1, timeout=0.1)
+                for ref in done:
+                    self._ended(ref, task, job)
+        finally:
+            for ref in self.running:  # stopped (or failed): nothing keeps running on the cluster
+                ray.cancel(ref, force=True)
+
+    def _ended(self, ref, task, job) -> None:
+        import ray
+
+        trial_id, cfg, restarts = self.running.pop(ref)
+        try:
+            results = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the body left through BaseException (SystemExit, ...)
+            self.channel.put(("error", trial_id, str(exc), time.time()))
+            return
+        except ray.exceptions.RayError as exc:  # its worker or node died: run it again elsewhere
+            if restarts >= NODE_RETRIES:
+                self.channel.put(("error", trial_id, f"its Ray worker failed {restarts + 1} times: "
+                                                     f"{str(exc).strip().splitlines()[0]}", time.time()))
+                return
+            self.running[task.remote(cfg, job)] = (trial_id, cfg, restarts + 1)
+            self.channel.put(("recover", trial_id, str(exc), time.time()))
+            return
+        for result in results:
+            self.channel.put(("result", trial_id, result, time.time()))
+        self.channel.put(("complete", trial_id, None, time.time()))
 
 
 def _tuner(plan: Plan, channel, storage: str):
@@ -395,7 +490,9 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
     # Tune's own file loggers: the trials go to MLflow instead
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner in the cell
-    channel = RemoteChannel() if plan.remote else LocalChannel()
+    pool = pooled(plan.spec)
+    # over Ray Client the Tuner runs on the cluster and reports through an actor; a pool is driven from here
+    channel = RemoteChannel() if plan.remote and not pool else LocalChannel()
     storage = tempfile.mkdtemp(prefix="mlops-sweep-")
     levels = _quiet_logs()
     folded = _Tracker(plan.spec, on_trial_end)
@@ -405,7 +502,10 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
 
     def fit():
         try:
-            box["grid"] = _tuner(plan, channel, storage).fit()
+            if pool:
+                _Pool(plan, channel).fit()
+            else:
+                _tuner(plan, channel, storage).fit()
         except BaseException as exc:  # noqa: BLE001 - handed to the cell's thread
             box["error"] = exc
 
@@ -439,7 +539,8 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
             folded.kill_running()
         elif "error" in box:
             exc = box["error"]
-            raise SweepError(f"Ray Tune stopped the sweep: {type(exc).__name__}: {exc}", what="tune") from exc
+            raise SweepError(f"{'Ray' if pool else 'Ray Tune'} stopped the sweep: {type(exc).__name__}: {exc}",
+                             what="tune") from exc
         result.trials = sorted(folded.trials.values(), key=lambda t: t.number)
         return result
     finally:

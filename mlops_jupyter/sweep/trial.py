@@ -1,7 +1,8 @@
 """Worker side: one trial runs the cell body with the sampled parameters as plain variables.
 
 A body that raises is retried here (``--retries``) and then reported as a FAILED result rather than
-raised, so Ray Tune's own retries stay for lost workers and nodes. Imported in Ray workers only.
+raised, so the retries of Ray Tune (or of the sweep's own task pool) stay for lost workers and nodes.
+Imported in Ray workers only.
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ def run(config: dict, job: dict) -> None:
     """The Ray Tune function trainable: body, then the --metric variable as the trial's result."""
     from ray import tune
 
+    attempts(config, job, tune.report)
+
+
+def run_task(config: dict, job: dict) -> list:
+    """A trial as a plain Ray task (a sweep without a scheduler, see ``runner``): its results, in order."""
+    results: list = []
+    attempts(config, job, results.append)
+    return results
+
+
+def attempts(config: dict, job: dict, report) -> None:
+    """The body, up to 1 + --retries times, then the --metric variable as the trial's last result, each
+    result handed to ``report``."""
     metric, where = job["metric"], _where()
     linecache.cache[FILENAME] = (len(job["body"]), None, job["body"].splitlines(True), FILENAME)
     code = compile(job["body"], FILENAME, "exec")
@@ -73,7 +87,7 @@ def run(config: dict, job: dict) -> None:
                              f"{metric!r} (e.g. report({metric}={metric}, ...)): the scheduler compares trials on it.")
         clean = {k: float(v) for k, v in metrics.items()}
         last.update(clean)
-        tune.report({**clean, **where})
+        report({**clean, **where})
 
     error, out = "", io.StringIO()
     for attempt in range(1, job["retries"] + 2):
@@ -96,7 +110,7 @@ def run(config: dict, job: dict) -> None:
                 raise _MissingMetric(f"the sweep's metric variable `{metric}` is a {type(value).__name__}, "
                                      "not a number") from None
             extra = {k: v for k, v in last.items() if k != metric}
-            tune.report({**extra, metric: value, **where, "mlops_status": "FINISHED", "mlops_attempts": attempt,
+            report({**extra, metric: value, **where, "mlops_status": "FINISHED", "mlops_attempts": attempt,
                          "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
             return
         except _MissingMetric as exc:
@@ -107,5 +121,5 @@ def run(config: dict, job: dict) -> None:
         finally:
             mlops_jupyter._reporter = None
     worst = -math.inf if job["mode"] == "max" else math.inf  # so no scheduler or searcher prefers it
-    tune.report({metric: worst, **where, "mlops_status": "FAILED", "mlops_attempts": attempt,
+    report({metric: worst, **where, "mlops_status": "FAILED", "mlops_attempts": attempt,
                  "mlops_error": error, "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
