@@ -373,6 +373,26 @@ def test_step_kernels_are_fresh_processes_that_share_nothing(project, monkeypatc
         assert not [p for p in mine if "mlops_jupyter.pipeline" in running_cmdline(p)], mine
 
 
+def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(project, monkeypatch, tmp_path):
+    """Something the template imported left it unsafe to fork (here every forked child exits at once): each
+    step still runs, in a kernel started the usual way."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "unsafe_to_fork.py").write_text("import os\nos.register_at_fork(after_in_child=lambda: os._exit(3))\n")
+    monkeypatch.setenv("PYTHONPATH", str(libs))
+    nb = notebook(project / "dies.ipynb", [
+        ("import os\nimport unsafe_to_fork", ["imports"]),
+        ("runner = 0", ["parameters"]),
+        ("plain_one = int(os.getppid() == runner)", ["step:one"]),
+        ("plain = plain_one + int(os.getppid() == runner)", ["step:two"]),
+        ("plain", ["metrics"]),
+    ])
+    pipeline.export(nb, "pipe")
+    result = pipeline.run(project / "pipe", params=[f"runner={os.getpid()}"], echo=lambda s: None)
+    assert result.ok and ran(result) == {"one", "two"}, result
+    assert metrics(project / "pipe", "two") == {"plain": 2}
+
+
 def test_the_fork_server_refuses_to_fork_a_threaded_template(project):
     """A preload that starts a thread makes the template unsafe to fork: the server says so (the runner then
     starts kernels the usual way) and exits once told to."""

@@ -176,9 +176,10 @@ def _park(job: dict) -> None:
 
 
 def _take(job: dict):
-    """The parked kernel, if it suits this step and still runs; else a manager for a new kernel, which
-    papermill starts (forked where it can be)."""
+    """The parked kernel, if it suits this step and still runs; else a new one (forked where it can be)."""
     from jupyter_core.utils import run_sync
+
+    from . import kernels
 
     if _parked and _parked[0][0] == _fit(job):
         km = _parked.pop()[1]
@@ -188,7 +189,7 @@ def _take(job: dict):
         except Exception:  # noqa: BLE001 - gone: the step starts its own
             pass
     _unpark()
-    return _kernels(job).manager()
+    return kernels.start(_kernels(job), job["root"])
 
 
 def _unpark() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -334,19 +333,8 @@ class _Runner:
         return out
 
     def _start_kernel(self):
-        from jupyter_core.utils import run_sync
-
-        km = self.kernels.manager()
         try:
-            # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
-            try:
-                run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
-            except Exception:  # noqa: BLE001
-                if not self.kernels.is_forked(km):
-                    raise
-                self.kernels.close()  # the fork server failed: this and later steps start kernels the usual way
-                km = self.kernels.manager()
-                run_sync(km.start_kernel)(cwd=str(self.root), stderr=subprocess.DEVNULL)
+            km = K.start(self.kernels, str(self.root))
             with self.cond:
                 self.live.add(km)
         except Exception as exc:  # noqa: BLE001 - e.g. no such kernel

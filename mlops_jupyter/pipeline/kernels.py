@@ -243,6 +243,38 @@ def _classes() -> dict:
     return _CLASSES
 
 
+def start(kernels: "Kernels", cwd: str):
+    """A step kernel, started and answering (kernel_info): forked where it can be. A forked kernel that dies
+    before it answers (something the template imported left it unsafe to fork) is replaced by one started the
+    usual way, and the fork server is closed, so the run's later steps start theirs the usual way too. The
+    wait costs a step nothing: papermill finds the client ready (``StepClient``) instead of waiting itself."""
+    from jupyter_core.utils import run_sync
+
+    async def ready(km):
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=120)
+
+    km = kernels.manager()
+    try:
+        run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+        if kernels.is_forked(km):
+            run_sync(ready)(km)
+        return km
+    except Exception:
+        if not kernels.is_forked(km):
+            raise
+        try:
+            km.stop_client()
+            run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        kernels.close()
+    km = kernels.manager()
+    run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+    return km
+
+
 class Kernels:
     """Starts the step kernels of one pipeline run."""
 
