@@ -340,7 +340,7 @@ class _Pool:
     Tune's variant generator draws from the space (grid x --samples, as Tune would), as many at once as the
     cluster fits. Tune runs each trial in an actor, and Ray starts a new worker process for every actor, each
     sweep; tasks run on the worker processes Ray keeps between tasks, so a sweep with Ray up starts no process.
-    Measured on 2 CPUs (bench_sweep): Tune at its fastest took 1.39x the ideal, a sweep as tasks ~1.1x.
+    Measured on 2 CPUs (bench_sweep): Tune at its fastest took 1.33-1.39x the ideal, a sweep as tasks 1.03x.
     The events are Tune's (start, result, complete, recover, error), so ``_Tracker`` folds both alike. A trial
     whose worker or node dies runs again (up to NODE_RETRIES times, a ``recover``); a stop request (Ctrl-C)
     kills the running tasks at once, as a blocking call in the body would not see a gentler cancel."""
