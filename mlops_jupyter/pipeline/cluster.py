@@ -179,8 +179,6 @@ def _take(job: dict):
     """The parked kernel, if it suits this step and still runs; else a new one (forked where it can be)."""
     from jupyter_core.utils import run_sync
 
-    from . import kernels
-
     if _parked and _parked[0][0] == _fit(job):
         km = _parked.pop()[1]
         try:
@@ -189,17 +187,14 @@ def _take(job: dict):
         except Exception:  # noqa: BLE001 - gone: the step starts its own
             pass
     _unpark()
-    return kernels.start(_kernels(job), job["root"])
+    return _kernels(job).start(job["root"])
 
 
 def _unpark() -> None:
-    from jupyter_core.utils import run_sync
+    from .kernels import Kernels
 
     while _parked:
-        try:
-            run_sync(_parked.pop()[1].shutdown_kernel)(now=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        Kernels.stop(_parked.pop()[1])
 
 
 def _warm(job: dict) -> None:
@@ -410,7 +405,8 @@ class RayRunner(_Runner):
             for producer in producers:  # a producer skipped in this run left its hand-off here only
                 put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
         job = {**self.template, "step": name, "folder": str(folder), "notebook": spec["notebook"],
-               "out": out.relative_to(folder).as_posix(), "params": self.params, "inputs": producers, "storage": self.storage, "resources": spec.get("resources", {}),
+               "out": out.relative_to(folder).as_posix(), "params": self.params, "inputs": producers,
+               "storage": self.storage, "resources": spec.get("resources", {}),
                "source": (folder / spec["notebook"]).read_text() if self.storage else None}
         asks = _asks(spec)
         ref = self.remote.options(name=f"mlops step {name}", num_cpus=asks.get("CPU", 0), num_gpus=asks.get("GPU", 0),

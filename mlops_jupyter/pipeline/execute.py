@@ -334,7 +334,7 @@ class _Runner:
 
     def _start_kernel(self):
         try:
-            km = K.start(self.kernels, str(self.root))
+            km = self.kernels.start(str(self.root))
             with self.cond:
                 self.live.add(km)
         except Exception as exc:  # noqa: BLE001 - e.g. no such kernel
@@ -369,15 +369,9 @@ class _Runner:
             pass
 
     def _stop_kernel(self, km) -> None:
-        from jupyter_core.utils import run_sync
-
         with self.cond:
             self.live.discard(km)
-        try:
-            km.stop_client()
-            run_sync(km.shutdown_kernel)(now=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        self.kernels.stop(km)
 
     def _notebook(self, spec: dict, out: Path, km) -> None:
         """Execute the step notebook into ``out`` in kernel ``km``; papermill's errors propagate."""

@@ -243,38 +243,6 @@ def _classes() -> dict:
     return _CLASSES
 
 
-def start(kernels: "Kernels", cwd: str):
-    """A step kernel, started and answering (kernel_info): forked where it can be. A forked kernel that dies
-    before it answers (something the template imported left it unsafe to fork) is replaced by one started the
-    usual way, and the fork server is closed, so the run's later steps start theirs the usual way too. The
-    wait costs a step nothing: papermill finds the client ready (``StepClient``) instead of waiting itself."""
-    from jupyter_core.utils import run_sync
-
-    async def ready(km):
-        kc = km.client()
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=120)
-
-    km = kernels.manager()
-    try:
-        run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
-        if kernels.is_forked(km):
-            run_sync(ready)(km)
-        return km
-    except Exception:
-        if not kernels.is_forked(km):
-            raise
-        try:
-            km.stop_client()
-            run_sync(km.shutdown_kernel)(now=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        kernels.close()
-    km = kernels.manager()
-    run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
-    return km
-
-
 class Kernels:
     """Starts the step kernels of one pipeline run."""
 
@@ -309,6 +277,46 @@ class Kernels:
     @staticmethod
     def is_forked(km) -> bool:
         return isinstance(km.provisioner, _classes()["ForkProvisioner"])
+
+    def start(self, cwd: str):
+        """A step kernel, started and answering (kernel_info): forked where it can be. A forked kernel that dies
+        before it answers (something the template imported left it unsafe to fork), or a fork server that fails,
+        gives way to a kernel started the usual way, and the fork server is closed, so the run's later steps
+        start theirs the usual way too. The wait costs a step nothing: papermill finds the client ready
+        (``StepClient``) instead of waiting itself."""
+        from jupyter_core.utils import run_sync
+
+        async def ready(km):
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=120)
+
+        km = self.manager()
+        # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
+        try:
+            run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+            if self.is_forked(km):
+                run_sync(ready)(km)
+            return km
+        except Exception:
+            if not self.is_forked(km):
+                raise
+            self.stop(km)
+            self.close()
+        km = self.manager()
+        run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+        return km
+
+    @staticmethod
+    def stop(km) -> None:
+        """Stop a step kernel and its client, quietly when it is already gone."""
+        from jupyter_core.utils import run_sync
+
+        try:
+            km.stop_client()
+            run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
     def close(self, wait: bool = True) -> None:
         """Stop the fork server (``wait=False``: let it exit on its own; call again with ``wait`` to reap it)."""

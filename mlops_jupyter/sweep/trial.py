@@ -111,7 +111,7 @@ def attempts(config: dict, job: dict, report) -> None:
                                      "not a number") from None
             extra = {k: v for k, v in last.items() if k != metric}
             report({**extra, metric: value, **where, "mlops_status": "FINISHED", "mlops_attempts": attempt,
-                         "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
+                    "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
             return
         except _MissingMetric as exc:
             error = f"{exc}\n"
@@ -122,4 +122,4 @@ def attempts(config: dict, job: dict, report) -> None:
             mlops_jupyter._reporter = None
     worst = -math.inf if job["mode"] == "max" else math.inf  # so no scheduler or searcher prefers it
     report({metric: worst, **where, "mlops_status": "FAILED", "mlops_attempts": attempt,
-                 "mlops_error": error, "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
+            "mlops_error": error, "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
