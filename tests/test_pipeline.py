@@ -393,6 +393,40 @@ def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(projec
     assert metrics(project / "pipe", "two") == {"plain": 2}
 
 
+def test_a_step_kernel_is_ready_without_a_quiet_period_and_loses_no_output(project):
+    """A step's kernel counts as ready once its kernel_info request's idle status reaches IOPub (jupyter_client
+    waits for 0.2 s of silence there besides): a cell run at once, in a kernel just forked or one started
+    without waiting (the Ray workers' parked kernel), still gets every line it prints."""
+    import subprocess as sp
+
+    from jupyter_core.utils import run_sync
+
+    from mlops_jupyter.pipeline import kernels
+
+    ks = kernels.Kernels("python3", project)
+    ks.start_fork_server([kernels.SETUP], [])
+    try:
+        for i in range(4):
+            if i % 2:
+                km = ks.start(str(project))
+            else:  # as a Ray worker parks one: started, and asked at once
+                km = ks.manager()
+                run_sync(km.start_kernel)(cwd=str(project), stderr=sp.DEVNULL)
+            assert ks.is_forked(km)
+            kc = km.client()
+            kc.start_channels()
+            run_sync(kc.wait_for_ready)(timeout=60)
+            out = []
+            reply = run_sync(kc.execute_interactive)(f"for j in range(3):\n    print({i}, j)", output_hook=out.append,
+                                                     timeout=60)
+            assert reply["content"]["status"] == "ok"
+            assert "".join(m["content"]["text"] for m in out if m["msg_type"] == "stream") == "".join(
+                f"{i} {j}\n" for j in range(3))
+            kernels.Kernels.stop(km)
+    finally:
+        ks.close()
+
+
 def test_the_fork_server_refuses_to_fork_a_threaded_template(project):
     """A preload that starts a thread makes the template unsafe to fork: the server says so (the runner then
     starts kernels the usual way) and exits once told to."""

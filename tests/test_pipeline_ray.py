@@ -116,6 +116,7 @@ def test_a_failed_step_resumes_through_a_hand_off_storage(project, cluster, tmp_
     first = pipeline.run("pipe", params=["fail=True"], address=cluster.address, storage=str(storage),
                          echo=lambda s: None)
     status = {s.name: s for s in first.steps}
+    print("STATUSES", {s.name: (s.status, s.error) for s in first.steps})
     assert status["check"].status == "failed" and "ValueError: bad batch" in status["check"].error
     assert status["publish"].status == "blocked" and ran(first) == {"prep", "train", "count", "report"}
     assert (storage / "artifacts" / "prep").is_dir()  # the hand-off went through the storage...
@@ -128,6 +129,22 @@ def test_a_failed_step_resumes_through_a_hand_off_storage(project, cluster, tmp_
     assert again.ok and ran(again) == {"check", "publish"}
     assert again.count("skipped") == 4
     assert all(st == "fresh" for _, st, _ in pipeline.status("pipe"))
+
+
+def test_siblings_read_their_producers_hand_off_through_the_storage_at_once(project, cluster, tmp_path):
+    """Steps that start together and read one producer's hand-off each find it whole: the driver puts it into
+    the storage once (it used to put it again for each of them, removing it under the feet of the others)."""
+    nb = notebook(project / "sib.ipynb", [("k = 0", ["parameters"]),
+                                          ("data = list(range(1000))\nmore = {'a': [1, 2]}", ["step:prep"]),
+                                          *[(f"r{j} = sum(data) + len(more) + k", [f"step:d{j}", "after:prep"])
+                                            for j in range(5)]])
+    pipeline.export(nb, "pipe")
+    siblings = {f"d{j}" for j in range(5)}
+    # prep runs, then is skipped: its hand-off is put from the pipeline folder
+    for params, runs in (([], siblings | {"prep"}), (["k=1"], siblings)):
+        result = pipeline.run("pipe", params=params, address=cluster.address, storage=str(tmp_path / "handoff"),
+                              echo=lambda s: None)
+        assert result.ok and ran(result) == runs, [(s.name, s.error) for s in result.steps]
 
 
 def test_an_unreachable_address_is_named_before_anything_runs(project, ip):
@@ -279,8 +296,11 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
         ("leaked, same_rng, same_pid, forked, pid1, template", ["metrics"]),
     ])
     pipeline.export(nb, "pipe")
-    done = subprocess.run(CLI + ["pipeline", "run", "pipe", "--address", cluster.address], cwd=project,
-                          capture_output=True, text=True, timeout=300)
+    # the CLI, which never imports papermill itself: it runs in the workers
+    code = ("import sys; from mlops_jupyter.cli import main; code = main(sys.argv[1:]); "
+            "assert 'papermill' not in sys.modules, 'the driver imported papermill'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "pipeline", "run", "pipe", "--address", cluster.address],
+                          cwd=project, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     got = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
     assert {k: got[k] for k in ("leaked", "same_rng", "same_pid", "forked")} == {
@@ -309,3 +329,31 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
     finally:
         ray.shutdown()
     wait_for(lambda: not templates(), timeout=60, what="the template processes to exit once the driver is gone")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the claim is a Linux abstract socket name")
+def test_one_worker_per_run_and_node_claims_the_warm_up(monkeypatch):
+    """The warm-up task does nothing on a node where a worker of the run already gets ready for steps (the first
+    step's, sent before it): the claim is a name that lives as long as the worker that holds it."""
+    import uuid
+
+    from mlops_jupyter.pipeline import cluster as C
+
+    run, node = uuid.uuid4().hex, "a" * 56
+    code = ("import os, sys; os.environ['MLOPS_RAY_NODE'] = sys.argv[2]; from mlops_jupyter.pipeline import cluster; "
+            "print(cluster._claim({'run': sys.argv[1]}), flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, run, node], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        monkeypatch.setenv("MLOPS_RAY_NODE", node)
+        assert not C._claim({"run": run})  # the holder's
+        monkeypatch.setenv("MLOPS_RAY_NODE", "b" * 56)
+        assert C._claim({"run": run})  # another node's is free
+        C._claimed.pop(run).close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    monkeypatch.setenv("MLOPS_RAY_NODE", node)
+    assert C._claim({"run": run})  # gone with the worker that held it
+    C._claimed.pop(run).close()

@@ -12,9 +12,9 @@ executed notebook back, and the driver copies those into the pipeline folder. Ei
 notebook's folder: local modules, data files) must be at the same path on every node.
 
 Speed: a worker forks its steps' kernels from a fork server of its own (``kernels``, ``forkserver``: ipykernel
-and the run's first step's imports loaded), and starts the next step's kernel as a step ends, so on the
+and the run's first step's imports loaded), and starts the next step's kernel as a step starts, so on the
 cluster, as on the local runner, a step after a worker's first pays neither for a kernel's start nor for its
-imports.
+imports. The driver never imports papermill: a cell's error comes back as plain values (``CellError``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import InvalidInput, PipelineError
-from .execute import _first_line, _Runner
+from .execute import CellError, _first_line, _Runner
 
 CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long cancelled steps get to stop their kernels before being killed
 # how long a step waits once no node of the cluster can take it any more (its node died), and how often that
@@ -132,22 +132,47 @@ def _local_copy(job: dict, work: Path) -> Path:
 
 # A kernel this worker process started for its next step: (what it was started for, its manager). Ray hands a
 # node's next task to the worker that went idle last, which is the one that just ran a step (or warmed up), so
-# the step that follows finds its kernel started, as the local runner's steps do.
+# the step that follows finds its kernel started, and answering, as the local runner's steps do.
 _parked: list = []
 # run -> this worker's ``Kernels`` for that pipeline run: its fork server (see ``kernels``) outlives a step, so
 # a step's kernel is forked from a process that has ipykernel and the run's imports loaded, as on the local
 # runner. One per run, as there: a worker of a driver that stays connected (a notebook) serves later runs too,
 # and their kernels must not get modules imported before a package was upgraded or an imports cell changed.
 _templates: dict = {}
+# run -> the socket that tells this node's other workers that this one has the run's fork server (_claim)
+_claimed: dict = {}
+
+
+def _claim(job: dict) -> bool:
+    """Whether this worker is the first of the run on its node to get ready for steps: a name in Linux's
+    abstract socket namespace, held while the worker keeps the run's fork server, and gone with the process,
+    so nothing is left behind. Elsewhere every worker counts as first."""
+    import socket
+    import sys
+
+    if job["run"] in _claimed or not sys.platform.startswith("linux"):
+        return True
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(f"\0mlops-ray-{job['run']}-{os.environ['MLOPS_RAY_NODE']}")
+    except OSError:
+        sock.close()
+        return False
+    _claimed[job["run"]] = sock
+    return True
 
 
 def _kernels(job: dict):
+    """This worker's ``Kernels`` for the job's run, its fork server started (it imports while papermill does)."""
     from .kernels import Kernels
 
     if job["run"] not in _templates:
         for old in _templates.values():
             old.close(wait=False)  # it kills the kernels it forked (a parked one too) and exits
         _templates.clear()
+        for run in [r for r in _claimed if r != job["run"]]:
+            _claimed.pop(run).close()
+        _claim(job)
         _templates[job["run"]] = Kernels(job["kernel"], Path(job["root"]))
         _templates[job["run"]].start_fork_server(job["preload"], job["later"])
     return _templates[job["run"]]
@@ -160,7 +185,7 @@ def _fit(job: dict) -> tuple:
 
 
 def _park(job: dict) -> None:
-    """Start a kernel (no wait: it gets ready while the worker idles) for this worker's next step."""
+    """Start a kernel for this worker's next step: forked in no time, it gets ready while this step runs."""
     from jupyter_core.utils import run_sync
 
     _unpark()
@@ -198,22 +223,24 @@ def _unpark() -> None:
 
 
 def _warm(job: dict) -> None:
-    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's first step,
-    has papermill (nbclient, jupyter_client) imported, its fork server up and a kernel started."""
-    import papermill  # noqa: F401
+    """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's next step, has
+    papermill (nbclient, jupyter_client) imported, its fork server up and a kernel started. On a node where a
+    step of the run already gets ready, that would be the same work again, taking the CPU that step needs."""
     import ray
 
     os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
-    if os.path.isdir(job["root"]):
-        _park(job)
+    if not os.path.isdir(job["root"]) or not _claim(job):
+        return
+    _kernels(job)
+    import papermill  # noqa: F401
+
+    _park(job)
 
 
 def run_step(job: dict) -> dict:
     """A Ray task: papermill on one step notebook. Returns the node it ran on and, when a cell raised,
     papermill's error (never raised: a failing notebook is no reason for Ray to retry)."""
-    import papermill as pm
     import ray
-    from papermill.exceptions import PapermillExecutionError
 
     ctx = ray.get_runtime_context()
     node = {"id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "resources": job["resources"],
@@ -224,6 +251,10 @@ def run_step(job: dict) -> dict:
         reply["failure"] = (f"the project folder {job['root']} is not on node {node['ip']}; every node must see the "
                             "project at the same path (a shared file system, or the same checkout on each node)")
         return reply
+    _kernels(job)  # a new worker's fork server imports while this one imports papermill
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
     folder, work = Path(job["folder"]), None
     try:
         if job["storage"]:
@@ -232,12 +263,14 @@ def run_step(job: dict) -> dict:
         else:
             src, base = folder / job["notebook"], folder
         (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
+        km = _take(job)
+        if not ray.get_gpu_ids():  # a GPU task's worker is not reused (Ray's max_calls=1 for them)
+            _park(job)
         pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
-                            km=_take(job), cwd=job["root"], progress_bar=False,
+                            km=km, cwd=job["root"], progress_bar=False,
                             log_output=False, request_save_on_cell_execute=False, start_timeout=120)
     except PapermillExecutionError as exc:
-        reply["error"] = {k: getattr(exc, k) for k in ("cell_index", "exec_count", "source", "ename", "evalue",
-                                                       "traceback")}
+        reply["error"] = {k: getattr(exc, k) for k in CellError.FIELDS}
     except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors: the driver reports it
         reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
     finally:
@@ -245,8 +278,6 @@ def run_step(job: dict) -> dict:
             for rel in _outputs(job["step"], job["out"]):
                 put(work / rel, job["storage"], rel)
             shutil.rmtree(work, ignore_errors=True)
-    if not ray.get_gpu_ids():  # a GPU task's worker is not reused (Ray's max_calls=1 for them)
-        _park(job)
     return reply
 
 
@@ -300,6 +331,9 @@ class RayRunner(_Runner):
         self.refs: dict = {}  # step -> its task while it runs
         self.remote = None  # run_step as a Ray remote function, once connected
         self.template: dict = {}  # the kernel, project and imports every step's job carries (set on connecting)
+        self._warmups: list = []  # a warm-up task per node, sent with the first step
+        self.shipped: set = set()  # steps whose hand-off is in the storage for this run
+        self._shipping = threading.Lock()
         self.owned = False  # this run connected to Ray (and disconnects at the end)
         self._connect_lock = threading.Lock()
         self._nodes_lock = threading.Lock()
@@ -341,10 +375,11 @@ class RayRunner(_Runner):
             first = next((s for s in self.pipe.steps if s["name"] in self.likely), self.pipe.steps[0])
             self.template = {"run": uuid.uuid4().hex, "kernel": self.pipe.kernel, "root": str(self.root),
                              "preload": self.preload(first), "later": self._format_libs()}
+            # sent after the first step: its worker starts first (a raylet starts a node's workers a few at a
+            # time), and a warm-up on its node then sees it and does nothing (_warm)
             warm = ray.remote(num_cpus=0)(_warm)
-            for node in nodes:
-                warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True)).remote(
-                    self.template)
+            self._warmups = [warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True))
+                             for node in nodes]
 
     def _live_nodes(self, max_age: float = NODE_POLL_S) -> list:
         """The cluster's nodes as ``ray.nodes()`` lists them, at most ``max_age`` s old: however many steps
@@ -396,14 +431,17 @@ class RayRunner(_Runner):
 
     def _notebook(self, spec: dict, out: Path, km) -> None:
         import ray
-        from papermill.exceptions import PapermillExecutionError
 
         self.connect(needed=True)
         name, folder = spec["name"], self.pipe.folder
         producers = sorted(set(spec["inputs"].values()))
         if self.storage:
-            for producer in producers:  # a producer skipped in this run left its hand-off here only
-                put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
+            # a producer skipped in this run left its hand-off here only: put once, before any step reads it (a
+            # put replaces what is there, under the feet of a step of a sibling reading it)
+            with self._shipping:
+                for producer in sorted(set(producers) - self.shipped):
+                    put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
+                    self.shipped.add(producer)
         job = {**self.template, "step": name, "folder": str(folder), "notebook": spec["notebook"],
                "out": out.relative_to(folder).as_posix(), "params": self.params, "inputs": producers,
                "storage": self.storage, "resources": spec.get("resources", {}),
@@ -414,6 +452,9 @@ class RayRunner(_Runner):
                                   retry_exceptions=False).remote(job)
         with self.cond:
             self.refs[name] = ref
+            warmups, self._warmups = self._warmups, []
+        for warm in warmups:
+            warm.remote(self.template)
         try:
             reply = self._wait(ref, name, asks)
         except ray.exceptions.TaskCancelledError:
@@ -427,10 +468,12 @@ class RayRunner(_Runner):
         if self.storage:
             for rel in _outputs(name, job["out"]):
                 get(self.storage, rel, folder / rel)
+            with self._shipping:
+                self.shipped.add(name)  # its worker put its hand-off there
         with self.cond:
             self.placed[name] = reply["node"]
         if "error" in reply:
-            raise PapermillExecutionError(**reply["error"])
+            raise CellError(**reply["error"])
         if "failure" in reply:
             raise PipelineError(reply["failure"], step=name)
 

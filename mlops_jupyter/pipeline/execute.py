@@ -94,6 +94,21 @@ def descendants(pipe: Pipeline, name: str) -> set:
     return out
 
 
+class CellError(Exception):
+    """A cell of a step notebook raised: papermill's PapermillExecutionError as the runners hand it on (a step
+    on Ray brings it back as plain values, so the driver never imports papermill)."""
+
+    FIELDS = ("cell_index", "source", "ename", "evalue")
+
+    def __init__(self, cell_index: int, source: str, ename: str, evalue: str):
+        super().__init__(f"{ename}: {evalue}")
+        self.cell_index, self.source, self.ename, self.evalue = cell_index, source, ename, evalue
+
+    @classmethod
+    def of(cls, exc) -> CellError:
+        return cls(*(getattr(exc, k) for k in cls.FIELDS))
+
+
 def _first_line(text: str) -> str:
     return next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
 
@@ -182,9 +197,11 @@ class _Runner:
                     path = self.pipe.folder / "runs" / f"{stamp}-{i}"
                 path.mkdir(parents=True)
                 self.runs_dir = path
-                # papermill's import overlaps the first kernel's start-up; the recorder and the model worker
-                # import MLflow in processes of their own
-                threading.Thread(target=_import_papermill, daemon=True).start()
+                # papermill's import overlaps the first kernel's start-up (steps on Ray run it in their workers:
+                # this process never needs it); the recorder and the model worker import MLflow in processes of
+                # their own
+                if self.local_kernels:
+                    threading.Thread(target=_import_papermill, daemon=True).start()
                 models = any(s.get("models") for s in self.pipe.steps if s["name"] in self.likely)
                 settings = config.resolve(self.root)
                 # niced, unless a step will wait for its model: it writes in the gaps the kernels leave
@@ -374,17 +391,20 @@ class _Runner:
         self.kernels.stop(km)
 
     def _notebook(self, spec: dict, out: Path, km) -> None:
-        """Execute the step notebook into ``out`` in kernel ``km``; papermill's errors propagate."""
+        """Execute the step notebook into ``out`` in kernel ``km``; a cell that raised is a ``CellError``,
+        papermill's other errors propagate."""
         import papermill as pm
-
-        pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
-                            kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
-                            request_save_on_cell_execute=False,  # one write at the end: less GIL time
-                            start_timeout=120)
-
-    def _execute(self, spec: dict, fp: dict, why: list, km, runs: Path) -> StepResult:
         from papermill.exceptions import PapermillExecutionError
 
+        try:
+            pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
+                                kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
+                                request_save_on_cell_execute=False,  # one write at the end: less GIL time
+                                start_timeout=120)
+        except PapermillExecutionError as exc:
+            raise CellError.of(exc) from None
+
+    def _execute(self, spec: dict, fp: dict, why: list, km, runs: Path) -> StepResult:
         name = spec["name"]
         out = runs / f"{name}.ipynb"
         start = time.time()
@@ -393,7 +413,7 @@ class _Runner:
             tags={"mlops.kind": "pipeline-step", "mlops.pipeline": self.pipe.name, "mlops.step": name}, code=self.root)
         try:
             self._notebook(spec, out, km)
-        except PapermillExecutionError as exc:
+        except CellError as exc:
             where = self._cell(out, exc.cell_index, exc.source)
             err = f"{exc.ename}: {_first_line(exc.evalue) or exc.evalue}"
             return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), error=f"{where}: {err}"),

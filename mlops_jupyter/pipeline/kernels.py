@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from string import Template
@@ -25,6 +26,7 @@ FORK_ENV = "MLOPS_PIPELINE_FORK"
 FORMAT_LIBS = {"parquet": "import pandas, pyarrow.parquet", "joblib": "import joblib", "npy": "import numpy",
                "pickle": "import cloudpickle", "torch": "import torch"}
 SETUP = "from mlops_jupyter.pipeline import serializers"
+READY_S = 120.0  # how long a step's kernel may take to answer, unless papermill says
 
 
 def cell_sources(notebook: Path, prefixes: tuple) -> list:
@@ -190,6 +192,8 @@ def _classes() -> dict:
     """jupyter_client subclasses, made on first use (an unchanged re-run never imports jupyter_client)."""
     if _CLASSES:
         return _CLASSES
+    from queue import Empty
+
     from jupyter_client.asynchronous import AsyncKernelClient
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_client.provisioning import LocalProvisioner
@@ -211,7 +215,9 @@ def _classes() -> dict:
 
     class StepClient(AsyncKernelClient):
         """Connected and checked once: when papermill asks again (start_channels, wait_for_ready) it is
-        ready at once, instead of spending another kernel_info round and 0.2 s of IOPub flushing."""
+        ready at once. The check itself skips jupyter_client's fixed 0.2 s of IOPub flushing: a kernel that
+        is up answers kernel_info on shell and then publishes that request's idle status on IOPub, and that
+        status arriving shows the subscription is up, so no output of the step's cells can be missed."""
 
         _ready = False
 
@@ -220,9 +226,36 @@ def _classes() -> dict:
                 super().start_channels(*args, **kwargs)
 
         async def wait_for_ready(self, timeout=None):
-            if not self._ready:
-                await AsyncKernelClient.wait_for_ready(self, timeout)
-                self._ready = True
+            limit = READY_S if timeout is None else timeout
+            deadline = time.monotonic() + limit
+            while not self._ready:
+                msg_id = self.kernel_info()
+                if await self._answered(msg_id):
+                    self._ready = True
+                elif not await self._async_is_alive():
+                    raise RuntimeError("Kernel died before replying to kernel_info")
+                elif time.monotonic() > deadline:
+                    raise RuntimeError(f"Kernel didn't respond in {limit:g} s")
+
+        async def _answered(self, msg_id: str) -> bool:
+            """Whether the kernel replied to kernel_info ``msg_id`` within a second, and that request's idle
+            status (published right after the reply) reached IOPub within 0.2 s: else the request is sent again,
+            as jupyter_client does. A kernel just started may publish it before this client's subscription is
+            up; waiting longer for it would never see it."""
+            for channel, wait in ((self.shell_channel, 1.0), (self.iopub_channel, 0.2)):
+                end = time.monotonic() + wait
+                while True:
+                    try:
+                        msg = await channel.get_msg(timeout=max(0.0, end - time.monotonic()))
+                    except Empty:
+                        return False
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    if channel is self.shell_channel:
+                        self._handle_kernel_info_reply(msg)
+                        break
+                    if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                        return True
 
     class StepKernelManager(AsyncKernelManager):
         """One step's kernel; ``client()`` always returns the same (StepClient) client."""
@@ -289,7 +322,7 @@ class Kernels:
         async def ready(km):
             kc = km.client()
             kc.start_channels()
-            await kc.wait_for_ready(timeout=120)
+            await kc.wait_for_ready()
 
         km = self.manager()
         # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
