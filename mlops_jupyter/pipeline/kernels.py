@@ -216,8 +216,8 @@ def _classes() -> dict:
     class StepClient(AsyncKernelClient):
         """Connected and checked once: when papermill asks again (start_channels, wait_for_ready) it is
         ready at once. The check itself skips jupyter_client's fixed 0.2 s of IOPub flushing: a kernel that
-        is up answers kernel_info on shell and then publishes that request's idle status on IOPub, and that
-        status arriving shows the subscription is up, so no output of the step's cells can be missed."""
+        is up answers kernel_info on shell and publishes its busy and idle status for that request on IOPub,
+        and one of them arriving shows the subscription is up, so no output of the step's cells can be missed."""
 
         _ready = False
 
@@ -229,8 +229,7 @@ def _classes() -> dict:
             limit = READY_S if timeout is None else timeout
             deadline = time.monotonic() + limit
             while not self._ready:
-                msg_id = self.kernel_info()
-                if await self._answered(msg_id):
+                if await self._answered(self.kernel_info()):
                     self._ready = True
                 elif not await self._async_is_alive():
                     raise RuntimeError("Kernel died before replying to kernel_info")
@@ -238,10 +237,10 @@ def _classes() -> dict:
                     raise RuntimeError(f"Kernel didn't respond in {limit:g} s")
 
         async def _answered(self, msg_id: str) -> bool:
-            """Whether the kernel replied to kernel_info ``msg_id`` within a second, and that request's idle
-            status (published right after the reply) reached IOPub within 0.2 s: else the request is sent again,
-            as jupyter_client does. A kernel just started may publish it before this client's subscription is
-            up; waiting longer for it would never see it."""
+            """Whether the kernel replied to kernel_info ``msg_id`` within a second, and a status it published for
+            that request reached IOPub within 0.2 s (jupyter_client takes any IOPub message there). A kernel just
+            started may publish before this client's subscription is up: the request is then sent again, as
+            jupyter_client does, since waiting longer would never see it."""
             for channel, wait in ((self.shell_channel, 1.0), (self.iopub_channel, 0.2)):
                 end = time.monotonic() + wait
                 while True:
@@ -249,13 +248,11 @@ def _classes() -> dict:
                         msg = await channel.get_msg(timeout=max(0.0, end - time.monotonic()))
                     except Empty:
                         return False
-                    if msg["parent_header"].get("msg_id") != msg_id:
-                        continue
-                    if channel is self.shell_channel:
-                        self._handle_kernel_info_reply(msg)
+                    if msg["parent_header"].get("msg_id") == msg_id:
                         break
-                    if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                        return True
+                if channel is self.shell_channel:
+                    self._handle_kernel_info_reply(msg)
+            return True
 
     class StepKernelManager(AsyncKernelManager):
         """One step's kernel; ``client()`` always returns the same (StepClient) client."""
