@@ -324,7 +324,10 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
         seen = []
         for _ in range(2):
             assert pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None).ok
-            seen.append(json.loads((project / "pipe" / "metrics" / "two.json").read_text())["template"])
+            got = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
+            seen.append(got["template"])
+            # a step's kernel ends with its step, though the workers stay for the next run
+            wait_for(lambda: not psutil.pid_exists(int(got["pid1"])), timeout=30, what="step one's kernel to stop")
         assert seen[0] != seen[1]
     finally:
         ray.shutdown()

@@ -12,7 +12,7 @@ executed notebook back, and the driver copies those into the pipeline folder. Ei
 notebook's folder: local modules, data files) must be at the same path on every node.
 
 Speed: a worker forks its steps' kernels from a fork server of its own (``kernels``, ``forkserver``: ipykernel
-and the run's first step's imports loaded), and starts the next step's kernel as a step starts, so on the
+and the run's first step's imports loaded), and starts the next step's kernel while a step runs, so on the
 cluster, as on the local runner, a step after a worker's first pays neither for a kernel's start nor for its
 imports. The driver never imports papermill: a cell's error comes back as plain values (``CellError``).
 """
@@ -132,21 +132,21 @@ def _local_copy(job: dict, work: Path) -> Path:
 
 # A kernel this worker process started for its next step: (what it was started for, its manager). Ray hands a
 # node's next task to the worker that went idle last, which is the one that just ran a step (or warmed up), so
-# the step that follows finds its kernel started, and answering, as the local runner's steps do.
+# the step that follows finds its kernel started, as the local runner's steps do.
 _parked: list = []
 # run -> this worker's ``Kernels`` for that pipeline run: its fork server (see ``kernels``) outlives a step, so
 # a step's kernel is forked from a process that has ipykernel and the run's imports loaded, as on the local
 # runner. One per run, as there: a worker of a driver that stays connected (a notebook) serves later runs too,
 # and their kernels must not get modules imported before a package was upgraded or an imports cell changed.
 _templates: dict = {}
-# run -> the socket that tells this node's other workers that this one has the run's fork server (_claim)
+# run -> the socket that tells this node's other workers that this one gets ready for the run's steps (_claim)
 _claimed: dict = {}
 
 
 def _claim(job: dict) -> bool:
     """Whether this worker is the first of the run on its node to get ready for steps: a name in Linux's
-    abstract socket namespace, held while the worker keeps the run's fork server, and gone with the process,
-    so nothing is left behind. Elsewhere every worker counts as first."""
+    abstract socket namespace, held until the worker serves a later run or exits (the name goes with the
+    process: nothing is left behind). Elsewhere every worker counts as first."""
     import socket
     import sys
 
@@ -172,7 +172,6 @@ def _kernels(job: dict):
         _templates.clear()
         for run in [r for r in _claimed if r != job["run"]]:
             _claimed.pop(run).close()
-        _claim(job)
         _templates[job["run"]] = Kernels(job["kernel"], Path(job["root"]))
         _templates[job["run"]].start_fork_server(job["preload"], job["later"])
     return _templates[job["run"]]
@@ -185,17 +184,16 @@ def _fit(job: dict) -> tuple:
 
 
 def _park(job: dict) -> None:
-    """Start a kernel for this worker's next step: forked in no time, it gets ready while this step runs."""
+    """Start a kernel for this worker's next step, without waiting: it gets ready while the worker works or
+    idles. A failure leaves the fork server alone (a step may be running in a kernel it forked): the next
+    step's ``Kernels.start`` finds out and falls back."""
     from jupyter_core.utils import run_sync
 
     _unpark()
-    kernels = _kernels(job)
-    km = kernels.manager()
+    km = _kernels(job).manager()
     try:
         run_sync(km.start_kernel)(cwd=job["root"], stderr=subprocess.DEVNULL)
     except Exception:  # noqa: BLE001 - only a head start: the step starts its own kernel and reports errors
-        if kernels.is_forked(km):
-            kernels.close()  # the fork server failed: later kernels start the usual way
         return
     _parked.append((_fit(job), km))
 
@@ -229,8 +227,8 @@ def _warm(job: dict) -> None:
     import ray
 
     os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
-    if not os.path.isdir(job["root"]) or not _claim(job):
-        return
+    if job["run"] in _templates or not os.path.isdir(job["root"]) or not _claim(job):
+        return  # this worker, or another on its node, is ready already
     _kernels(job)
     import papermill  # noqa: F401
 
@@ -251,11 +249,19 @@ def run_step(job: dict) -> dict:
         reply["failure"] = (f"the project folder {job['root']} is not on node {node['ip']}; every node must see the "
                             "project at the same path (a shared file system, or the same checkout on each node)")
         return reply
-    _kernels(job)  # a new worker's fork server imports while this one imports papermill
+    # a GPU step's worker parks no kernel (the next task on it gets other GPUs, or none): the node's warm-up
+    # has work to do still
+    gpus, fresh = bool(ray.get_gpu_ids()), job["run"] not in _templates
+    if not gpus:
+        _claim(job)
+    try:
+        _kernels(job)  # a new worker's fork server imports while this one imports papermill
+    except Exception:  # noqa: BLE001 - only a head start: _take reports it as the step's failure
+        pass
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    folder, work = Path(job["folder"]), None
+    folder, work, km = Path(job["folder"]), None, None
     try:
         if job["storage"]:
             work = Path(tempfile.mkdtemp(prefix=f"mlops-step-{job['step']}-"))
@@ -264,7 +270,7 @@ def run_step(job: dict) -> dict:
             src, base = folder / job["notebook"], folder
         (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
         km = _take(job)
-        if not ray.get_gpu_ids():  # a GPU task's worker is not reused (Ray's max_calls=1 for them)
+        if not (gpus or fresh):  # a new fork server imports the hand-off formats' libraries first: park after
             _park(job)
         pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
                             km=km, cwd=job["root"], progress_bar=False,
@@ -274,10 +280,17 @@ def run_step(job: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors: the driver reports it
         reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
     finally:
+        if km is not None:  # papermill leaves a kernel it was handed running (and its GPU memory held); the
+            # stop waits ~0.1 s for the process to go: not in the reply's way
+            from .kernels import Kernels
+
+            threading.Thread(target=Kernels.stop, args=(km,), daemon=True, name="mlops-stop-kernel").start()
         if work is not None:
             for rel in _outputs(job["step"], job["out"]):
                 put(work / rel, job["storage"], rel)
             shutil.rmtree(work, ignore_errors=True)
+    if fresh and not gpus:
+        _park(job)
     return reply
 
 
@@ -333,7 +346,7 @@ class RayRunner(_Runner):
         self.template: dict = {}  # the kernel, project and imports every step's job carries (set on connecting)
         self._warmups: list = []  # a warm-up task per node, sent with the first step
         self.shipped: set = set()  # steps whose hand-off is in the storage for this run
-        self._shipping = threading.Lock()
+        self._shipping: dict = {}  # step -> the lock held while its hand-off is put there
         self.owned = False  # this run connected to Ray (and disconnects at the end)
         self._connect_lock = threading.Lock()
         self._nodes_lock = threading.Lock()
@@ -437,11 +450,14 @@ class RayRunner(_Runner):
         producers = sorted(set(spec["inputs"].values()))
         if self.storage:
             # a producer skipped in this run left its hand-off here only: put once, before any step reads it (a
-            # put replaces what is there, under the feet of a step of a sibling reading it)
-            with self._shipping:
-                for producer in sorted(set(producers) - self.shipped):
-                    put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
-                    self.shipped.add(producer)
+            # put replaces what is there, under the feet of a sibling reading it)
+            for producer in producers:
+                with self.cond:
+                    lock = self._shipping.setdefault(producer, threading.Lock())
+                with lock:
+                    if producer not in self.shipped:
+                        put(folder / "artifacts" / producer, self.storage, f"artifacts/{producer}")
+                        self.shipped.add(producer)
         job = {**self.template, "step": name, "folder": str(folder), "notebook": spec["notebook"],
                "out": out.relative_to(folder).as_posix(), "params": self.params, "inputs": producers,
                "storage": self.storage, "resources": spec.get("resources", {}),
@@ -468,8 +484,7 @@ class RayRunner(_Runner):
         if self.storage:
             for rel in _outputs(name, job["out"]):
                 get(self.storage, rel, folder / rel)
-            with self._shipping:
-                self.shipped.add(name)  # its worker put its hand-off there
+            self.shipped.add(name)  # its worker put its hand-off there (its dependents start after this)
         with self.cond:
             self.placed[name] = reply["node"]
         if "error" in reply:
