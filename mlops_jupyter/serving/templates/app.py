@@ -380,11 +380,32 @@ class Guard:
         scope["mlops.arrived"] = time.monotonic()  # the latency budget runs from here
         scope["mlops.request_id"] = rid = _request_id(scope)
 
+        noted = False
+
+        def note():
+            """Count the request once: as its last body message goes out, so a client that has its whole
+            answer finds it in /metrics already, or at the end when no answer was sent (an error)."""
+            nonlocal noted
+            if noted:
+                return
+            noted = True
+            IN_PROGRESS.dec()
+            REQUESTS.labels(endpoint, str(status)).inc()
+            if status >= 400:
+                ERRORS.labels(endpoint, str(status)).inc()
+            elapsed = time.perf_counter() - start
+            LATENCY.labels(endpoint).observe(elapsed)
+            plog = State.log
+            if status >= 400 and endpoint in SCORING and plog is not None and plog.sampled():
+                plog.record_refusal(rid, endpoint, status, elapsed * 1000)
+
         async def send_and_note(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                note()
             await send(message)
 
         IN_PROGRESS.inc()
@@ -400,15 +421,7 @@ class Guard:
                     return await refusal(scope, receive, send_and_note)
             await self.app(scope, receive, send_and_note)
         finally:
-            IN_PROGRESS.dec()
-            REQUESTS.labels(endpoint, str(status)).inc()
-            if status >= 400:
-                ERRORS.labels(endpoint, str(status)).inc()
-            elapsed = time.perf_counter() - start
-            LATENCY.labels(endpoint).observe(elapsed)
-            plog = State.log
-            if status >= 400 and endpoint in SCORING and plog is not None and plog.sampled():
-                plog.record_refusal(rid, endpoint, status, elapsed * 1000)
+            note()
 
     @staticmethod
     async def _check_body(scope, receive, accepted):
