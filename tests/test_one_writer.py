@@ -265,6 +265,31 @@ def test_sweep_with_the_server_down_then_up(project, tmp_path):
         recorded_once()
 
 
+def test_a_pipelines_recorder_yields_the_cpu_to_its_steps_then_catches_up(project):
+    """A pipeline's recorder works in the gaps its steps leave, niced. Where Linux groups processes by session
+    for scheduling (autogroup), its session's group is niced too: the recorder runs in a session of its own, and
+    there its niceness alone left it a whole core beside the first steps' Ray workers. Once the steps are done,
+    it gets normal priority back (for a root user: raising a priority needs the right to)."""
+    rec = Recording(config.resolve(project), "niced", nice=True)
+    key = rec.start_run("niced")
+    pid = rec.link.proc.pid
+    group = Path(f"/proc/{pid}/autogroup")
+
+    def niceness() -> set:
+        return {os.getpriority(os.PRIO_PROCESS, pid), *([int(group.read_text().split()[-1])] if group.exists()
+                                                        else [])}
+
+    try:
+        assert niceness() == {10}
+        rec.unnice()
+        if os.geteuid() == 0:
+            assert niceness() == {0}
+    finally:
+        rec.end_run(key)
+        outcome = rec.close(timeout=60)
+    assert outcome.run_ids.get(key) and [r.info.status for r in all_runs(project)] == ["FINISHED"]
+
+
 def test_a_recorder_killed_mid_replay_and_replayed_again_writes_each_record_once(project):
     settings = config.resolve(project)
     with store_locked(project):

@@ -250,8 +250,11 @@ def run_step(job: dict) -> dict:
                             "project at the same path (a shared file system, or the same checkout on each node)")
         return reply
     # a GPU step's worker parks no kernel (the next task on it gets other GPUs, or none): the node's warm-up
-    # has work to do still
-    gpus, fresh = bool(ray.get_gpu_ids()), job["run"] not in _templates
+    # has work to do still. The next step's kernel is parked as this one starts, unless this worker's fork
+    # server is new and has hand-off formats' libraries to import once idle: a kernel forked before then
+    # would import them again, so it is parked as the step ends
+    gpus = bool(ray.get_gpu_ids())
+    early = not gpus and not (job["later"] and job["run"] not in _templates)
     if not gpus:
         _claim(job)
     try:
@@ -270,7 +273,7 @@ def run_step(job: dict) -> dict:
             src, base = folder / job["notebook"], folder
         (base / job["out"]).parent.mkdir(parents=True, exist_ok=True)
         km = _take(job)
-        if not (gpus or fresh):  # a new fork server imports the hand-off formats' libraries first: park after
+        if early:
             _park(job)
         pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
                             km=km, cwd=job["root"], progress_bar=False,
@@ -289,7 +292,7 @@ def run_step(job: dict) -> dict:
             for rel in _outputs(job["step"], job["out"]):
                 put(work / rel, job["storage"], rel)
             shutil.rmtree(work, ignore_errors=True)
-    if fresh and not gpus:
+    if not (gpus or early):
         _park(job)
     return reply
 
@@ -389,10 +392,15 @@ class RayRunner(_Runner):
             self.template = {"run": uuid.uuid4().hex, "kernel": self.pipe.kernel, "root": str(self.root),
                              "preload": self.preload(first), "later": self._format_libs()}
             # sent after the first step: its worker starts first (a raylet starts a node's workers a few at a
-            # time), and a warm-up on its node then sees it and does nothing (_warm)
+            # time), and a warm-up on its node then sees it and does nothing (_warm). Ray places a task on the
+            # driver's own node while it has room, so the first step goes there when it fits: a warm-up there
+            # would only start one more worker process (a second of CPU) beside the step's
+            local = ray.get_runtime_context().get_node_id()
+            if not any(n["NodeID"] == local for n in self._live_nodes() if _fits(_asks(first), [n])):
+                local = None
             warm = ray.remote(num_cpus=0)(_warm)
             self._warmups = [warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True))
-                             for node in nodes]
+                             for node in nodes if node["id"] != local]
 
     def _live_nodes(self, max_age: float = NODE_POLL_S) -> list:
         """The cluster's nodes as ``ray.nodes()`` lists them, at most ``max_age`` s old: however many steps

@@ -13,6 +13,7 @@ Stdlib only: this module loads with ``%load_ext``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -21,6 +22,18 @@ from . import journal as J
 
 MAX_RECORDER_STARTS = 5  # per writer: a recorder that cannot even start must not be respawned per record
 INLINE_GRACE_S = 2.0  # an inline writer waits this long for a failing store, then leaves its records in the journal
+NICE = 10  # a niced recorder's niceness
+
+
+def _nice_session(pid: int, nice: int) -> None:
+    """Nice the scheduling group of ``pid``, a session leader. Where Linux groups processes by session
+    (sched(7), autogroup), a process's own niceness only ranks it within its session: a recorder in a session
+    of its own would take a whole core from the kernels or Ray workers beside it, however niced."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:  # no autogroups here (then its niceness is what counts), or it has exited
+        pass
 
 
 class RecorderLink:
@@ -74,10 +87,12 @@ class RecorderLink:
         log = open(J.side_file(self.journal.path, ".log"), "ab")
         cmd = J.recorder_command(self.journal.path, follow=True)
         if self.nice:  # it works in the gaps the writer leaves (a pipeline's kernels), and catches up after
-            cmd = ["nice", "-n", "10", *cmd]
+            cmd = ["nice", "-n", str(NICE), *cmd]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=J.recorder_env(),
                                 start_new_session=True, close_fds=True)  # survives the writer's process group
         log.close()
+        if self.nice:
+            _nice_session(proc.pid, NICE)
         self.proc = proc
         threading.Thread(target=self._listen, args=(proc,), daemon=True, name="mlops-recorder-events").start()
         return proc
@@ -91,6 +106,16 @@ class RecorderLink:
             if isinstance(event, dict):
                 self.on_event(event)
         self.on_event({"event": "exited", "pid": proc.pid})
+
+    def unnice(self) -> None:
+        """Normal priority for the recorder from now on."""
+        proc = self.proc
+        if proc is not None and self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
+            except (AttributeError, OSError):  # not on this system, or not allowed (raising priority needs root)
+                pass
+            _nice_session(proc.pid, 0)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

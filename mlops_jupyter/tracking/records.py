@@ -200,12 +200,7 @@ class Recording:
 
     def unnice(self) -> None:
         """Normal priority for the recorder from now on (the writer's heavy work is done)."""
-        proc = self.link.proc
-        if proc is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
-            except (AttributeError, OSError):
-                pass
+        self.link.unnice()
 
 
 def _strings(values: dict | None) -> dict:
