@@ -116,7 +116,6 @@ def test_a_failed_step_resumes_through_a_hand_off_storage(project, cluster, tmp_
     first = pipeline.run("pipe", params=["fail=True"], address=cluster.address, storage=str(storage),
                          echo=lambda s: None)
     status = {s.name: s for s in first.steps}
-    print("STATUSES", {s.name: (s.status, s.error) for s in first.steps})
     assert status["check"].status == "failed" and "ValueError: bad batch" in status["check"].error
     assert status["publish"].status == "blocked" and ran(first) == {"prep", "train", "count", "report"}
     assert (storage / "artifacts" / "prep").is_dir()  # the hand-off went through the storage...
@@ -145,6 +144,27 @@ def test_siblings_read_their_producers_hand_off_through_the_storage_at_once(proj
         result = pipeline.run("pipe", params=params, address=cluster.address, storage=str(tmp_path / "handoff"),
                               echo=lambda s: None)
         assert result.ok and ran(result) == runs, [(s.name, s.error) for s in result.steps]
+
+
+def test_independent_steps_run_at_once_across_the_nodes(project, cluster):
+    """Three independent steps meet at a barrier (each waits until all three have arrived): they can pass only
+    by running at the same time, which takes 3 CPUs, so both nodes (2 + 1 CPUs)."""
+    meet = ("import pathlib, time\nhere = pathlib.Path('barrier')\nhere.mkdir(exist_ok=True)\n"
+            "(here / '{0}').touch()\nuntil = time.time() + 120\n"
+            "while len(list(here.iterdir())) < 3 and time.time() < until:\n    time.sleep(0.05)\n"
+            "met_{0} = len(list(here.iterdir()))")
+    nb = notebook(project / "meet.ipynb", [("start = 0", ["step:start"]),
+                                           *[(meet.format(x), [f"step:{x}", "after:start"]) for x in "abc"],
+                                           ("met = min(met_a, met_b, met_c)", ["step:report", "after:a", "after:b",
+                                                                               "after:c"]),
+                                           ("met", ["metrics"])])
+    pipeline.export(nb, "pipe")
+    result = pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
+    assert result.ok, [(s.name, s.error) for s in result.steps]
+    kids = step_runs(project, result.mlflow_run)
+    assert kids["report"].data.metrics == {"met": 3.0}
+    assert {kids[x].data.tags["mlops.node"] for x in "abc"} == {cluster.head_node.node_id,
+                                                                 cluster.gpu_node.node_id}
 
 
 def test_an_unreachable_address_is_named_before_anything_runs(project, ip):
