@@ -300,6 +300,32 @@ def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluste
     assert status == {"prep": "fresh", "long": "failed"}
 
 
+def test_a_step_submitted_after_ctrl_c_is_cancelled_at_once(project, cluster):
+    """Ctrl-C can come while a step's thread is still on its way to the cluster (putting its hand-offs): the
+    task it submits then is cancelled at once, also for a driver that stays connected (a notebook's), whose job
+    would let it run to its end."""
+    import time
+
+    import ray
+
+    from mlops_jupyter.pipeline.cluster import RayRunner
+    from mlops_jupyter.pipeline.emit import load_pipeline
+
+    nb = notebook(project / "late.ipynb", [("import time\ntime.sleep(30)\nx = 1", ["step:late"])])
+    pipeline.export(nb, "pipe")
+    ray.init(address=cluster.address)
+    try:
+        runner = RayRunner(load_pipeline(project / "pipe"), {}, set(), lambda s: None, None, cluster.address, None, 0)
+        runner.connect(needed=True)
+        runner.stop_all()  # Ctrl-C, before the step's thread submits its task
+        started = time.monotonic()
+        with pytest.raises(PipelineError, match="cancelled"):
+            runner._notebook(runner.pipe.step("late"), runner.pipe.folder / "runs" / "late.ipynb", None)
+        assert time.monotonic() - started < 20
+    finally:
+        ray.shutdown()
+
+
 def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, cluster):
     """A Ray worker forks each step's kernel from its own template process (ipykernel and the imports cell
     loaded, as on the local runner), yet a step sees nothing of the one before it; once the run is over, no

@@ -351,6 +351,7 @@ class RayRunner(_Runner):
         self.shipped: set = set()  # steps whose hand-off is in the storage for this run
         self._shipping: dict = {}  # step -> the lock held while its hand-off is put there
         self.owned = False  # this run connected to Ray (and disconnects at the end)
+        self.stopping = False  # Ctrl-C: a step submitted from now on is cancelled at once
         self._connect_lock = threading.Lock()
         self._nodes_lock = threading.Lock()
         self._nodes: tuple = (float("-inf"), [])  # (when, ray.nodes()): one look at the cluster for all waiting steps
@@ -476,7 +477,12 @@ class RayRunner(_Runner):
                                   retry_exceptions=False).remote(job)
         with self.cond:
             self.refs[name] = ref
+            stopping = self.stopping
             warmups, self._warmups = self._warmups, []
+        if stopping:  # Ctrl-C came while its hand-offs were put (or Ray was reached): stop_all missed it, and a
+            # connected driver's job (a notebook's) would let it run to its end
+            ray.cancel(ref, force=True)
+            warmups = []
         for warm in warmups:
             warm.remote(self.template)
         try:
@@ -503,6 +509,8 @@ class RayRunner(_Runner):
     def stop_all(self) -> None:
         """Ctrl-C: cancel the steps' tasks (their workers stop papermill, which stops the kernel), then kill
         what has not stopped; each cancelled step is recorded as failed, so the next run runs it again."""
+        with self.cond:
+            self.stopping = True
         if self.remote is not None:
             import ray
 
@@ -515,7 +523,7 @@ class RayRunner(_Runner):
                     except Exception:  # noqa: BLE001 - finished meanwhile
                         pass
                 for t in self.threads:
-                    t.join(CANCEL_WAIT_S / len(self.threads))
+                    t.join(CANCEL_WAIT_S / max(1, len(self.threads)))
         super().stop_all()
 
     def release(self) -> None:
