@@ -397,7 +397,7 @@ class RayRunner(_Runner):
             # driver's own node while it has room, so the first step goes there when it fits: a warm-up there
             # would only start one more worker process (a second of CPU) beside the step's
             local = ray.get_runtime_context().get_node_id()
-            if not any(n["NodeID"] == local for n in self._live_nodes() if _fits(_asks(first), [n])):
+            if not _fits(_asks(first), [n for n in self._live_nodes() if n["NodeID"] == local]):
                 local = None
             warm = ray.remote(num_cpus=0)(_warm)
             self._warmups = [warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=True))
