@@ -18,6 +18,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
                                             f"ray-{os.environ['PYTEST_XDIST_WORKER']}")
 from harness import CLEAN_VARS, make_git_project, recorder_pids, wait_for  # noqa: E402
 
+from mlops_jupyter.sweep.runner import no_grpc_fork_handlers  # noqa: E402
+
+# Ray forks its processes from the test process (ray.init, Cluster), as a `ray start` head forks a server for each
+# Ray Client connection: once a test has used Ray Client here, gRPC must not run its fork handlers in those
+# children (a GCS that crashed so made a later test's ray.init wait 30 s and fail)
+no_grpc_fork_handlers()
+
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):

@@ -116,6 +116,35 @@ def test_a_sweep_through_ray_client_on_a_cli_started_head(ip, project, head, mon
         ray.shutdown()  # the kernel's client connection, before the next test's
 
 
+# a driver connected through the package's way to Ray keeps Ray Client busy, and forks as Ray does when it starts
+# its own processes (subprocess with a preexec_fn: a real fork, not a spawn)
+FORKS = """
+import subprocess, sys, threading
+from mlops_jupyter.sweep import runner
+assert runner.init_ray(sys.argv[1]) is None
+import ray
+echo, stop = ray.remote(lambda x: x), threading.Event()
+def busy():
+    while not stop.is_set():
+        ray.get([echo.remote(i) for i in range(5)])
+threading.Thread(target=busy, daemon=True).start()
+died = sum(subprocess.Popen(["true"], preexec_fn=lambda: None).wait() != 0 for _ in range(600))
+stop.set()
+print(died)
+"""
+
+
+def test_ray_started_beside_a_busy_ray_client_connection_starts_every_process(head):
+    """Where Ray Client's gRPC is busy in a process (a kernel still connected, or retrying a refused token),
+    grpcio's fork handlers crashed some children Ray forks there before they exec'd (4-12 of 300 here): a
+    local sweep in that kernel then waited 30 s for a GCS that never started. None dies now."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}  # as a user's kernel has it
+    done = subprocess.run([sys.executable, "-c", FORKS, head.address], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "0", f"children that died before they exec'd: {done.stdout}"
+
+
 def test_a_pipeline_through_ray_client_on_a_cli_started_head(project, head):
     """`mlops pipeline run --address ray://...`: the steps run on the head (this package reaches its workers
     with the job), hand off through the shared project folder, and the driver records the runs."""

@@ -186,8 +186,9 @@ def init_ray(address: str | None) -> str | None:
     package to the cluster's workers); returns None, or one line saying why Ray could not be reached."""
     for attempt in range(CLIENT_ATTEMPTS):
         reason = _init_ray_once(address)
-        # a busy head can fail to bring up the server it starts for each Ray Client connection in time
-        # (Ray's proxier gives it 30 s): that is worth another try, a wrong address or a refusal is not
+        # the head can fail to bring up the server it starts for each Ray Client connection: in time (Ray's
+        # proxier gives it 30 s), or at all (the proxier forks it with gRPC busy; see no_grpc_fork_handlers).
+        # That is worth another try, a wrong address or a refusal is not
         if not (reason and address and address.startswith("ray://") and any(
                 cue in reason for cue in ("Starting Ray client server failed", "Proxy failed to Connect"))):
             return reason
@@ -201,6 +202,7 @@ def init_ray(address: str | None) -> str | None:
 def _init_ray_once(address: str | None) -> str | None:
     import ray
 
+    no_grpc_fork_handlers()
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
     _fresh_token()
     try:
@@ -223,6 +225,16 @@ def _init_ray_once(address: str | None) -> str | None:
                        "RAY_AUTH_MODE=token and the head's own RAY_AUTH_TOKEN here)")
         return reason
     return None
+
+
+def no_grpc_fork_handlers() -> None:
+    """Ray starts its processes (GCS, raylet, agents) with a ``preexec_fn``, so Python forks them rather than
+    spawning them. Where this process has gRPC busy (Ray Client loads it, and so may the notebook's own code),
+    grpcio's fork handlers (on by default) restart its poller in the child, which crashes there now and then
+    before it execs (grpcio 1.85: 2-10 forks in 100 while a channel is busy): Ray then waits 30 s for a GCS
+    that never started, and fails. Ray's children exec at once and never use gRPC, so they need no fork
+    support. gRPC reads this once, as it loads; a value the user set is kept."""
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def _fresh_token() -> None:
