@@ -120,6 +120,17 @@ def _default_tracking_uri(root: Path) -> str:
     return "sqlite:///" + (root / STATE_DIR / "mlflow.db").as_posix()
 
 
+def sqlite_artifacts(uri: str) -> str | None:
+    """Where new experiments of the SQLite store at ``uri`` keep their files when nothing says: beside the
+    database (``mlflow.db`` -> ``artifacts``, as under .mlops; ``staging.db`` -> ``staging-artifacts``). MLflow's own
+    default is ./mlruns under whatever folder the writing process runs in (the project, or the folder JupyterLab
+    was started from). None for any other store: a server decides, and so does a database's admin."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").partition("?")[0]).absolute()
+    return (db.parent / ("artifacts" if db.name == "mlflow.db" else f"{db.stem}-artifacts")).as_uri()
+
+
 def resolve(start: str | os.PathLike | None = None, overrides: dict | None = None,
             env: dict | None = None) -> Settings:
     """Settings for the project holding ``start`` (default: the working directory)."""
@@ -144,6 +155,9 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
         if "artifact_location" not in values:
             art = (root / STATE_DIR / "artifacts").as_uri()
             values["artifact_location"], origin["artifact_location"] = art, "default"
+    elif "artifact_location" not in values and sqlite_artifacts(values["tracking_uri"]):
+        values["artifact_location"] = sqlite_artifacts(values["tracking_uri"])
+        origin["artifact_location"] = "default (beside the database)"
     uri = values["tracking_uri"]
     if "://" not in uri and not uri.startswith(("sqlite:", "databricks")):
         # a bare folder is MLflow's file store, refused by MLflow 3 by default

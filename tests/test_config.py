@@ -40,6 +40,20 @@ def test_precedence_arguments_then_env_then_pyproject(tmp_path):
     assert s.where_to_look() == "http://arg:5000"
 
 
+def test_a_sqlite_store_given_keeps_its_files_beside_its_database(tmp_path, monkeypatch):
+    """Not MLflow's ./mlruns, which is under whatever folder the process runs in."""
+    root = write_pyproject(tmp_path / "p", f'[tool.mlops]\ntracking-uri = "sqlite:///{tmp_path}/team/runs.db"\n')
+    monkeypatch.chdir(tmp_path)
+    s = config.resolve(root, env={})
+    assert s.artifact_location == (tmp_path / "team" / "runs-artifacts").as_uri()
+    assert s.origin["artifact_location"] == "default (beside the database)"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/.mlops/mlflow.db"}  # the default store, named
+    assert config.resolve(root, env=env).artifact_location == (root / ".mlops" / "artifacts").as_uri()
+    env["MLOPS_ARTIFACT_LOCATION"] = "s3://bucket/art"
+    assert config.resolve(root, env=env).artifact_location == "s3://bucket/art"
+    assert config.sqlite_artifacts("sqlite:///rel/x.db?timeout=5") == (tmp_path / "rel" / "x-artifacts").as_uri()
+
+
 def test_root_is_the_nearest_git_folder_else_the_start(tmp_path):
     (tmp_path / "repo" / ".git").mkdir(parents=True)
     (tmp_path / "repo" / "a" / "b").mkdir(parents=True)

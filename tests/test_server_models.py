@@ -40,7 +40,7 @@ def as_alice(monkeypatch):
 
 
 
-async def test_promote_shows_gates_then_rollback_and_history(jp_fetch):
+async def test_promote_shows_gates_then_rollback_and_history(jp_fetch, registry_project):
     code, listed = await call(jp_fetch, "models", path=NB)
     assert code == 200, listed
     assert {e["name"]: e["may_move"] for e in listed["environments"]} == {"dev": True, "staging": True, "prod": False}
@@ -51,6 +51,8 @@ async def test_promote_shows_gates_then_rollback_and_history(jp_fetch):
     assert code == 200 and "@staging in staging is version 1" in moved["summary"], moved
     assert {g["gate"]: g["status"] for g in moved["gates"]} == {"signature": "passed", "metric": "skipped",
                                                                 "tests": "passed", "lineage": "passed"}
+    # the staging store (SQLite) keeps the model's files beside its database, not in ./mlruns of the server's folder
+    assert list((registry_project / "staging-artifacts").rglob("MLmodel")), list(registry_project.iterdir())
     code, moved = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris/2", "to": "staging"})
     assert code == 200 and "was version 1" in moved["summary"], moved
     code, again = await call(jp_fetch, "models/promote", {"path": NB, "ref": "iris@staging", "to": "staging"})

@@ -107,8 +107,10 @@ def _write(settings: config.Settings, env: config.Environment, what: str, do, mo
     ``do`` returns the key of the version record whose number it wants back, or None."""
     from ..tracking.records import Recording
 
-    # inline: applied by the recorder's code in this process (MLflow is loaded here already), journalled first
-    rec = Recording(dataclasses.replace(settings, tracking_uri=env.registry_uri, artifact_location=None), inline=True)
+    # inline: applied by the recorder's code in this process (MLflow is loaded here already), journalled first.
+    # Files of a new experiment there: the project's place in its own store, beside another SQLite store's database
+    where = settings.artifact_location if env.embedded else config.sqlite_artifacts(env.registry_uri)
+    rec = Recording(dataclasses.replace(settings, tracking_uri=env.registry_uri, artifact_location=where), inline=True)
     key = do(rec)
     outcome = rec.close(timeout=WAIT_S)
     if outcome.waiting:

@@ -506,7 +506,7 @@ class Recorder:
             self._ensure_model(client, name)
             mv = self._version_of(client, name, key)
             if mv is None:
-                exp_id = self.experiment_id(op["tracking_uri"], op["experiment"], None)
+                exp_id = self.experiment_id(op["tracking_uri"], op["experiment"], op.get("artifact_location"))
                 run_id = self._create_run(key, op["tracking_uri"], exp_id, run_name=f"{name} v{op['version']}",
                                           tags={"mlops.copied_from": f"{op['src_uri']}#{name}/{op['version']}"})
                 self._initializing = True  # moving a model's files takes seconds: the store is not slow because of it
