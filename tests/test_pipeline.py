@@ -373,6 +373,26 @@ def test_step_kernels_are_fresh_processes_that_share_nothing(project, monkeypatc
         assert not [p for p in mine if "mlops_jupyter.pipeline" in running_cmdline(p)], mine
 
 
+# a native library says why on the kernel's stderr, and the process dies (a CUDA error, a failed check in C++)
+DIES = ("import os, time\nos.write(2, b'native: CUDA error 700: an illegal memory access\\n')\n"
+        "time.sleep(0.5)\nos.abort()")
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_a_step_whose_kernel_dies_quotes_what_the_kernel_said_last(project, monkeypatch, fork):
+    """Nothing a dying kernel's process writes reaches its notebook, or the terminal: the step's error quotes
+    the end of it, from a forked kernel or one started the usual way."""
+    monkeypatch.setenv("MLOPS_PIPELINE_FORK", fork)
+    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]), (DIES, ["step:second"])]), "pipe")
+    cli = [sys.executable, "-m", "mlops_jupyter.cli", "pipeline"]
+    out = subprocess.run(cli + ["run", "pipe"], capture_output=True, text=True, cwd=project, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    (line,) = [ln for ln in out.stdout.splitlines() if "✗ second" in ln]
+    assert "Kernel died" in line and "the kernel's last output: native: CUDA error 700: an illegal" in line, line
+    status = subprocess.run(cli + ["status", "pipe"], capture_output=True, text=True, cwd=project)
+    assert "CUDA error 700" in status.stdout, status.stdout  # kept with the step's failure
+
+
 def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(project, monkeypatch, tmp_path):
     """Something the template imported left it unsafe to fork (here every forked child exits at once): each
     step still runs, in a kernel started the usual way."""

@@ -146,6 +146,15 @@ def test_siblings_read_their_producers_hand_off_through_the_storage_at_once(proj
         assert result.ok and ran(result) == runs, [(s.name, s.error) for s in result.steps]
 
 
+def test_a_step_whose_kernel_dies_on_a_node_quotes_what_the_kernel_said_last(project, cluster):
+    from test_pipeline import DIES
+
+    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]), (DIES, ["step:second"])]), "pipe")
+    result = pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
+    second = next(s for s in result.steps if s.name == "second")
+    assert second.status == "failed" and "the kernel's last output: native: CUDA error 700" in second.error, second
+
+
 def test_independent_steps_run_at_once_across_the_nodes(project, cluster):
     """Three independent steps meet at a barrier (each waits until all three have arrived): they can pass only
     by running at the same time, which takes 3 CPUs, so both nodes (2 + 1 CPUs)."""

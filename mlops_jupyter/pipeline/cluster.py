@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -187,12 +186,11 @@ def _park(job: dict) -> None:
     """Start a kernel for this worker's next step, without waiting: it gets ready while the worker works or
     idles. A failure leaves the fork server alone (a step may be running in a kernel it forked): the next
     step's ``Kernels.start`` finds out and falls back."""
-    from jupyter_core.utils import run_sync
-
     _unpark()
-    km = _kernels(job).manager()
+    kernels = _kernels(job)
+    km = kernels.manager()
     try:
-        run_sync(km.start_kernel)(cwd=job["root"], stderr=subprocess.DEVNULL)
+        kernels.launch(km, job["root"])
     except Exception:  # noqa: BLE001 - only a head start: the step starts its own kernel and reports errors
         return
     _parked.append((_fit(job), km))
@@ -281,7 +279,9 @@ def run_step(job: dict) -> dict:
     except PapermillExecutionError as exc:
         reply["error"] = {k: getattr(exc, k) for k in CellError.FIELDS}
     except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors: the driver reports it
-        reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
+        from .kernels import Kernels
+
+        reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}{Kernels.last_words(km)}"
     finally:
         if km is not None:  # papermill leaves a kernel it was handed running (and its GPU memory held); the
             # stop waits ~0.1 s for the process to go: not in the reply's way

@@ -419,7 +419,7 @@ class _Runner:
             return self._failed(StepResult(name, "failed", time.time() - start, why, str(out), error=f"{where}: {err}"),
                                 start, f"failed in {where}", err)
         except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors, ...
-            err = f"{type(exc).__name__}: {_first_line(str(exc))}"
+            err = f"{type(exc).__name__}: {_first_line(str(exc))}{K.Kernels.last_words(km)}"
             return self._failed(StepResult(name, "failed", time.time() - start, why, str(out) if out.exists() else None,
                                            error=err), start, f"failed: {err}")
         metrics = {}

@@ -10,7 +10,8 @@ threads of their own (TensorFlow, JAX) are never preloaded: they import inside t
 the kernel's shell exists; a preload that starts a Python thread makes the server refuse to fork.
 
 Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src...]}`` once, then
-``{"argv": [...], "env": {...}, "cwd": "..."}`` per kernel, answered on stdout with ``{"pid": N}`` (or
+``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
+are appended to), answered on stdout with ``{"pid": N}`` (or
 ``{"error": ...}``: the runner then starts kernels the usual way).
 ``later`` statements are imported while no kernel is asked for. EOF on stdin: the kernels still running
 are killed and the server exits. Stdlib only until the preload.
@@ -69,8 +70,14 @@ class _Lines:
 
 def _fork(req: dict, children: list) -> int:
     sys.stdout.flush()
+    try:  # opened before the fork: the runner removes its name once answered
+        out = os.open(req["log"], os.O_WRONLY | os.O_APPEND) if req.get("log") else None
+    except OSError:
+        out = None
     pid = os.fork()
     if pid:
+        if out is not None:
+            os.close(out)
         children.append(pid)
         return pid
     children.clear()  # the server's list: this process kills nobody on its way out
@@ -79,9 +86,11 @@ def _fork(req: dict, children: list) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
+    out = null if out is None else out
+    for fd, to in ((0, null), (1, out), (2, out)):
+        os.dup2(to, fd)
+    for fd in {null, out}:
+        os.close(fd)
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])

@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ FORMAT_LIBS = {"parquet": "import pandas, pyarrow.parquet", "joblib": "import jo
                "pickle": "import cloudpickle", "torch": "import torch"}
 SETUP = "from mlops_jupyter.pipeline import serializers"
 READY_S = 120.0  # how long a step's kernel may take to answer, unless papermill says
+LAST_WORDS = 8  # lines of a dead kernel's own output that its step's error quotes
 
 
 def cell_sources(notebook: Path, prefixes: tuple) -> list:
@@ -64,6 +66,13 @@ def preload_of(notebook: Path, step: str, root: Path) -> list:
     except (OSError, ValueError, KeyError):
         sources = []
     return [SETUP] + import_statements(sources, root)
+
+
+def _unlink(path: str | None) -> None:
+    try:
+        os.unlink(path)
+    except (OSError, TypeError):
+        pass
 
 
 def _fork_spec(kernel: str):
@@ -108,11 +117,12 @@ class ForkServer:
         self.proc.stdin.write((json.dumps(obj) + "\n").encode())
         self.proc.stdin.flush()
 
-    def fork(self, argv: list, env: dict, cwd: str, timeout: float = 120) -> int:
-        """A new kernel process running ``python -m ipykernel_launcher *argv``; returns its pid."""
+    def fork(self, argv: list, env: dict, cwd: str, log: str | None = None, timeout: float = 120) -> int:
+        """A new kernel process running ``python -m ipykernel_launcher *argv``, its stdout and stderr appended to
+        ``log``; returns its pid."""
         with self._lock:
             try:
-                self._send({"argv": argv, "env": env, "cwd": cwd})
+                self._send({"argv": argv, "env": env, "cwd": cwd, "log": log})
             except (OSError, ValueError):
                 raise RuntimeError("the kernel fork server exited") from None
             fd = self.proc.stdout.fileno()
@@ -203,12 +213,14 @@ def _classes() -> dict:
 
         server: ForkServer | None = None
         args_at = 0  # where the kernel's own arguments start in ``cmd``
+        process_log: str | None = None  # the kernel's stdout and stderr (not ``log``: the provisioner's logger)
 
         async def launch_kernel(self, cmd, **kwargs):
             env = dict(kwargs.get("env") or os.environ)
             env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it
             cwd = str(kwargs.get("cwd") or os.getcwd())
-            self.process = _Forked(self.server.fork([os.path.expanduser(a) for a in cmd[self.args_at:]], env, cwd))
+            self.process = _Forked(self.server.fork([os.path.expanduser(a) for a in cmd[self.args_at:]], env, cwd,
+                                                    self.process_log))
             self.pid = self.pgid = self.process.pid  # the fork called setsid: signals go to its group
             self.cwd = cwd
             return self.connection_info
@@ -258,6 +270,8 @@ def _classes() -> dict:
         """One step's kernel; ``client()`` always returns the same (StepClient) client."""
 
         _step_client = None
+        process_log: str | None = None  # its process's stdout and stderr (``launch``), by name until it starts
+        log_fd: int | None = None  # the same file, read by ``last_words``
 
         def client(self, **kwargs):
             if self._step_client is None:
@@ -298,11 +312,28 @@ class Kernels:
         server works, else started the usual way."""
         classes = _classes()
         km = classes["StepKernelManager"](kernel_name=self.kernel)
+        km.log_fd, km.process_log = tempfile.mkstemp(prefix="mlops-kernel-", suffix=".log")
         if self.server is not None and not self.server.closed and self.server.proc.poll() is None:
             km.kernel_id = str(uuid.uuid4())
             km.provisioner = classes["ForkProvisioner"](kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
             km.provisioner.server, km.provisioner.args_at = self.server, self._args_at
+            km.provisioner.process_log = km.process_log
         return km
+
+    @staticmethod
+    def launch(km, cwd: str) -> None:
+        """Start ``km``'s kernel process, its stdout and stderr into its log: ipykernel's own chatter, and what
+        native code writes there, which ipykernel also passes to the notebook while it lives; a dying kernel's
+        last words reach no notebook, and ``last_words`` quotes them in the step's error. The file's name is gone
+        once the kernel has it open: it goes with the last process holding it (a worker killed at its job's end
+        leaves none behind)."""
+        from jupyter_core.utils import run_sync
+
+        try:
+            with open(km.process_log, "ab") as log:
+                run_sync(km.start_kernel)(cwd=cwd, stdout=log, stderr=log)
+        finally:
+            _unlink(km.process_log)
 
     @staticmethod
     def is_forked(km) -> bool:
@@ -322,9 +353,8 @@ class Kernels:
             await kc.wait_for_ready()
 
         km = self.manager()
-        # the kernel process's own log (e.g. ipykernel's TCP warning) is noise; cell output comes over iopub
         try:
-            run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+            self.launch(km, cwd)
             if self.is_forked(km):
                 run_sync(ready)(km)
             return km
@@ -334,7 +364,7 @@ class Kernels:
             self.stop(km)
             self.close()
         km = self.manager()
-        run_sync(km.start_kernel)(cwd=cwd, stderr=subprocess.DEVNULL)
+        self.launch(km, cwd)
         return km
 
     @staticmethod
@@ -347,6 +377,28 @@ class Kernels:
             run_sync(km.shutdown_kernel)(now=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+        _unlink(km.process_log)
+        if km.log_fd is not None:
+            os.close(km.log_fd)
+            km.log_fd = None
+
+    @staticmethod
+    def last_words(km) -> str:
+        """For a step whose kernel has died: "; the kernel's last output: ..." (the end of what its process
+        wrote to stdout and stderr), else ''. A line written in the instant before the process died can be
+        missing: ipykernel reads those descriptors through a pipe and a thread, which a crash stops."""
+        from jupyter_core.utils import run_sync
+
+        try:
+            if km is None or km.log_fd is None or run_sync(km.is_alive)():
+                return ""
+            size = os.fstat(km.log_fd).st_size
+            text = os.pread(km.log_fd, 8192, max(0, size - 8192)).decode(errors="replace")
+            lines = [ln.strip() for ln in text.splitlines()
+                     if ln.strip() and not ln.startswith("[IPKernelApp]")]  # ipykernel's own chatter
+        except Exception:  # noqa: BLE001 - nothing to add to the step's own error
+            return ""
+        return f"; the kernel's last output: {' / '.join(lines[-LAST_WORDS:])[-1500:]}" if lines else ""
 
     def close(self, wait: bool = True) -> None:
         """Stop the fork server (``wait=False``: let it exit on its own; call again with ``wait`` to reap it)."""
