@@ -381,14 +381,18 @@ DIES = ("import os, time\nos.write(2, b'native: CUDA error 700: an illegal memor
 @pytest.mark.parametrize("fork", ["1", "0"])
 def test_a_step_whose_kernel_dies_quotes_what_the_kernel_said_last(project, monkeypatch, fork):
     """Nothing a dying kernel's process writes reaches its notebook, or the terminal: the step's error quotes
-    the end of it, from a forked kernel or one started the usual way."""
+    the end of it, from a forked kernel or one started the usual way; the executed notebook keeps what the
+    cells before the crash printed."""
     monkeypatch.setenv("MLOPS_PIPELINE_FORK", fork)
-    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]), (DIES, ["step:second"])]), "pipe")
+    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]),
+                                                      ("print('before the crash')", ["step:second"]), DIES]), "pipe")
     cli = [sys.executable, "-m", "mlops_jupyter.cli", "pipeline"]
     out = subprocess.run(cli + ["run", "pipe"], capture_output=True, text=True, cwd=project, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     (line,) = [ln for ln in out.stdout.splitlines() if "✗ second" in ln]
     assert "Kernel died" in line and "the kernel's last output: native: CUDA error 700: an illegal" in line, line
+    (executed,) = (project / "pipe" / "runs").rglob("second.ipynb")
+    assert f"executed notebook: {executed}" in out.stdout and "before the crash" in executed.read_text()
     status = subprocess.run(cli + ["status", "pipe"], capture_output=True, text=True, cwd=project)
     assert "CUDA error 700" in status.stdout, status.stdout  # kept with the step's failure
 

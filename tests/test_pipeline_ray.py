@@ -149,10 +149,12 @@ def test_siblings_read_their_producers_hand_off_through_the_storage_at_once(proj
 def test_a_step_whose_kernel_dies_on_a_node_quotes_what_the_kernel_said_last(project, cluster):
     from test_pipeline import DIES
 
-    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]), (DIES, ["step:second"])]), "pipe")
+    pipeline.export(notebook(project / "dies.ipynb", [("x = 1", ["step:first"]),
+                                                      ("print('before the crash')", ["step:second"]), DIES]), "pipe")
     result = pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
     second = next(s for s in result.steps if s.name == "second")
     assert second.status == "failed" and "the kernel's last output: native: CUDA error 700" in second.error, second
+    assert "before the crash" in Path(second.notebook).read_text()  # what ran before it, back from the node
 
 
 def test_independent_steps_run_at_once_across_the_nodes(project, cluster):

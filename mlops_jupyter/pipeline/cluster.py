@@ -259,8 +259,9 @@ def run_step(job: dict) -> dict:
         _kernels(job)  # a new worker's fork server imports while this one imports papermill
     except Exception:  # noqa: BLE001 - only a head start: _take reports it as the step's failure
         pass
-    import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from .kernels import Kernels, execute
 
     folder, work, km = Path(job["folder"]), None, None
     try:
@@ -273,20 +274,14 @@ def run_step(job: dict) -> dict:
         km = _take(job)
         if early:
             _park(job)
-        pm.execute_notebook(str(src), str(base / job["out"]), parameters=job["params"], kernel_name=job["kernel"],
-                            km=km, cwd=job["root"], progress_bar=False,
-                            log_output=False, request_save_on_cell_execute=False, start_timeout=120)
+        execute(str(src), str(base / job["out"]), job["params"], job["kernel"], km, cwd=job["root"])
     except PapermillExecutionError as exc:
         reply["error"] = {k: getattr(exc, k) for k in CellError.FIELDS}
     except Exception as exc:  # noqa: BLE001 - kernel death, I/O errors: the driver reports it
-        from .kernels import Kernels
-
         reply["failure"] = f"{type(exc).__name__}: {_first_line(str(exc))}{Kernels.last_words(km)}"
     finally:
         if km is not None:  # papermill leaves a kernel it was handed running (and its GPU memory held); the
             # stop waits ~0.1 s for the process to go: not in the reply's way
-            from .kernels import Kernels
-
             threading.Thread(target=Kernels.stop, args=(km,), daemon=True, name="mlops-stop-kernel").start()
         if work is not None:
             for rel in _outputs(job["step"], job["out"]):

@@ -393,14 +393,10 @@ class _Runner:
     def _notebook(self, spec: dict, out: Path, km) -> None:
         """Execute the step notebook into ``out`` in kernel ``km``; a cell that raised is a ``CellError``,
         papermill's other errors propagate."""
-        import papermill as pm
         from papermill.exceptions import PapermillExecutionError
 
         try:
-            pm.execute_notebook(str(self.pipe.folder / spec["notebook"]), str(out), parameters=self.params,
-                                kernel_name=self.pipe.kernel, km=km, progress_bar=False, log_output=False,
-                                request_save_on_cell_execute=False,  # one write at the end: less GIL time
-                                start_timeout=120)
+            K.execute(str(self.pipe.folder / spec["notebook"]), str(out), self.params, self.pipe.kernel, km)
         except PapermillExecutionError as exc:
             raise CellError.of(exc) from None
 

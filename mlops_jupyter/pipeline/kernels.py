@@ -68,6 +68,37 @@ def preload_of(notebook: Path, step: str, root: Path) -> list:
     return [SETUP] + import_statements(sources, root)
 
 
+def execute(src: str, out: str, params: dict, kernel: str, km, cwd: str | None = None) -> None:
+    """papermill on step notebook ``src`` into ``out`` in the started kernel ``km``, written once at the end
+    (not at each cell: less time in the runner's GIL); also when the kernel dies mid-step, so that the outputs of
+    the cells that ran are kept (papermill itself writes nothing then). A cell that raised raises papermill's
+    PapermillExecutionError."""
+    import papermill as pm
+    from papermill.engines import papermill_engines
+
+    if "StepEngine" not in _CLASSES:
+        _CLASSES["StepEngine"] = _step_engine()
+        papermill_engines.register("mlops-step", _CLASSES["StepEngine"])
+    pm.execute_notebook(src, out, parameters=params, kernel_name=kernel, km=km, cwd=cwd, progress_bar=False,
+                        log_output=False, request_save_on_cell_execute=False, start_timeout=120,
+                        engine_name="mlops-step", step_out=out)
+
+
+def _step_engine():
+    from papermill.engines import NBClientEngine
+
+    class StepEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, step_out=None, **kwargs):
+            try:
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            except Exception:
+                nb_man.output_path = step_out  # the engine's notebook_complete writes it on the way out
+                raise
+
+    return StepEngine
+
+
 def _unlink(path: str | None) -> None:
     try:
         os.unlink(path)
