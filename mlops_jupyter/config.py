@@ -155,9 +155,8 @@ def resolve(start: str | os.PathLike | None = None, overrides: dict | None = Non
         if "artifact_location" not in values:
             art = (root / STATE_DIR / "artifacts").as_uri()
             values["artifact_location"], origin["artifact_location"] = art, "default"
-    elif "artifact_location" not in values and sqlite_artifacts(values["tracking_uri"]):
-        values["artifact_location"] = sqlite_artifacts(values["tracking_uri"])
-        origin["artifact_location"] = "default (beside the database)"
+    elif "artifact_location" not in values and (art := sqlite_artifacts(values["tracking_uri"])):
+        values["artifact_location"], origin["artifact_location"] = art, "default (beside the database)"
     uri = values["tracking_uri"]
     if "://" not in uri and not uri.startswith(("sqlite:", "databricks")):
         # a bare folder is MLflow's file store, refused by MLflow 3 by default

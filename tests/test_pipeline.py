@@ -390,11 +390,32 @@ def test_a_step_whose_kernel_dies_quotes_what_the_kernel_said_last(project, monk
     out = subprocess.run(cli + ["run", "pipe"], capture_output=True, text=True, cwd=project, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     (line,) = [ln for ln in out.stdout.splitlines() if "✗ second" in ln]
-    assert "Kernel died" in line and "the kernel's last output: native: CUDA error 700: an illegal" in line, line
+    assert "Kernel died; its process was killed by SIGABRT; the kernel's last output: native: CUDA error 700: " \
+           "an illegal" in line, line
+    assert "Kernel died while waiting" not in out.stderr, out.stderr  # nbclient's log line says it twice
     (executed,) = (project / "pipe" / "runs").rglob("second.ipynb")
     assert f"executed notebook: {executed}" in out.stdout and "before the crash" in executed.read_text()
     status = subprocess.run(cli + ["status", "pipe"], capture_output=True, text=True, cwd=project)
     assert "CUDA error 700" in status.stdout, status.stdout  # kept with the step's failure
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_a_step_whose_kernel_is_killed_or_exits_says_how_it_ended(project, monkeypatch, fork):
+    """The out-of-memory killer's SIGKILL leaves no output to quote: the step's error names the signal and what
+    it likely means; a kernel that exits names its status. The run's own stop of a kernel says nothing of it."""
+    monkeypatch.setenv("MLOPS_PIPELINE_FORK", fork)
+    pipeline.export(notebook(project / "killed.ipynb", [
+        ("import os, signal", ["imports"]),
+        ("x = 1", ["step:start"]),
+        ("os.kill(os.getpid(), signal.SIGKILL)", ["step:killed", "after:start"]),
+        ("os._exit(3)", ["step:exits", "after:start"]),
+    ]), "pipe")
+    result = pipeline.run(project / "pipe", echo=lambda s: None)
+    killed, exits = (next(s for s in result.steps if s.name == n) for n in ("killed", "exits"))
+    assert killed.status == "failed" and killed.error.endswith(
+        "Kernel died; its process was killed by SIGKILL (the out-of-memory killer's signal: the step may have run "
+        "out of memory)"), killed.error
+    assert exits.status == "failed" and exits.error.endswith("Kernel died; its process exited with status 3"), exits
 
 
 def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(project, monkeypatch, tmp_path):

@@ -153,7 +153,7 @@ def test_a_step_whose_kernel_dies_on_a_node_quotes_what_the_kernel_said_last(pro
                                                       ("print('before the crash')", ["step:second"]), DIES]), "pipe")
     result = pipeline.run("pipe", address=cluster.address, echo=lambda s: None)
     second = next(s for s in result.steps if s.name == "second")
-    assert second.status == "failed" and "the kernel's last output: native: CUDA error 700" in second.error, second
+    assert second.status == "failed" and "killed by SIGABRT; the kernel's last output: native: CUDA error 700" in second.error, second
     assert "before the crash" in Path(second.notebook).read_text()  # what ran before it, back from the node
 
 

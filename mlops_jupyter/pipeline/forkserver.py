@@ -12,9 +12,10 @@ the kernel's shell exists; a preload that starts a Python thread makes the serve
 Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src...]}`` once, then
 ``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
 are appended to), answered on stdout with ``{"pid": N}`` (or
-``{"error": ...}``: the runner then starts kernels the usual way).
-``later`` statements are imported while no kernel is asked for. EOF on stdin: the kernels still running
-are killed and the server exits. Stdlib only until the preload.
+``{"error": ...}``: the runner then starts kernels the usual way). The server is the kernels' parent, the only
+process that learns how one ended: it reaps each as it exits and appends ``EXIT`` and its wait status as the
+last line of its log. ``later`` statements are imported while no kernel is asked for. EOF on stdin: the
+kernels still running are killed and the server exits. Stdlib only until the preload.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 # line), or they start runtime threads when imported, which a fork would not carry over (the second)
 NOT_PRELOADED = ("matplotlib", "seaborn", "plotly", "bokeh", "altair", "ipywidgets", "tqdm", "panel", "holoviews",
                  "hvplot", "tensorflow", "keras", "jax", "jaxlib")
+EXIT = "[mlops] kernel process ended, wait status:"  # the line the server ends a kernel's log with
 
 
 class _Refuse:
@@ -68,21 +70,45 @@ class _Lines:
         return line.decode()
 
 
-def _fork(req: dict, children: list) -> int:
+def _reap(children: dict) -> None:
+    """Reap the kernels that have exited, ending each one's log with how (SIGCHLD's handler). Only the
+    kernels: a process a preloaded module started is its own to wait for."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # no second call inside this one
+    for pid in list(children):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, None
+        if not done:
+            continue
+        log = children.pop(pid)
+        if log is not None:
+            if status is not None:
+                os.write(log, f"\n{EXIT} {status}\n".encode())
+            os.close(log)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def _fork(req: dict, children: dict) -> int:
     sys.stdout.flush()
     try:  # opened before the fork: the runner removes its name once answered
         out = os.open(req["log"], os.O_WRONLY | os.O_APPEND) if req.get("log") else None
     except OSError:
         out = None
+    # SIGCHLD waits until the kernel is listed: a kernel that dies at once is reaped all the same
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     pid = os.fork()
     if pid:
-        if out is not None:
-            os.close(out)
-        children.append(pid)
+        children[pid] = out  # kept open to say how the kernel ended
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         return pid
-    children.clear()  # the server's list: this process kills nobody on its way out
-    # the kernel: what `python -m ipykernel_launcher ARGS` with start_new_session would be
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    for log in children.values():  # the other kernels' logs, and the server's list: this process kills nobody
+        if log is not None:
+            os.close(log)
+    children.clear()
+    # the kernel: what `python -m ipykernel_launcher ARGS` with start_new_session would be
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -102,10 +128,10 @@ def _fork(req: dict, children: list) -> int:
 
 
 def main() -> None:
-    # kernels are reaped by the system; Ctrl-C in the terminal reaches the runner, which stops them
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Ctrl-C in the terminal reaches the runner, which stops the kernels
+    children: dict = {}  # pid -> its log's descriptor (or None)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap(children))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    children: list = []
     # the kernel's own code (what its start-up imports, debugger included), while the runner gets going
     for module in ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger"):
         _import(f"import {module}")
@@ -139,7 +165,7 @@ def main() -> None:
                 pid = _fork(req, children)
             print(json.dumps({"pid": pid}), flush=True)
     finally:
-        for pid in children:  # the runner is gone: no kernel outlives it
+        for pid in list(children):  # the runner is gone: no kernel outlives it
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:

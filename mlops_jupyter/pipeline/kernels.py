@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import select
 import signal
@@ -21,6 +22,7 @@ from string import Template
 
 from .. import config
 from . import analysis
+from .forkserver import EXIT
 
 FORK_ENV = "MLOPS_PIPELINE_FORK"
 # the libraries ``serializers.load`` imports for each hand-off format
@@ -29,6 +31,7 @@ FORMAT_LIBS = {"parquet": "import pandas, pyarrow.parquet", "joblib": "import jo
 SETUP = "from mlops_jupyter.pipeline import serializers"
 READY_S = 120.0  # how long a step's kernel may take to answer, unless papermill says
 LAST_WORDS = 8  # lines of a dead kernel's own output that its step's error quotes
+EXIT_WAIT_S = 1.0  # how long a dead forked kernel's log may wait for the fork server's line on how it ended
 
 
 def cell_sources(notebook: Path, prefixes: tuple) -> list:
@@ -79,6 +82,10 @@ def execute(src: str, out: str, params: dict, kernel: str, km, cwd: str | None =
     if "StepEngine" not in _CLASSES:
         _CLASSES["StepEngine"] = _step_engine()
         papermill_engines.register("mlops-step", _CLASSES["StepEngine"])
+        # nbclient says so on papermill's logger (the terminal, a Ray worker's log) before raising the error
+        # the step reports, which says the same and why
+        logging.getLogger("papermill").addFilter(lambda r: r.getMessage() != "Kernel died while waiting for execute "
+                                                                            "reply.")
     pm.execute_notebook(src, out, parameters=params, kernel_name=kernel, km=km, cwd=cwd, progress_bar=False,
                         log_output=False, request_save_on_cell_execute=False, start_timeout=120,
                         engine_name="mlops-step", step_out=out)
@@ -97,6 +104,26 @@ def _step_engine():
                 raise
 
     return StepEngine
+
+
+def _tail(fd: int, size: int = 8192) -> str:
+    """The end of the file open at ``fd``."""
+    end = os.fstat(fd).st_size
+    return os.pread(fd, size, max(0, end - size)).decode(errors="replace")
+
+
+def _ending(code: int | None) -> str:
+    """How a kernel's process ended, from its exit code (-N: killed by signal N), as its step's error says it."""
+    if code is None:
+        return ""
+    if code >= 0:
+        return f"; its process exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    oom = " (the out-of-memory killer's signal: the step may have run out of memory)" if -code == signal.SIGKILL else ""
+    return f"; its process was killed by {name}{oom}"
 
 
 def _unlink(path: str | None) -> None:
@@ -244,14 +271,13 @@ def _classes() -> dict:
 
         server: ForkServer | None = None
         args_at = 0  # where the kernel's own arguments start in ``cmd``
-        process_log: str | None = None  # the kernel's stdout and stderr (not ``log``: the provisioner's logger)
 
         async def launch_kernel(self, cmd, **kwargs):
             env = dict(kwargs.get("env") or os.environ)
             env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it
             cwd = str(kwargs.get("cwd") or os.getcwd())
             self.process = _Forked(self.server.fork([os.path.expanduser(a) for a in cmd[self.args_at:]], env, cwd,
-                                                    self.process_log))
+                                                    self.parent.process_log))
             self.pid = self.pgid = self.process.pid  # the fork called setsid: signals go to its group
             self.cwd = cwd
             return self.connection_info
@@ -303,6 +329,7 @@ def _classes() -> dict:
         _step_client = None
         process_log: str | None = None  # its process's stdout and stderr (``launch``), by name until it starts
         log_fd: int | None = None  # the same file, read by ``last_words``
+        stopped = False  # by ``Kernels.stop``: its death is no news
 
         def client(self, **kwargs):
             if self._step_client is None:
@@ -348,7 +375,6 @@ class Kernels:
             km.kernel_id = str(uuid.uuid4())
             km.provisioner = classes["ForkProvisioner"](kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
             km.provisioner.server, km.provisioner.args_at = self.server, self._args_at
-            km.provisioner.process_log = km.process_log
         return km
 
     @staticmethod
@@ -403,6 +429,7 @@ class Kernels:
         """Stop a step kernel and its client, quietly when it is already gone."""
         from jupyter_core.utils import run_sync
 
+        km.stopped = True
         try:
             km.stop_client()
             run_sync(km.shutdown_kernel)(now=True)
@@ -415,21 +442,29 @@ class Kernels:
 
     @staticmethod
     def last_words(km) -> str:
-        """For a step whose kernel has died: "; the kernel's last output: ..." (the end of what its process
-        wrote to stdout and stderr), else ''. A line written in the instant before the process died can be
-        missing: ipykernel reads those descriptors through a pipe and a thread, which a crash stops."""
+        """For a step whose kernel has died: how its process ended, and "the kernel's last output: ..." (the end of
+        what it wrote to stdout and stderr), else ''. A line written in the instant before the process died can
+        be missing: ipykernel reads those descriptors through a pipe and a thread, which a crash stops."""
         from jupyter_core.utils import run_sync
 
         try:
-            if km is None or km.log_fd is None or run_sync(km.is_alive)():
+            if km is None or km.log_fd is None or km.stopped or run_sync(km.is_alive)():
                 return ""
-            size = os.fstat(km.log_fd).st_size
-            text = os.pread(km.log_fd, 8192, max(0, size - 8192)).decode(errors="replace")
-            lines = [ln.strip() for ln in text.splitlines()
-                     if ln.strip() and not ln.startswith("[IPKernelApp]")]  # ipykernel's own chatter
+            if Kernels.is_forked(km):  # its parent, the fork server, ends the log with its wait status
+                deadline = time.monotonic() + EXIT_WAIT_S
+                while EXIT not in (text := _tail(km.log_fd)) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                status = next((int(ln[len(EXIT):]) for ln in reversed(text.splitlines()) if ln.startswith(EXIT)), None)
+                code = None if status is None else -os.WTERMSIG(status) if os.WIFSIGNALED(status) \
+                    else os.WEXITSTATUS(status)
+            else:
+                text, code = _tail(km.log_fd), getattr(km.provisioner.process, "returncode", None)
+            lines = [ln.strip() for ln in text.splitlines()  # without ipykernel's chatter, or the server's line
+                     if ln.strip() and not ln.startswith(("[IPKernelApp]", EXIT))]
         except Exception:  # noqa: BLE001 - nothing to add to the step's own error
             return ""
-        return f"; the kernel's last output: {' / '.join(lines[-LAST_WORDS:])[-1500:]}" if lines else ""
+        words = f"; the kernel's last output: {' / '.join(lines[-LAST_WORDS:])[-1500:]}" if lines else ""
+        return _ending(code) + words
 
     def close(self, wait: bool = True) -> None:
         """Stop the fork server (``wait=False``: let it exit on its own; call again with ``wait`` to reap it)."""
