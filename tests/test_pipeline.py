@@ -418,6 +418,24 @@ def test_a_step_whose_kernel_is_killed_or_exits_says_how_it_ended(project, monke
     assert exits.status == "failed" and exits.error.endswith("Kernel died; its process exited with status 3"), exits
 
 
+def test_a_run_leaves_no_event_loop_open(project):
+    """jupyter_client's calls leave an asyncio loop in each thread that makes them; one left to the garbage
+    collector can be finalized after its own socket and print a traceback as the process exits (a CLI run that
+    was interrupted did, now and then). The runner's threads close theirs: collecting them finds none open."""
+    import gc
+    import warnings
+
+    pipeline.export(notebook(project / "loops.ipynb", [("x = 1", ["step:one"]), ("y = x", ["step:two"]),
+                                                       ("z = 1", ["step:three", "after:one"])]), "pipe")
+    gc.collect()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        result = pipeline.run(project / "pipe", echo=lambda s: None)
+        gc.collect()
+    assert result.ok and ran(result) == {"one", "two", "three"}, result
+    assert not [str(w.message) for w in seen if "unclosed event loop" in str(w.message)]
+
+
 def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(project, monkeypatch, tmp_path):
     """Something the template imported left it unsafe to fork (here every forked child exits at once): each
     step still runs, in a kernel started the usual way."""

@@ -346,7 +346,6 @@ class RayRunner(_Runner):
         self.shipped: set = set()  # steps whose hand-off is in the storage for this run
         self._shipping: dict = {}  # step -> the lock held while its hand-off is put there
         self.owned = False  # this run connected to Ray (and disconnects at the end)
-        self.stopping = False  # Ctrl-C: a step submitted from now on is cancelled at once
         self._connect_lock = threading.Lock()
         self._nodes_lock = threading.Lock()
         self._nodes: tuple = (float("-inf"), [])  # (when, ray.nodes()): one look at the cluster for all waiting steps

@@ -137,6 +137,7 @@ class _Runner:
         self.kernels = K.Kernels(pipe.kernel, self.root)
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
         self.threads: list = []  # one per step
+        self.stopping = False  # Ctrl-C: no step starts from now on
         self.placed: dict = {}  # step -> the cluster node it ran on (Ray runs only; see _placement)
         # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
         self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
@@ -264,6 +265,8 @@ class _Runner:
                 return
             self.exec_slots.acquire()
             try:
+                if self.stopping:  # a slot freed by a step Ctrl-C stopped
+                    return
                 if ahead:
                     ahead = False
                     self.ahead_slots.release()
@@ -287,10 +290,12 @@ class _Runner:
             if ahead:
                 self.ahead_slots.release()
             if km is not None:
+                K.Kernels.disconnect(km)  # here, in the loop it was connected in: it closes with the thread
                 stopper = threading.Thread(target=self._stop_kernel, args=(km,), name=f"stop-{name}", daemon=True)
                 stopper.start()
                 with self.cond:
                     self.stoppers.append(stopper)
+            K.close_loop()
 
     def end_records(self, status: str, wait: bool = True, hand_off: bool = False) -> tuple:
         """End the pipeline's run and hand the rest to the recorder: (its MLflow id, a note when its records
@@ -318,6 +323,7 @@ class _Runner:
 
     def stop_all(self) -> None:
         with self.cond:
+            self.stopping = True
             live = list(self.live)
         for km in live:
             self._stop_kernel(km)

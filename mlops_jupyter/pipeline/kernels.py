@@ -126,6 +126,39 @@ def _ending(code: int | None) -> str:
     return f"; its process was killed by {name}{oom}"
 
 
+def close_loop() -> None:
+    """Close this thread's asyncio loop, which jupyter_core's ``run_sync`` made and never closes (call it at the end
+    of a thread of ours): a loop left to the garbage collector can be finalized after its own self-pipe socket, and
+    its ``__del__`` then prints a traceback (seen as an interrupted run's process exits)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()  # not the main thread: never makes one
+    except RuntimeError:
+        return
+    if not loop.is_running():
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _run_once(fn, *args, **kwargs):
+    """Run coroutine function ``fn`` to its end from synchronous code in an event loop of its own, closed after
+    (``run_sync`` would leave one in this thread); in a thread whose loop runs (a server's), through ``run_sync``."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(fn(*args, **kwargs))
+        finally:
+            loop.close()
+    from jupyter_core.utils import run_sync
+
+    return run_sync(fn)(*args, **kwargs)
+
+
 def _unlink(path: str | None) -> None:
     try:
         os.unlink(path)
@@ -425,14 +458,21 @@ class Kernels:
         return km
 
     @staticmethod
-    def stop(km) -> None:
-        """Stop a step kernel and its client, quietly when it is already gone."""
-        from jupyter_core.utils import run_sync
-
-        km.stopped = True
+    def disconnect(km) -> None:
+        """Stop a step kernel's client (its channels, in the loop of the thread that connected it), quietly."""
         try:
             km.stop_client()
-            run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - closed already
+            pass
+
+    @staticmethod
+    def stop(km) -> None:
+        """Stop a step kernel and its client, quietly when it is already gone; in whatever thread, leaving no
+        event loop there."""
+        km.stopped = True
+        Kernels.disconnect(km)
+        try:
+            _run_once(km.shutdown_kernel, now=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
         _unlink(km.process_log)
