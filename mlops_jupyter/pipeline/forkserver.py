@@ -13,8 +13,8 @@ Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src.
 ``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
 are appended to), answered on stdout with ``{"pid": N}`` (or
 ``{"error": ...}``: the runner then starts kernels the usual way). The server is the kernels' parent, the only
-process that learns how one ended: it reaps each as it exits and appends ``EXIT`` and its wait status as the
-last line of its log. ``later`` statements are imported while no kernel is asked for. EOF on stdin: the
+process that learns how one ended: it reaps each as it exits and appends ``EXIT`` and its exit code (-N: killed
+by signal N, as Popen's) as the last line of its log. ``later`` statements are imported while no kernel is asked for. EOF on stdin: the
 kernels still running are killed and the server exits. Stdlib only until the preload.
 """
 
@@ -31,7 +31,7 @@ import sys
 # line), or they start runtime threads when imported, which a fork would not carry over (the second)
 NOT_PRELOADED = ("matplotlib", "seaborn", "plotly", "bokeh", "altair", "ipywidgets", "tqdm", "panel", "holoviews",
                  "hvplot", "tensorflow", "keras", "jax", "jaxlib")
-EXIT = "[mlops] kernel process ended, wait status:"  # the line the server ends a kernel's log with
+EXIT = "[mlops] kernel process ended, exit code:"  # the line the server ends a kernel's log with
 
 
 class _Refuse:
@@ -84,7 +84,7 @@ def _reap(children: dict) -> None:
         log = children.pop(pid)
         if log is not None:
             if status is not None:
-                os.write(log, f"\n{EXIT} {status}\n".encode())
+                os.write(log, f"\n{EXIT} {os.waitstatus_to_exitcode(status)}\n".encode())
             os.close(log)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 

@@ -490,13 +490,11 @@ class Kernels:
         try:
             if km is None or km.log_fd is None or km.stopped or run_sync(km.is_alive)():
                 return ""
-            if Kernels.is_forked(km):  # its parent, the fork server, ends the log with its wait status
+            if Kernels.is_forked(km):  # its parent, the fork server, ends the log with its exit code
                 deadline = time.monotonic() + EXIT_WAIT_S
                 while EXIT not in (text := _tail(km.log_fd)) and time.monotonic() < deadline:
                     time.sleep(0.02)
-                status = next((int(ln[len(EXIT):]) for ln in reversed(text.splitlines()) if ln.startswith(EXIT)), None)
-                code = None if status is None else -os.WTERMSIG(status) if os.WIFSIGNALED(status) \
-                    else os.WEXITSTATUS(status)
+                code = next((int(ln[len(EXIT):]) for ln in reversed(text.splitlines()) if ln.startswith(EXIT)), None)
             else:
                 text, code = _tail(km.log_fd), getattr(km.provisioner.process, "returncode", None)
             lines = [ln.strip() for ln in text.splitlines()  # without ipykernel's chatter, or the server's line
