@@ -337,16 +337,17 @@ def test_a_step_submitted_after_ctrl_c_is_cancelled_at_once(project, cluster):
         ray.shutdown()
 
 
-def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, cluster):
+def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, cluster, monkeypatch):
     """A Ray worker forks each step's kernel from its own template process (ipykernel and the imports cell
     loaded, as on the local runner), yet a step sees nothing of the one before it; once the run is over, no
-    kernel or template process is left."""
+    kernel or template process is left: at once when the driver goes (the CLI), after MLOPS_RAY_IDLE_S when it
+    stays connected (a notebook)."""
     import psutil
 
     nb = notebook(project / "iso.ipynb", [
-        ("import json\nimport os\nimport numpy as np\nimport psutil", ["imports"]),
+        ("import json\nimport os\nimport time\nimport numpy as np\nimport psutil", ["imports"]),
         ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()", ["step:one"]),
-        ("leaked = int(hasattr(json, 'leak') or 'secret' in globals())\nsame_rng = int(r1 == float(np.random.rand()))\n"
+        ("time.sleep(1.5)\nleaked = int(hasattr(json, 'leak') or 'secret' in globals())\nsame_rng = int(r1 == float(np.random.rand()))\n"
          "same_pid = int(os.getpid() == pid1)\n"
          "forked = int('mlops_jupyter.pipeline.forkserver' in psutil.Process().parent().cmdline())\n"
          "template = psutil.Process().parent().pid", ["step:two"]),
@@ -376,6 +377,10 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
     # still forks from a template of its own, so no run's kernel has modules another run imported
     import ray
 
+    monkeypatch.setenv("MLOPS_RAY_IDLE_S", "oops")
+    with pytest.raises(InvalidInput, match="MLOPS_RAY_IDLE_S='oops' is not a number of seconds; give how long a Ray"):
+        pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None)
+    monkeypatch.setenv("MLOPS_RAY_IDLE_S", "1")  # step two runs longer than that, in a kernel forked from it
     ray.init(address=cluster.address)
     try:
         seen = []
@@ -386,9 +391,11 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
             # a step's kernel ends with its step, though the workers stay for the next run
             wait_for(lambda: not psutil.pid_exists(int(got["pid1"])), timeout=30, what="step one's kernel to stop")
         assert seen[0] != seen[1]
+        # idle for 1 s, the workers still there let their templates and parked kernels go
+        wait_for(lambda: not templates(), timeout=30, what="the idle workers' templates and kernels to exit")
+        assert ray.is_initialized()
     finally:
         ray.shutdown()
-    wait_for(lambda: not templates(), timeout=60, what="the template processes to exit once the driver is gone")
 
 
 def test_one_worker_per_run_and_node_claims_the_warm_up(monkeypatch):

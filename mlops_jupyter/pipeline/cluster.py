@@ -35,6 +35,9 @@ CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long cancelled steps get to stop their
 # how long a step waits once no node of the cluster can take it any more (its node died), and how often that
 # is looked at
 WAIT_ENV, WAIT_S, NODE_POLL_S = "MLOPS_RAY_NODE_WAIT_S", 300.0, 2.0
+# how long a worker keeps its kernels (the parked one, the fork server) once it serves no step: a driver that
+# stays connected (a notebook) keeps its job's workers after the run
+IDLE_ENV, IDLE_S = "MLOPS_RAY_IDLE_S", 60.0
 
 
 def resolve_address(address: str | None, root: Path) -> str | None:
@@ -60,15 +63,16 @@ def _storage(storage: str | None, folder: Path) -> str | None:
     return None if path == folder.resolve() else str(path)
 
 
-def _wait_s() -> float:
-    raw = os.environ.get(WAIT_ENV, "").strip()
+def _seconds(env: str, default: float, meaning: str) -> float:
+    """A number of seconds >= 0 from variable ``env`` (``default`` when unset); ``meaning`` says what it sets."""
+    raw = os.environ.get(env, "").strip()
     try:
-        value = float(raw) if raw else WAIT_S
+        value = float(raw) if raw else default
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise InvalidInput(f"{WAIT_ENV}={raw!r} is not a number of seconds; give how long a step may wait for a node "
-                           f"that can take it, e.g. {WAIT_S:g} (the default), or unset it.", what=WAIT_ENV, value=raw)
+        raise InvalidInput(f"{env}={raw!r} is not a number of seconds; give {meaning}, e.g. {default:g} (the default), "
+                           "or unset it.", what=env, value=raw)
     return value
 
 
@@ -166,11 +170,7 @@ def _kernels(job: dict):
     from .kernels import Kernels
 
     if job["run"] not in _templates:
-        for old in _templates.values():
-            old.close(wait=False)  # it kills the kernels it forked (a parked one too) and exits
-        _templates.clear()
-        for run in [r for r in _claimed if r != job["run"]]:
-            _claimed.pop(run).close()
+        _release(keep=job["run"])
         _templates[job["run"]] = Kernels(job["kernel"], Path(job["root"]))
         _templates[job["run"]].start_fork_server(job["preload"], job["later"])
     return _templates[job["run"]]
@@ -218,10 +218,60 @@ def _unpark() -> None:
         Kernels.stop(_parked.pop()[1])
 
 
+def _release(keep: str | None = None) -> None:
+    """Close this worker's fork servers (each kills the kernels it forked, a parked one too, and exits) and give
+    up its runs' claims, but ``keep``'s claim."""
+    for old in _templates.values():
+        old.close(wait=False)
+    _templates.clear()
+    for run in [r for r in _claimed if r != keep]:
+        _claimed.pop(run).close()
+
+
+class _Serving:
+    """Around each task of ours in a worker: once the worker has served none for the run's ``idle_s``, its
+    parked kernel is stopped and its fork server closed. A job's workers live as long as its driver: a
+    notebook's, connected after the run, would otherwise keep a started kernel and a process holding the run's
+    imports on every node it used, until that notebook's kernel goes. A step that comes later starts them
+    again."""
+
+    lock = threading.Lock()
+    timer: threading.Timer | None = None
+    served = 0  # tasks begun: an expiry armed before the latest one began is stale
+
+    def __init__(self, job: dict):
+        self.idle_s = job.get("idle_s", IDLE_S)
+
+    def __enter__(self):
+        with _Serving.lock:
+            _Serving.served += 1
+            if _Serving.timer is not None:
+                _Serving.timer.cancel()
+                _Serving.timer = None
+
+    def __exit__(self, *exc):
+        with _Serving.lock:
+            _Serving.timer = threading.Timer(self.idle_s, _Serving._expire, args=(_Serving.served,))
+            _Serving.timer.daemon = True
+            _Serving.timer.start()
+
+    @staticmethod
+    def _expire(served: int) -> None:
+        with _Serving.lock:
+            if served == _Serving.served:
+                _unpark()
+                _release()
+
+
 def _warm(job: dict) -> None:
     """A task per node as the run starts: the idle worker it leaves, which Ray hands the node's next step, has
     papermill (nbclient, jupyter_client) imported, its fork server up and a kernel started. On a node where a
     step of the run already gets ready, that would be the same work again, taking the CPU that step needs."""
+    with _Serving(job):
+        _warm_up(job)
+
+
+def _warm_up(job: dict) -> None:
     import ray
 
     os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
@@ -236,6 +286,11 @@ def _warm(job: dict) -> None:
 def run_step(job: dict) -> dict:
     """A Ray task: papermill on one step notebook. Returns the node it ran on and, when a cell raised,
     papermill's error (never raised: a failing notebook is no reason for Ray to retry)."""
+    with _Serving(job):
+        return _run_step(job)
+
+
+def _run_step(job: dict) -> dict:
     import ray
 
     ctx = ray.get_runtime_context()
@@ -337,7 +392,8 @@ class RayRunner(_Runner):
         # as many steps at once as the DAG allows: the cluster's resources decide how many run
         super().__init__(pipe, params, forced, echo, max(1, len(pipe.steps)), on_step)
         self.address, self.max_retries = address, max_retries
-        self.wait_s = _wait_s()
+        self.wait_s = _seconds(WAIT_ENV, WAIT_S, "how long a step may wait for a node that can take it")
+        self.idle_s = _seconds(IDLE_ENV, IDLE_S, "how long a Ray worker keeps its kernels once it serves no step")
         self.storage = _storage(storage, pipe.folder)
         self.refs: dict = {}  # step -> its task while it runs
         self.remote = None  # run_step as a Ray remote function, once connected
@@ -385,7 +441,7 @@ class RayRunner(_Runner):
             # what every worker's kernels are forked from: the first step's imports, as on the local runner
             first = next((s for s in self.pipe.steps if s["name"] in self.likely), self.pipe.steps[0])
             self.template = {"run": uuid.uuid4().hex, "kernel": self.pipe.kernel, "root": str(self.root),
-                             "preload": self.preload(first), "later": self._format_libs()}
+                             "preload": self.preload(first), "later": self._format_libs(), "idle_s": self.idle_s}
             # sent after the first step: its worker starts first (a raylet starts a node's workers a few at a
             # time), and a warm-up on its node then sees it and does nothing (_warm). Ray places a task on the
             # driver's own node while it has room, so the first step goes there when it fits: a warm-up there
