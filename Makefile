@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml labextension/package.json $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# as a wheel's install would: an editable one compiles none of our modules, and where PYTHONDONTWRITEBYTECODE
+	@# is set each process (CLI, kernel, Ray worker, fork server) would compile them again as it imports them
+	$(BIN)/python -m compileall -q mlops_jupyter
 	@# rfc3987-syntax only validates URI formats for jsonschema, and costs every kernel ~2 s of imports
 	$(BIN)/python -m pip uninstall --quiet --yes rfc3987-syntax
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-jupyter)"
