@@ -124,7 +124,9 @@ def monitor(root: Path) -> dict:
     reference = drift.profile(drift_frame(rng, 5000), model={"run_id": "c" * 32, "name": "model"})
     parts = [drift_frame(rng, 600), drift_frame(rng, 600), drift_frame(rng, 600, shift=1.0, new_category=True)]
     current = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    agos = [3 * 3600 - 5 - i * 6.0 for i in range(1800)]  # 6 s apart, from 3 hours ago to a second ago
+    # 5.9 s apart, each hour's 600 rows a minute clear of its older edge: the panel asks for the last hour seconds
+    # after this, and the hour's oldest row must still be in it
+    agos = [(3 - h) * 3600 - 60 - i * 5.9 for h in range(3) for i in range(600)]
     served_package(folder, reference, current, agos)
     write_notebook(folder / "served.ipynb")
     return {"notebook": "watching/served.ipynb"}
