@@ -347,7 +347,8 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
     nb = notebook(project / "iso.ipynb", [
         ("import json\nimport os\nimport time\nimport numpy as np\nimport psutil", ["imports"]),
         ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()", ["step:one"]),
-        ("time.sleep(1.5)\nleaked = int(hasattr(json, 'leak') or 'secret' in globals())\nsame_rng = int(r1 == float(np.random.rand()))\n"
+        ("time.sleep(1.5)\nleaked = int(hasattr(json, 'leak') or 'secret' in globals())\n"
+         "same_rng = int(r1 == float(np.random.rand()))\n"
          "same_pid = int(os.getpid() == pid1)\n"
          "forked = int('mlops_jupyter.pipeline.forkserver' in psutil.Process().parent().cmdline())\n"
          "template = psutil.Process().parent().pid", ["step:two"]),

@@ -240,7 +240,7 @@ class _Serving:
     served = 0  # tasks begun: an expiry armed before the latest one began is stale
 
     def __init__(self, job: dict):
-        self.idle_s = job.get("idle_s", IDLE_S)
+        self.idle_s = job["idle_s"]
 
     def __enter__(self):
         with _Serving.lock:

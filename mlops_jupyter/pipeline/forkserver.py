@@ -11,11 +11,11 @@ the kernel's shell exists; a preload that starts a Python thread makes the serve
 
 Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src...]}`` once, then
 ``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
-are appended to), answered on stdout with ``{"pid": N}`` (or
-``{"error": ...}``: the runner then starts kernels the usual way). The server is the kernels' parent, the only
-process that learns how one ended: it reaps each as it exits and appends ``EXIT`` and its exit code (-N: killed
-by signal N, as Popen's) as the last line of its log. ``later`` statements are imported while no kernel is asked for. EOF on stdin: the
-kernels still running are killed and the server exits. Stdlib only until the preload.
+are appended to), answered on stdout with ``{"pid": N}`` (or ``{"error": ...}``: the runner then starts kernels
+the usual way). The server is the kernels' parent, the only process that learns how one ended: it reaps each as
+it exits and appends ``EXIT`` and its exit code (-N: killed by signal N, as Popen's) as the last line of its log.
+``later`` statements are imported while no kernel is asked for. EOF on stdin: the kernels still running are
+killed and the server exits. Stdlib only until the preload.
 """
 
 from __future__ import annotations
