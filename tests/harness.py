@@ -179,8 +179,15 @@ class Kernel:
             if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
                 break
             outputs.append(m)
-        reply = self.kc.get_shell_msg(timeout=timeout)
-        return reply["content"], outputs
+        # the reply to this request: a slow kernel's start leaves wait_for_ready's extra kernel_info replies
+        # queued on the shell channel ahead of it
+        while True:
+            try:
+                reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"kernel sent no reply within {timeout}s") from None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], outputs
 
     def drain_iopub(self, seconds: float) -> list:
         msgs, deadline = [], time.monotonic() + seconds
