@@ -285,7 +285,8 @@ def mlflow_server(folder: Path, port: int | None = None, users: list | None = No
         args = ["--app-name", "basic-auth"]
     log = open(folder / "server.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *args,
+        # one worker, not uvicorn's default four: each imports mlflow (11-15 s of CPU a server on a 2-core machine)
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *args,
          "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")],
         env=env, start_new_session=True, stdout=log, stderr=log)
     try:

@@ -2,15 +2,14 @@
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-from harness import (all_runs, finished_runs, artifacts, kernel, notebook, read_artifact, recorder_pids, store_uri,
-                     text_of, wait_for)
+from harness import (all_runs, artifacts, finished_runs, free_port, kernel, mlflow_server, notebook, read_artifact,
+                     recorder_pids, store_uri, text_of, wait_for)
 
 
 def test_lab_session_records_notebook_cell_parameters_and_figure(project):
@@ -104,14 +103,8 @@ def test_sigkilled_kernel_leaves_no_run_running(project, recorder_dies_too):
     assert not list((project / ".mlops" / "journal").glob("*.jsonl"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_then_back_records_arrive_after_kernel_exit(project, tmp_path):
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = {"MLOPS_TRACKING_URI": uri, "MLOPS_RECORDER_EXIT_GRACE_S": "1"}
     with kernel(project, env=env) as k:
@@ -123,29 +116,13 @@ def test_unreachable_server_then_back_records_arrive_after_kernel_exit(project, 
     wait_for(lambda: not recorder_pids(str(project)), timeout=30, what="the recorder to give up for now")
     assert list((project / ".mlops" / "journal").glob("*.jsonl")), "records must wait in the journal"
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def healthy():
-            try:
-                import urllib.request
-
-                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-            except OSError:
-                return False
-        wait_for(healthy, timeout=90, interval=0.5, what="mlflow server")
+    with mlflow_server(tmp_path / "late", port=port):
         with kernel(project, env=env) as k:
             k.run("%load_ext mlops_jupyter")  # finds the orphan journal and finishes it
             (run,) = finished_runs(project, 1, uri=uri)
         assert run.info.status == "FINISHED" and run.data.metrics == {"acc": pytest.approx(0.7)}
         wait_for(lambda: not list((project / ".mlops" / "journal").glob("*.jsonl")), timeout=30,
                  what="the journal to be emptied")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_locked_store_cell_runs_and_records_arrive_when_released(ip, project, capsys):
