@@ -505,7 +505,7 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
     pool = pooled(plan.spec)
     # over Ray Client the Tuner runs on the cluster and reports through an actor; a pool is driven from here
     channel = RemoteChannel() if plan.remote and not pool else LocalChannel()
-    storage = tempfile.mkdtemp(prefix="mlops-sweep-")
+    storage = None if pool else tempfile.mkdtemp(prefix="mlops-sweep-")  # Tune's experiment folder
     levels = _quiet_logs()
     folded = _Tracker(plan.spec, on_trial_end)
     result = SweepResult(plan.spec, [], plan.nodes)
@@ -559,4 +559,5 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         channel.close()
-        shutil.rmtree(storage, ignore_errors=True)
+        if storage:
+            shutil.rmtree(storage, ignore_errors=True)
