@@ -190,6 +190,22 @@ def test_trials_get_distinct_gpus_from_ray(ip, project, local_ray):
                 assert a.data.tags["mlops.gpu_ids"] != b.data.tags["mlops.gpu_ids"]
 
 
+def test_trials_waiting_for_a_cpu_are_recorded_from_when_they_ran(ip, project, local_ray):
+    # 4 trials at once on 2 CPUs: Ray holds two of them until a CPU frees; their runs (and the trial table's
+    # seconds) must not count that wait, or the record shows 4 trials running at once on 2 CPUs
+    result = sweep(ip, '--space "i=grid(1, 2, 3, 4)" --concurrency 4 --metric acc --mode max',
+                   "import time\ntime.sleep(1.0)\nacc = i")
+    assert result.success, result.error_in_exec
+    flush(ip)
+    parent = max((r for r in all_runs(project) if r.data.tags.get("mlops.kind") == "sweep"),
+                 key=lambda r: r.info.start_time)
+    kids = children(project, parent)
+    assert len(kids) == 4
+    at_once = max(sum(k.info.start_time <= t.info.start_time < k.info.end_time for k in kids) for t in kids)
+    assert at_once == 2, [(k.info.start_time, k.info.end_time) for k in kids]
+    assert all(s >= 1.0 for s in ip.user_ns["sweep"]["seconds"])  # each still holds its whole body
+
+
 def test_failing_trial_is_failed_with_traceback_and_retries_apply(ip, project, local_ray, tmp_path):
     marker = tmp_path / "flaky"
     ip.user_ns["marker"] = str(marker)

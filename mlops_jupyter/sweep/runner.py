@@ -58,6 +58,7 @@ class TrialState:
     attempts: int = 1
     restarts: int = 0  # Tune's retries after a lost worker or node
     reported: int = 0  # results received (report() calls plus the final one)
+    ran: tuple = ()  # (start, end) of the body, by its worker's clock: a trial can wait for a free CPU
     final: str = ""  # FINISHED / FAILED from the body's last result; empty while it runs
     stopped_early: bool = False  # ended by the scheduler (ASHA) before the body finished
 
@@ -460,6 +461,7 @@ class _Tracker:
                 status = data.pop("mlops_status", None)
                 t.error, t.output = data.pop("mlops_error", t.error), data.pop("mlops_output", t.output)
                 t.attempts = int(data.pop("mlops_attempts", t.attempts))
+                t.ran = tuple(data.pop("mlops_ran", t.ran))
                 t.metrics.update({k: v for k, v in data.items() if _finite(v) and not isinstance(v, bool)})
                 if status == "FAILED":
                     t.metrics.pop(self.spec.metric, None)  # the stand-in worst value is not a result
@@ -475,6 +477,12 @@ class _Tracker:
         return bool(events)
 
     def _end(self, t: TrialState, status: str, at: float) -> None:
+        if t.ran and not t.restarts:
+            # when the body ran, not when the trial was handed to Ray (it may have waited for a CPU: more
+            # trials than CPUs, or a cluster shared with others), kept within what this driver saw in case
+            # the worker's clock is off; a trial that lost its worker keeps its first start
+            t.start = min(max(t.start, t.ran[0]), at)
+            at = min(max(t.start, t.ran[1]), at)
         t.status, t.end = status, at
         if self.on_end:
             self.on_end(t)

@@ -12,6 +12,7 @@ import io
 import linecache
 import math
 import os
+import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 
@@ -76,7 +77,7 @@ def run_task(config: dict, job: dict) -> list:
 def attempts(config: dict, job: dict, report) -> None:
     """The body, up to 1 + --retries times, then the --metric variable as the trial's last result, each
     result handed to ``report``."""
-    metric, where = job["metric"], _where()
+    metric, where, started = job["metric"], _where(), time.time()
     linecache.cache[FILENAME] = (len(job["body"]), None, job["body"].splitlines(True), FILENAME)
     code = compile(job["body"], FILENAME, "exec")
     last: dict = {}
@@ -111,7 +112,7 @@ def attempts(config: dict, job: dict, report) -> None:
                                      "not a number") from None
             extra = {k: v for k, v in last.items() if k != metric}
             report({**extra, metric: value, **where, "mlops_status": "FINISHED", "mlops_attempts": attempt,
-                    "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
+                    "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:], "mlops_ran": (started, time.time())})
             return
         except _MissingMetric as exc:
             error = f"{exc}\n"
@@ -121,5 +122,5 @@ def attempts(config: dict, job: dict, report) -> None:
         finally:
             mlops_jupyter._reporter = None
     worst = -math.inf if job["mode"] == "max" else math.inf  # so no scheduler or searcher prefers it
-    report({metric: worst, **where, "mlops_status": "FAILED", "mlops_attempts": attempt,
-            "mlops_error": error, "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:]})
+    report({metric: worst, **where, "mlops_status": "FAILED", "mlops_attempts": attempt, "mlops_error": error,
+            "mlops_output": out.getvalue()[-MAX_OUTPUT_CHARS:], "mlops_ran": (started, time.time())})
