@@ -202,7 +202,7 @@ def test_trials_waiting_for_a_cpu_are_recorded_from_when_they_ran(ip, project, l
     kids = children(project, parent)
     assert len(kids) == 4
     at_once = max(sum(k.info.start_time <= t.info.start_time < k.info.end_time for k in kids) for t in kids)
-    assert at_once == 2, [(k.info.start_time, k.info.end_time) for k in kids]
+    assert at_once <= 2, [(k.info.start_time, k.info.end_time) for k in kids]  # the CPUs, not the trials
     assert all(s >= 1.0 for s in ip.user_ns["sweep"]["seconds"])  # each still holds its whole body
 
 
