@@ -224,6 +224,7 @@ class MlopsMagics(Magics):
         shown: dict = {}
 
         def start(total):
+            view.warm()  # the end's DataFrame and plot imports, while the trials run
             shown["view"] = _widgets.SweepView(total)
             with self.tracker.unrecorded():  # live: the run keeps the final plot and summary
                 shown["handle"] = display(shown["view"], display_id=True)

@@ -6,7 +6,7 @@ from harness import all_runs, read_artifact, wait_for
 from IPython.core.error import UsageError
 
 from mlops_jupyter.sweep import SweepError, parse
-from mlops_jupyter.sweep.space import from_mapping
+from mlops_jupyter.sweep.space import from_mapping, variants
 
 
 def flush(ip):
@@ -65,6 +65,30 @@ def test_space_grammar_reads_every_form():
     assert mapped["opt"].args == ("adam",) and mapped["k"].args == (2,)
 
 
+def test_trials_are_drawn_as_ray_tune_draws_them_without_importing_it():
+    """A sweep without a scheduler draws its trials itself (a first sweep saves Tune's import): the same grid
+    order and count as Tune's variant generator, each value within its term, constants as given."""
+    import random
+
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = parse("lr=loguniform(1e-4, 1e-1); depth=grid(1, 2, 3); opt=grid('adam', 'sgd'); q=quniform(0, 1, 0.25);"
+                  " n=randint(2, 5); act=choice('relu', 'tanh'); drop=uniform(0, 0.5); kind='tree'")
+    drawn = variants(space, 2, random.Random(7))
+    tune = [cfg for _ in range(2) for _, cfg in generate_variants({k: t.to_tune() for k, t in space.items()})]
+    assert [(c["depth"], c["opt"]) for c in drawn] == [(c["depth"], c["opt"]) for c in tune]
+    assert len(drawn) == 12 and all(list(c) == list(space) for c in drawn)
+    for c in variants(space, 300, random.Random(1)):
+        assert 1e-4 <= c["lr"] <= 1e-1 and 0 <= c["drop"] <= 0.5 and c["kind"] == "tree"
+        assert c["q"] in (0.0, 0.25, 0.5, 0.75, 1.0) and isinstance(c["q"], float)
+        assert c["n"] in (2, 3, 4) and c["act"] in ("relu", "tanh")
+    seen = variants(parse("n=randint(2, 5); act=choice('relu', 'tanh')"), 300, random.Random(2))
+    assert {c["n"] for c in seen} == {2, 3, 4} and {c["act"] for c in seen} == {"relu", "tanh"}
+    assert variants(parse("x=choice(1, 2)"), 10) and len(variants(parse("x=grid(1, 2)"), 1)) == 2
+    # a Ray Tune object given as is (a sample_from may read other values): Tune draws it
+    assert variants(from_mapping({"x": {"grid_search": [1, 2]}}, "space"), 1) is None
+
+
 @pytest.mark.parametrize("text, quoted, why", [
     ("lr=logunform(1e-4, 1e-1)", "lr=logunform(1e-4, 1e-1)", "unknown function 'logunform'"),
     ("lr=loguniform(0, 1)", "lr=loguniform(0, 1)", "low > 0"),
@@ -72,6 +96,7 @@ def test_space_grammar_reads_every_form():
     ("x=uniform(2, 1)", "x=uniform(2, 1)", "must be below high"),
     ("n=randint(1.5, 4)", "n=randint(1.5, 4)", "whole numbers"),
     ("q=quniform(0, 1, 0)", "q=quniform(0, 1, 0)", "q must be > 0"),
+    ("q=quniform(0.1, 1, 0.25)", "q=quniform(0.1, 1, 0.25)", "bounds must be multiples of its step q (0.25)"),
     ("d=choice()", "d=choice()", "at least one value"),
     ("d=choice(a, b)", "d=choice(a, b)", "literal values"),
     ("d=choice(low=1)", "d=choice(low=1)", "not keywords"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ship
-from .space import SweepError, Term
+from .space import SweepError, Term, variants
 
 NODE_RETRIES = 3  # a lost worker or node: Tune runs the trial again elsewhere (--retries is for the body's errors)
 STOP_WAIT_S = 30.0  # after an interrupt, how long the running trials get to be stopped by Tune
@@ -114,13 +114,14 @@ _starting = threading.Lock()  # held while this kernel starts or reaches Ray: a 
 _prestarted: threading.Thread | None = None
 prestarted = threading.Event()  # set once a prestart has finished (Ray up and Tune imported, or failed)
 _local_up = threading.Event()  # this kernel has started a Ray on this machine
+_sweeping = threading.Event()  # a sweep has begun: a prestart leaves it the cores rather than import Tune
 
 
 def prestart() -> bool:
-    """Start this machine's Ray, and import Tune, in the background (a notebook holding sweep cells, as the
-    extension loads), so that the first sweep finds them ready instead of paying seconds for them; False
-    when there is nothing to do (started already, or RAY_ADDRESS names a cluster). A sweep that comes first
-    waits for it; a failure is left for the sweep to report."""
+    """Start this machine's Ray in the background (a notebook holding sweep cells, as the extension loads), then
+    import Tune unless a sweep began meanwhile, so that the first sweep finds them ready instead of paying
+    seconds for them; False when there is nothing to do (started already, or RAY_ADDRESS names a cluster). A
+    sweep that comes first waits for Ray; a failure is left for the sweep to report."""
     global _prestarted
     if _prestarted is not None or os.environ.get("RAY_ADDRESS"):
         return False
@@ -128,9 +129,10 @@ def prestart() -> bool:
     def run() -> None:
         try:
             connect(None)
-            from ray import tune  # noqa: F401 - the sweep's own first import, seconds here
+            if not _sweeping.is_set():  # idle time: a sweep with a scheduler needs Tune (most of a second)
+                from ray import tune  # noqa: F401
 
-            from . import _tune  # noqa: F401
+                from . import _tune  # noqa: F401
         except Exception:  # noqa: BLE001 - the sweep itself says what is wrong
             pass
         finally:
@@ -295,6 +297,7 @@ def prepare(spec: SweepSpec, user_ns: dict, hidden: dict) -> Plan:
                          f"result. End the cell with e.g. `{spec.metric} = model.score(X_test, y_test)`, or call "
                          f"mlops_jupyter.report({spec.metric}=...).", what="metric", metric=spec.metric)
     shipment = ship.collect(tree, user_ns, hidden, exclude=set(spec.space))
+    _sweeping.set()
     connect(spec.address)
     nodes = cluster_nodes()
     check_resources(spec, nodes)
@@ -350,7 +353,7 @@ def _slots(spec: SweepSpec, nodes: list) -> int:
 
 class _Pool:
     """A sweep without a scheduler, as plain Ray tasks: trial ``i`` is ``trial.run_task`` with the i-th config
-    Tune's variant generator draws from the space (grid x --samples, as Tune would), as many at once as the
+    drawn from the space (grid x --samples, as Tune would, without importing Tune), as many at once as the
     cluster fits. Tune runs each trial in an actor, and Ray starts a new worker process for every actor, each
     sweep; tasks run on the worker processes Ray keeps between tasks, so a sweep with Ray up starts no process.
     Measured on 2 CPUs (bench_sweep): Tune at its fastest took 1.33-1.39x the ideal, a sweep as tasks 1.03x.
@@ -366,13 +369,16 @@ class _Pool:
         import uuid
 
         import ray
-        from ray.tune.search.variant_generator import generate_variants
 
         from . import trial
 
         spec = self.plan.spec
-        space = {name: term.to_tune() for name, term in spec.space.items()}
-        configs = [cfg for _ in range(spec.num_samples) for _, cfg in generate_variants(space)]
+        configs = variants(spec.space, spec.num_samples)
+        if configs is None:  # a Ray Tune object in the space: Tune draws it (the user imported Tune already)
+            from ray.tune.search.variant_generator import generate_variants
+
+            space = {name: term.to_tune() for name, term in spec.space.items()}
+            configs = [cfg for _ in range(spec.num_samples) for _, cfg in generate_variants(space)]
         prefix = uuid.uuid4().hex[:5]
         todo = [(f"{prefix}_{i:05d}", cfg) for i, cfg in reversed(list(enumerate(configs)))]
         job = _shipped(self.plan, ray.put)
@@ -505,14 +511,19 @@ def execute(plan: Plan, on_update=None, on_trial_end=None, update_s: float = 0.5
     """Run the sweep; ``on_update(result)`` about every ``update_s`` while it runs, ``on_trial_end(trial)``
     once per trial. On KeyboardInterrupt: Tune stops the running trials (KILLED) and the result says
     ``interrupted``; the caller decides what to raise."""
-    from ._tune import LocalChannel, RemoteChannel
+    from .channel import LocalChannel
 
     # Tune's own file loggers: the trials go to MLflow instead
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner in the cell
     pool = pooled(plan.spec)
     # over Ray Client the Tuner runs on the cluster and reports through an actor; a pool is driven from here
-    channel = RemoteChannel() if plan.remote and not pool else LocalChannel()
+    if plan.remote and not pool:
+        from ._tune import RemoteChannel
+
+        channel = RemoteChannel()
+    else:
+        channel = LocalChannel()
     storage = None if pool else tempfile.mkdtemp(prefix="mlops-sweep-")  # Tune's experiment folder
     levels = _quiet_logs()
     folded = _Tracker(plan.spec, on_trial_end)

@@ -1,19 +1,24 @@
 """Search-space grammar: ``name=fn(args); ...`` -> terms that become Ray Tune domains.
 
-Stdlib only: a wrong term is reported before Ray is even imported.
+Stdlib only: a wrong term is reported before Ray is even imported, and a sweep without a scheduler draws its
+trials' values here (``variants``) without importing Ray Tune.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import keyword
+import math
+import random
 import re
 from dataclasses import dataclass
 
 from ..errors import SweepError
 
 VALID_FORMS = ("name=choice(a, b, ...)", "name=uniform(low, high)", "name=loguniform(low, high) with low > 0",
-               "name=randint(low, high) (whole numbers, high excluded)", "name=quniform(low, high, q)",
+               "name=randint(low, high) (whole numbers, high excluded)",
+               "name=quniform(low, high, q) with low and high multiples of q",
                "name=grid(a, b, ...) (every value, in each sample)", "name=<literal> such as 3, 0.1 or 'adam'")
 EXAMPLE = "lr=loguniform(1e-4, 1e-1); depth=choice(3, 5, 8)"
 
@@ -49,6 +54,36 @@ class Term:
         if self.fn == "choice":
             return tune.choice(list(self.args))
         return getattr(tune, self.fn)(*self.args)
+
+    def draw(self, rng: random.Random):
+        """One value of a random term, or the constant, as Ray Tune would draw it (without importing Tune: a
+        first sweep would wait most of a second for it). Not for grids nor Tune objects: see ``variants``."""
+        fn, args = self.fn, self.args
+        if fn is None:
+            return args[0]
+        if fn == "choice":
+            return args[rng.randrange(len(args))]
+        if fn == "randint":
+            return rng.randrange(args[0], args[1])
+        if fn == "loguniform":
+            return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+        if fn == "quniform":
+            return float(round(rng.uniform(args[0], args[1]) / args[2]) * args[2])
+        return rng.uniform(args[0], args[1])
+
+
+def variants(space: dict[str, Term], samples: int, rng: random.Random | None = None) -> list[dict] | None:
+    """The trials' configs in Tune's order: every combination of the grids (the first grid by name changing
+    fastest) with fresh draws of the random terms, all that ``samples`` times. None when a term is a Ray Tune
+    object given as is (a ``sample_from`` may read other values): Tune draws those."""
+    if any(t.fn == "tune" for t in space.values()):
+        return None
+    rng = rng or random.Random()
+    grids = sorted(name for name, t in space.items() if t.is_grid)
+    combos = [dict(zip(grids, reversed(values)))
+              for values in itertools.product(*(space[name].args for name in reversed(grids)))]
+    return [{name: combo[name] if name in combo else term.draw(rng) for name, term in space.items()}
+            for _ in range(samples) for combo in combos]
 
 
 def _describe_tune(obj) -> str:
@@ -104,6 +139,8 @@ def _check(term: str, fn: str, args: tuple) -> tuple:
         raise _bad(term, "randint() takes whole numbers")
     if fn == "quniform" and args[2] <= 0:
         raise _bad(term, "quniform()'s step q must be > 0")
+    if fn == "quniform" and not all(math.isclose(b / args[2], round(b / args[2])) for b in (low, high)):
+        raise _bad(term, f"quniform()'s bounds must be multiples of its step q ({args[2]}), as Ray Tune needs")
     return args
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 import io
+import sys
+import threading
 
 from .runner import SweepResult
 
@@ -92,6 +94,22 @@ def frame(result: SweepResult):
                      "gpu_ids": t.gpu_ids, "seconds": round((t.end or t.start) - t.start, 3),
                      "attempts": t.attempts, "stopped_early": t.stopped_early, "error": error})
     return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
+def warm() -> None:
+    """Import pandas and matplotlib for ``frame`` and ``parallel_plot`` in a thread, while the trials run: a
+    first sweep's end would otherwise wait half a second for them."""
+
+    def imports() -> None:
+        try:
+            import pandas  # noqa: F401
+            from matplotlib.backends import backend_agg  # noqa: F401
+            from matplotlib.figure import Figure  # noqa: F401
+        except ImportError:  # the sweep's end reports what is missing
+            pass
+
+    if "matplotlib.figure" not in sys.modules:
+        threading.Thread(target=imports, name="mlops-sweep-imports", daemon=True).start()
 
 
 def parallel_plot(df, params: list[str], metric: str) -> bytes | None:
