@@ -129,6 +129,13 @@ def recorder_pids(journal_dir_hint: str = "") -> list[int]:
     return pids
 
 
+def niceness(pid: int) -> set:
+    """A process's niceness and, where Linux groups processes by session for scheduling (autogroup), its
+    session group's: a recorder runs in a session of its own, where its niceness alone ranks it only within it."""
+    group = Path(f"/proc/{pid}/autogroup")
+    return {os.getpriority(os.PRIO_PROCESS, pid), *([int(group.read_text().split()[-1])] if group.exists() else [])}
+
+
 class Kernel:
     """A real ipykernel through jupyter_client; ``run`` returns (reply content, iopub messages)."""
 

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from harness import (all_runs, artifacts, finished_runs, free_port, kernel, mlflow_server, notebook, read_artifact,
-                     recorder_pids, store_uri, text_of, wait_for)
+from harness import (all_runs, artifacts, finished_runs, free_port, kernel, mlflow_server, niceness, notebook,
+                     read_artifact, recorder_pids, store_uri, text_of, wait_for)
 
 
 def test_lab_session_records_notebook_cell_parameters_and_figure(project):
@@ -75,6 +75,23 @@ def test_papermill_run_records_injected_parameters(project):
     # the summary line of a cell is never recorded as one of the cell's own outputs
     for r in (run, second):
         assert "mlops: run" not in read_artifact(project, r.info.run_id, "cell/outputs.json")
+
+
+def test_a_notebooks_recorder_leaves_the_cpu_to_its_cells(project):
+    """The kernel's recorder runs niced, its session's group too: it writes in the time the notebook's cells (and
+    a Ray starting as the extension loads) leave free, rather than take a core from them; the run is written whole."""
+    with kernel(project) as k:
+        k.run("%load_ext mlops_jupyter\n%mlops init")
+        reply, msgs = k.run("%%mlops run --name busy --metrics acc\nacc = sum(i * i for i in range(10**6)) % 7")
+        assert reply["status"] == "ok", text_of(msgs)
+        reply, msgs = k.run("print(get_ipython()._mlops_magics.tracker.link.proc.pid)")
+        recorder = int(text_of(msgs).strip())
+        wait_for(lambda: niceness(recorder) == {10}, timeout=10, interval=0.01,
+                 what="the recorder and its group at nice 10")
+        assert k.run("assert get_ipython()._mlops_magics.tracker.flush(60) == 0", timeout=90)[0]["status"] == "ok"
+    (run,) = finished_runs(project, 1)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "busy"
+    assert run.data.metrics["acc"] == sum(i * i for i in range(10**6)) % 7
 
 
 @pytest.mark.parametrize("recorder_dies_too", [False, True])

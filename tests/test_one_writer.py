@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import (all_runs, artifacts, finished_runs, free_port, mlflow_server, notebook, recorder_pids,
-                     store_uri, wait_for)
+from harness import (all_runs, artifacts, finished_runs, free_port, mlflow_server, niceness, notebook,
+                     recorder_pids, store_uri, wait_for)
 
 from mlops_jupyter import config
 from mlops_jupyter.tracking.records import Recording
@@ -273,18 +273,13 @@ def test_a_pipelines_recorder_yields_the_cpu_to_its_steps_then_catches_up(projec
     rec = Recording(config.resolve(project), "niced", nice=True)
     key = rec.start_run("niced")
     pid = rec.link.proc.pid
-    group = Path(f"/proc/{pid}/autogroup")
-
-    def niceness() -> set:
-        return {os.getpriority(os.PRIO_PROCESS, pid), *([int(group.read_text().split()[-1])] if group.exists()
-                                                        else [])}
-
     try:
         # `nice -n 10` sets it, then execs the recorder: the first instants after Popen can still read 0
-        wait_for(lambda: niceness() == {10}, timeout=10, interval=0.01, what="the recorder and its group at nice 10")
+        wait_for(lambda: niceness(pid) == {10}, timeout=10, interval=0.01,
+                 what="the recorder and its group at nice 10")
         rec.unnice()
         if os.geteuid() == 0:
-            assert niceness() == {0}
+            assert niceness(pid) == {0}
     finally:
         rec.end_run(key)
         outcome = rec.close(timeout=60)

@@ -86,7 +86,7 @@ class RecorderLink:
     def _start(self):
         log = open(J.side_file(self.journal.path, ".log"), "ab")
         cmd = J.recorder_command(self.journal.path, follow=True)
-        if self.nice:  # it works in the gaps the writer leaves (a pipeline's kernels), and catches up after
+        if self.nice:  # it works in the gaps the writer leaves (a notebook's cells, a pipeline's kernels)
             cmd = ["nice", "-n", str(NICE), *cmd]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=J.recorder_env(),
                                 start_new_session=True, close_fds=True)  # survives the writer's process group

@@ -162,7 +162,9 @@ class Tracker:
         config.ensure_state_dir(settings.project_root)
         self.run_tags = config.run_tags()
         if self.link is None:  # before anything is marked configured: it is what can fail here
-            self.link = RecorderLink(settings.state_dir, self._on_event)
+            # niced: the recorder writes in the time the notebook's cells (and its Ray, starting as the extension
+            # loads) leave free, not a core taken from them; records wait, none is lost
+            self.link = RecorderLink(settings.state_dir, self._on_event, nice=True)
             atexit.register(self.close)
         self.settings = settings
         self.experiment = settings.experiment or (Path(nb).stem if nb else settings.project_root.name)
