@@ -112,7 +112,7 @@ _connected: str | None = None  # the address this kernel connected to (None: Ray
 CLIENT_ATTEMPTS = 3  # Ray Client connections whose server the head failed to start
 _starting = threading.Lock()  # held while this kernel starts or reaches Ray: a sweep waits for a prestart
 _prestarted: threading.Thread | None = None
-prestarted = threading.Event()  # set once a prestart has finished (Ray up and Tune imported, or failed)
+prestarted = threading.Event()  # set once a prestart has finished (Ray up, then Tune unless a sweep began; or failed)
 _local_up = threading.Event()  # this kernel has started a Ray on this machine
 _sweeping = threading.Event()  # a sweep has begun: a prestart leaves it the cores rather than import Tune
 
