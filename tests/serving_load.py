@@ -52,6 +52,7 @@ class Answer:
     status: int | str  # an HTTP status, or "reset" when the connection broke
     seconds: float  # from the moment it was sent to the end of its answer
     retry_after: str | None = None
+    idle: float | None = None  # how long its keep-alive connection had sat idle before it; None: a new one
 
 
 @dataclass
@@ -74,35 +75,55 @@ class OpenLoop:
 
 
 async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_connections: int = 256,
-                    during=None) -> OpenLoop:
+                    during=None, keepalive_expiry: float = 4.0) -> OpenLoop:
     """Send ``rate`` requests per second for ``seconds`` on a schedule, over as many keep-alive connections
-    as are busy (at most ``max_connections``); ``during``, an async callable, runs alongside."""
-    result, idle, opened = OpenLoop(), [], 0
+    as are busy (at most ``max_connections``); ``during``, an async callable, runs alongside.
+
+    Like any HTTP client's pool (httpcore's keepalive_expiry), a connection idle for ``keepalive_expiry``
+    seconds, or one the server has closed, is dropped rather than reused: servers close idle connections
+    (uvicorn after 5 s), and a request written into one as it closes breaks. Such breaks are the client's,
+    so a "reset" counted here is the server's."""
+    result, idle, opened = OpenLoop(), [], 0  # idle: (reader, writer, since), the freshest last
     free = asyncio.Condition()
+
+    def usable(conn) -> bool:
+        reader, writer, since = conn
+        if time.monotonic() - since < keepalive_expiry and not reader.at_eof():
+            return True
+        writer.close()
+        return False
 
     async def one(due: float):
         nonlocal opened
         async with free:
-            while not idle and opened >= max_connections:
-                await free.wait()
-            conn = idle.pop() if idle else None
+            while True:
+                while not idle and opened >= max_connections:
+                    await free.wait()
+                conn = idle.pop() if idle else None
+                if conn is None or usable(conn):
+                    break
+                opened -= 1
             opened += conn is None
+        age = None
         if conn is None:
-            conn = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            reader, writer, since = conn
+            age = time.monotonic() - since
         keep, sent = True, time.monotonic()
         result.late.append(sent - due)
         try:
-            status, headers = await _exchange(*conn, request)
-            result.answers.append(Answer(status, time.monotonic() - sent, headers.get("retry-after")))
+            status, headers = await _exchange(reader, writer, request)
+            result.answers.append(Answer(status, time.monotonic() - sent, headers.get("retry-after"), age))
             keep = headers.get("connection", "").lower() != "close"
         except (ConnectionError, asyncio.IncompleteReadError):
-            result.answers.append(Answer("reset", time.monotonic() - sent))
+            result.answers.append(Answer("reset", time.monotonic() - sent, idle=age))
             keep = False
         async with free:
             if keep:
-                idle.append(conn)
+                idle.append((reader, writer, time.monotonic()))
             else:
-                conn[1].close()
+                writer.close()
                 opened -= 1
             free.notify()
 
@@ -115,6 +136,6 @@ async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_
     await asyncio.gather(*tasks)
     if side:
         await side
-    for reader, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return result
