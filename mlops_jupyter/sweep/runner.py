@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ship
-from .space import SweepError, Term, variants
+from .space import SweepError, variants
 
 NODE_RETRIES = 3  # a lost worker or node: Tune runs the trial again elsewhere (--retries is for the body's errors)
 STOP_WAIT_S = 30.0  # after an interrupt, how long the running trials get to be stopped by Tune
