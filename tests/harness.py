@@ -142,12 +142,22 @@ class Kernel:
     def __init__(self, cwd: Path, env: dict | None = None):
         from jupyter_client import KernelManager
 
-        self.km = KernelManager(kernel_name="python3")
         base = {k: v for k, v in os.environ.items() if k not in CLEAN_VARS}
-        self.km.start_kernel(cwd=str(cwd), env={**base, **(env or {})})
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        for tries_left in reversed(range(3)):
+            self.km = KernelManager(kernel_name="python3")
+            self.km.start_kernel(cwd=str(cwd), env={**base, **(env or {})})
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            try:
+                self.kc.wait_for_ready(timeout=60)
+                return
+            except RuntimeError:
+                # jupyter_client picks the kernel's ports free and the kernel binds them a moment later: another
+                # test's process may take one in between, and the kernel dies as it starts; a new one gets new ports
+                self.kc.stop_channels()
+                if not tries_left or self.km.is_alive():
+                    raise
+                self.km.cleanup_resources()
 
     @property
     def pid(self) -> int:

@@ -32,6 +32,7 @@ SETUP = "from mlops_jupyter.pipeline import serializers"
 READY_S = 120.0  # how long a step's kernel may take to answer, unless papermill says
 LAST_WORDS = 8  # lines of a dead kernel's own output that its step's error quotes
 EXIT_WAIT_S = 1.0  # how long a dead forked kernel's log may wait for the fork server's line on how it ended
+START_TRIES = 3  # kernels started the usual way for one step while each dies before it answers (a port taken)
 
 
 def cell_sources(notebook: Path, prefixes: tuple) -> list:
@@ -433,8 +434,12 @@ class Kernels:
         """A step kernel, started and answering (kernel_info): forked where it can be. A forked kernel that dies
         before it answers (something the template imported left it unsafe to fork), or a fork server that fails,
         gives way to a kernel started the usual way, and the fork server is closed, so the run's later steps
-        start theirs the usual way too. The wait costs a step nothing: papermill finds the client ready
-        (``StepClient``) instead of waiting itself."""
+        start theirs the usual way too. A kernel started the usual way that dies before it answers is started
+        again, up to ``START_TRIES`` in all: jupyter_client picks a kernel's ports free and closes them, and the
+        kernel binds them a moment later, so another process may take one in between (papermill's known race,
+        with several runs or servers at once); each start picks new ports. The last is returned unchecked:
+        papermill waits for it, and the step's error says how it died. The wait costs a step nothing: papermill
+        finds the client ready (``StepClient``) instead of waiting itself."""
         from jupyter_core.utils import run_sync
 
         async def ready(km):
@@ -443,19 +448,26 @@ class Kernels:
             await kc.wait_for_ready()
 
         km = self.manager()
-        try:
-            self.launch(km, cwd)
-            if self.is_forked(km):
+        if self.is_forked(km):
+            try:
+                self.launch(km, cwd)
                 run_sync(ready)(km)
-            return km
-        except Exception:
-            if not self.is_forked(km):
-                raise
-            self.stop(km)
-            self.close()
-        km = self.manager()
-        self.launch(km, cwd)
-        return km
+                return km
+            except Exception:  # noqa: BLE001 - started the usual way instead
+                self.stop(km)
+                self.close()
+        for tries_left in reversed(range(START_TRIES)):
+            km = self.manager()
+            self.launch(km, cwd)
+            if not tries_left:
+                return km
+            try:
+                run_sync(ready)(km)
+                return km
+            except Exception:  # noqa: BLE001 - dead, or slow: papermill's own wait tells which
+                if run_sync(km.is_alive)():
+                    return km
+                self.stop(km)
 
     @staticmethod
     def disconnect(km) -> None:
