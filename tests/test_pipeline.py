@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -456,32 +457,71 @@ def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(projec
     assert metrics(project / "pipe", "two") == {"plain": 2}
 
 
+class TakenPorts:
+    """jupyter_client's port picker, but the picks numbered in ``taken`` get a port another program listens on: the
+    race papermill knows (jupyter_client picks a kernel's ports free and closes them, the kernel binds them a moment
+    later, and another process may take one in between), made to happen where a test wants it."""
+
+    def __init__(self, monkeypatch, taken: set):
+        from jupyter_client.connect import LocalPortCache
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.taken, self.picks, pick = taken, [], LocalPortCache.find_available_port
+
+        def picker(cache, ip):
+            self.picks.append(self.server.getsockname()[1] if len(self.picks) in self.taken else pick(cache, ip))
+            return self.picks[-1]
+
+        monkeypatch.setattr(LocalPortCache, "find_available_port", picker)
+
+
 @pytest.mark.parametrize("fork", ["1", "0"])
 def test_a_kernel_whose_port_was_taken_as_it_started_is_started_again(project, monkeypatch, fork):
-    """jupyter_client picks a kernel's ports free, closes them, and the kernel binds them a moment later: another
-    process can take one in between (papermill's known race, seen with several runs at once). That kernel dies
-    before it answers; its step runs all the same, in a kernel started again with new ports."""
-    import socket
-
-    from jupyter_client.connect import LocalPortCache
-
-    taken = socket.create_server(("127.0.0.1", 0))  # another program's server, on the first port picked
-    picks, pick = [], LocalPortCache.find_available_port
-
-    def first_one_taken(self, ip):
-        picks.append(taken.getsockname()[1] if not picks else pick(self, ip))
-        return picks[-1]
-
-    monkeypatch.setattr(LocalPortCache, "find_available_port", first_one_taken)
+    """A kernel that dies as it starts, another process having taken one of its ports: its step runs all the same,
+    in a kernel started again with new ports; a forked one is forked again (the template is not to blame), so the
+    run's other steps keep their forked kernels."""
+    ports = TakenPorts(monkeypatch, {0})  # the first kernel's shell port
     monkeypatch.setenv("MLOPS_PIPELINE_FORK", fork)
-    pipeline.export(notebook(project / "ports.ipynb", [("x = 1", ["step:one"]), ("y = x + 1", ["step:two"]),
-                                                       ("y", ["metrics"])]), "pipe")
+    pipeline.export(notebook(project / "ports.ipynb", [
+        ("import os", ["imports"]),
+        ("runner = 0", ["parameters"]),
+        ("forked_one = int(os.getppid() != runner)", ["step:one"]),
+        ("forked = forked_one + int(os.getppid() != runner)", ["step:two"]),
+        ("forked", ["metrics"])]), "pipe")
     lines = []
-    with taken:
-        result = pipeline.run(project / "pipe", echo=lines.append)
+    with ports.server:
+        result = pipeline.run(project / "pipe", params=[f"runner={os.getpid()}"], echo=lines.append)
     assert result.ok and ran(result) == {"one", "two"}, "\n".join(lines)
-    assert metrics(project / "pipe", "two") == {"y": 2}
-    assert len(picks) > 10  # the kernel given the taken port was replaced, not just lucky
+    assert metrics(project / "pipe", "two") == {"forked": 2 * int(fork)}
+    assert len(ports.picks) == 15  # 5 ports for each of 3 kernels: the one given the taken port was replaced
+
+
+def test_forking_given_up_leaves_the_kernels_it_forked_running(project, monkeypatch):
+    """Two forked kernels in a row that die as they start make the runner start its later kernels the usual way;
+    a kernel forked before, running another step, goes on."""
+    from jupyter_core.utils import run_sync
+
+    from mlops_jupyter.pipeline import kernels
+
+    ports = TakenPorts(monkeypatch, {5, 10})  # the second and third kernels' shell ports
+    ks = kernels.Kernels("python3", project)
+    ks.start_fork_server([kernels.SETUP], [])
+    try:
+        with ports.server:
+            running = ks.start(str(project))
+            usual = ks.start(str(project))
+        assert ks.is_forked(running) and not ks.is_forked(usual)
+        assert run_sync(running.is_alive)(), "giving up forking killed the kernel forked before"
+        for km in (running, usual):
+            kc = km.client()
+            kc.start_channels()
+            run_sync(kc.wait_for_ready)(timeout=60)
+            assert run_sync(kc.execute_interactive)("x = 1", timeout=60)["content"]["status"] == "ok"
+        assert len(ports.picks) == 20
+        for km in (running, usual):
+            kernels.Kernels.stop(km)
+    finally:
+        ks.close()
 
 
 def test_a_step_kernel_is_ready_without_a_quiet_period_and_loses_no_output(project):

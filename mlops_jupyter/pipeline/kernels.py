@@ -32,7 +32,7 @@ SETUP = "from mlops_jupyter.pipeline import serializers"
 READY_S = 120.0  # how long a step's kernel may take to answer, unless papermill says
 LAST_WORDS = 8  # lines of a dead kernel's own output that its step's error quotes
 EXIT_WAIT_S = 1.0  # how long a dead forked kernel's log may wait for the fork server's line on how it ended
-START_TRIES = 3  # kernels started the usual way for one step while each dies before it answers (a port taken)
+START_TRIES = 3  # kernels started for one step while each dies before it answers (one of its ports taken)
 
 
 def cell_sources(notebook: Path, prefixes: tuple) -> list:
@@ -385,6 +385,7 @@ class Kernels:
     def __init__(self, kernel: str, root: Path):
         self.kernel, self.root = kernel, root
         self.server: ForkServer | None = None
+        self.forking = True  # False once forked kernels die as they start: the run's later kernels start the usual way
         self._args_at = 0
 
     def start_fork_server(self, preload: list, later: list) -> None:
@@ -405,7 +406,7 @@ class Kernels:
         classes = _classes()
         km = classes["StepKernelManager"](kernel_name=self.kernel)
         km.log_fd, km.process_log = tempfile.mkstemp(prefix="mlops-kernel-", suffix=".log")
-        if self.server is not None and not self.server.closed and self.server.proc.poll() is None:
+        if self.forking and self.server is not None and not self.server.closed and self.server.proc.poll() is None:
             km.kernel_id = str(uuid.uuid4())
             km.provisioner = classes["ForkProvisioner"](kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
             km.provisioner.server, km.provisioner.args_at = self.server, self._args_at
@@ -431,15 +432,15 @@ class Kernels:
         return isinstance(km.provisioner, _classes()["ForkProvisioner"])
 
     def start(self, cwd: str):
-        """A step kernel, started and answering (kernel_info): forked where it can be. A forked kernel that dies
-        before it answers (something the template imported left it unsafe to fork), or a fork server that fails,
-        gives way to a kernel started the usual way, and the fork server is closed, so the run's later steps
-        start theirs the usual way too. A kernel started the usual way that dies before it answers is started
-        again, up to ``START_TRIES`` in all: jupyter_client picks a kernel's ports free and closes them, and the
-        kernel binds them a moment later, so another process may take one in between (papermill's known race,
-        with several runs or servers at once); each start picks new ports. The last is returned unchecked:
-        papermill waits for it, and the step's error says how it died. The wait costs a step nothing: papermill
-        finds the client ready (``StepClient``) instead of waiting itself."""
+        """A step kernel, started and answering (kernel_info): forked where it can be. A kernel that dies before it
+        answers is replaced, up to ``START_TRIES`` kernels in all. jupyter_client picks a kernel's ports free and
+        closes them, and the kernel binds them a moment later: another process may take one in between
+        (papermill's known race, with several runs or servers at once), and a new kernel gets new ports. Two
+        forked kernels in a row that die so (something the template imported left it unsafe to fork), or a fork
+        server that fails, give way to kernels started the usual way, for this step and the run's later ones; the
+        kernels it forked that run go on. The last kernel is returned unchecked: papermill waits for it, and the
+        step's error says how it died. The wait costs a step nothing: papermill finds the client ready
+        (``StepClient``) instead of waiting itself."""
         from jupyter_core.utils import run_sync
 
         async def ready(km):
@@ -447,27 +448,31 @@ class Kernels:
             kc.start_channels()
             await kc.wait_for_ready()
 
-        km = self.manager()
-        if self.is_forked(km):
+        dead_forks = 0
+        for _ in range(START_TRIES - 1):
+            km = self.manager()
+            forked = self.is_forked(km)
             try:
                 self.launch(km, cwd)
-                run_sync(ready)(km)
-                return km
-            except Exception:  # noqa: BLE001 - started the usual way instead
+            except Exception:
+                if not forked:
+                    raise  # e.g. no such kernel
                 self.stop(km)
-                self.close()
-        for tries_left in reversed(range(START_TRIES)):
-            km = self.manager()
-            self.launch(km, cwd)
-            if not tries_left:
-                return km
+                self.forking = False
+                continue
             try:
                 run_sync(ready)(km)
                 return km
-            except Exception:  # noqa: BLE001 - dead, or slow: papermill's own wait tells which
-                if run_sync(km.is_alive)():
-                    return km
+            except Exception:  # noqa: BLE001 - dead, or slow
+                if not forked and run_sync(km.is_alive)():
+                    return km  # slow: papermill's own wait says so
                 self.stop(km)
+                dead_forks += forked
+                if dead_forks == 2:
+                    self.forking = False
+        km = self.manager()
+        self.launch(km, cwd)
+        return km
 
     @staticmethod
     def disconnect(km) -> None:
