@@ -504,23 +504,24 @@ def test_forking_given_up_leaves_the_kernels_it_forked_running(project, monkeypa
     from mlops_jupyter.pipeline import kernels
 
     ports = TakenPorts(monkeypatch, {5, 10})  # the second and third kernels' shell ports
-    ks = kernels.Kernels("python3", project)
+    ks, started = kernels.Kernels("python3", project), []
     ks.start_fork_server([kernels.SETUP], [])
     try:
         with ports.server:
-            running = ks.start(str(project))
-            usual = ks.start(str(project))
+            for _ in range(2):
+                started.append(ks.start(str(project)))
+        running, usual = started
         assert ks.is_forked(running) and not ks.is_forked(usual)
         assert run_sync(running.is_alive)(), "giving up forking killed the kernel forked before"
-        for km in (running, usual):
+        for km in started:
             kc = km.client()
             kc.start_channels()
             run_sync(kc.wait_for_ready)(timeout=60)
             assert run_sync(kc.execute_interactive)("x = 1", timeout=60)["content"]["status"] == "ok"
         assert len(ports.picks) == 20
-        for km in (running, usual):
-            kernels.Kernels.stop(km)
     finally:
+        for km in started:
+            kernels.Kernels.stop(km)
         ks.close()
 
 

@@ -454,7 +454,7 @@ class Kernels:
             forked = self.is_forked(km)
             try:
                 self.launch(km, cwd)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a fork server that fails: the usual way from now on
                 if not forked:
                     raise  # e.g. no such kernel
                 self.stop(km)
