@@ -133,6 +133,34 @@ def test_a_slow_tracking_server_loses_nothing(project, server):
     assert not journals(project)
 
 
+def test_the_store_is_asked_whether_it_answers(project, server):
+    """What a slow op's watch asks: a SQLite store that lets a writer in, a server that answers; not a store whose
+    write lock another process holds, a server that does not answer in time, nor one that is down."""
+    from mlops_jupyter.tracking import store
+
+    with store_locked(project):
+        assert not store.answers(store_uri(project), wait=0.5)
+    assert store.answers(store_uri(project)) and store.answers(server)
+    with slow_proxy(server, delay=5) as hung:
+        assert not store.answers(hung, wait=0.5)
+    assert not store.answers(f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.parametrize("where", ["sqlite", "server"])
+def test_slow_ops_on_a_store_that_answers_are_not_reported(project, server, where):
+    """Every op counts as slow here (MLOPS_RECORDER_SLOW_S), as the first cells of six kernels starting together
+    on two cores did in CI: the store answers when asked, so the notebook says nothing about it."""
+    uri = server if where == "server" else store_uri(project)
+    cells = ["%load_ext mlops_jupyter\n%mlops autotrack on"] + [f"x{i} = {i}\nprint('cell', x{i})" for i in range(4)]
+    nb = notebook(project / "busy.ipynb", cells)
+    out = papermill(project, nb, {"MLOPS_TRACKING_URI": uri, "MLOPS_RECORDER_SLOW_S": "0.01"})
+    assert out.returncode == 0, out.stderr
+    runs = [r for r in finished_runs(project, 4, uri=uri) if r.data.tags.get("mlops.notebook") == str(nb)]
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    saved = (project / "out-busy.ipynb").read_text()
+    assert "not answering" not in saved and "not answering" not in out.stderr, saved
+
+
 PIPELINE = [("import json\nfrom sklearn.datasets import load_iris\nfrom sklearn.ensemble import RandomForestClassifier",
              ["imports"]),
             ("trees = 5", ["parameters"]),

@@ -38,9 +38,9 @@ from . import tags as T
 from .journal import blob_dir, dumps, side_file, try_lock
 
 EXIT_GRACE_S = float(os.environ.get("MLOPS_RECORDER_EXIT_GRACE_S", "20"))  # retrying a failing store after the kernel is gone
-# an op slower than this is reported as "store not answering": long enough that a busy machine's own slowness
-# (2 cores, several kernels) does not read as a store that is down
-SLOW_OP_S = 8.0
+# an op slower than this has its store asked whether it answers (store.answers), and is reported as "store not
+# answering" only when it does not: a busy machine's own slowness (2 cores, several kernels) is not a store down
+SLOW_OP_S = float(os.environ.get("MLOPS_RECORDER_SLOW_S", "8"))
 COMPACT_BYTES = int(os.environ.get("MLOPS_JOURNAL_COMPACT_BYTES", 8 << 20))
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
              "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
@@ -97,7 +97,8 @@ class Recorder:
         self.wake, self.eof = threading.Event(), threading.Event()
         self.degraded = False
         self._initializing = False
-        self._watchdog: threading.Timer | None = None  # the running op's slowness timer
+        self._watch: threading.Event | None = None  # set when the running op ends: its slowness watch stops
+        self._asked: str | None = None  # the store last asked for: the one a slow op waits on
         self.events = None
         if follow:
             # events go to the writer through a private copy of stdout; sys.stdout itself goes to the log, so
@@ -202,7 +203,7 @@ class Recorder:
                     self.emit(event="recovered")
                 return True
             finally:
-                self._watchdog.cancel()
+                self._watch.set()
             if deadline is not None:
                 if time.monotonic() + delay > deadline:
                     return False
@@ -219,18 +220,27 @@ class Recorder:
             self.emit(event="degraded", error=first, journal=str(self.journal))
 
     def _arm(self) -> None:
-        """(Re)start the op's slowness watchdog: as an op starts, and once its own slow work (a model built) is
+        """(Re)start the op's slowness watch: as an op starts, and once its own slow work (a model built) is
         done and the store's part begins."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._watchdog = threading.Timer(SLOW_OP_S, self._report_slow)
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        if self._watch is not None:
+            self._watch.set()
+        self._watch = threading.Event()
+        threading.Thread(target=self._watch_op, args=(self._watch,), daemon=True).start()
 
-    def _report_slow(self) -> None:
-        if not self.degraded and not self._initializing:  # creating a new store is slow, not down
-            self.degraded = True
-            self.emit(event="degraded", error="the tracking store is not answering", journal=str(self.journal))
+    def _watch_op(self, done: threading.Event) -> None:
+        """Every SLOW_OP_S that the op runs on, ask its store whether it answers, and report it as not answering
+        the first time it does not. Time alone misleads: the first cell's op imports IPython and reads git and
+        the environment, and six kernels starting on two cores made that take over 8 s while the store answered."""
+        while not done.wait(SLOW_OP_S):
+            if self.degraded:
+                return
+            uri = self._asked
+            if self._initializing or uri is None or store.answers(uri):  # creating a new store is slow, not down
+                continue
+            if not done.is_set():
+                self.degraded = True
+                self.emit(event="degraded", error="the tracking store is not answering", journal=str(self.journal))
+            return
 
     def save(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
@@ -249,6 +259,7 @@ class Recorder:
 
     # ---- MLflow ----------------------------------------------------------------------------
     def client(self, uri: str):
+        self._asked = uri
         if uri not in self.clients:
             self._initializing = True  # creating a new store (or waiting for another process to) is slow, not down
             try:

@@ -18,6 +18,7 @@ Any other store (a tracking server, a database server) is opened as MLflow opens
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -77,6 +78,51 @@ def _import_mlflow():
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return MlflowClient
+
+
+def answers(uri: str, wait: float = BUSY_S) -> bool:
+    """Whether the store at ``uri`` answers within ``wait`` seconds: a local SQLite store lets a writer in (its
+    write lock, taken and given back at once), a tracking server answers an HTTP request (with any status). A
+    store of another kind cannot be asked as cheaply: False. Asked when a write is slow, to tell a busy machine
+    from a store that is locked, hung or down."""
+    path = path_of(uri)
+    if path is not None:
+        ask = functools.partial(_sqlite_answers, path, wait)
+    elif uri.startswith(("http://", "https://")):
+        ask = functools.partial(_server_answers, uri, wait)
+    else:
+        return False
+    said: list = []
+    probe = threading.Thread(target=lambda: said.append(ask()), daemon=True)  # a hung file system never returns
+    probe.start()
+    probe.join(wait + 1)
+    return bool(said and said[0])
+
+
+def _sqlite_answers(path: str, wait: float) -> bool:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=wait, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _server_answers(uri: str, wait: float) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=wait).close()
+    except urllib.error.HTTPError as exc:  # an answer all the same (a proxy's 404, a login page's 401)
+        exc.close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def looks_sound(uri: str) -> bool:
