@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -247,8 +248,6 @@ def text_of(msgs: list) -> str:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -336,3 +335,21 @@ async def call(jp_fetch, endpoint: str, body: dict | None = None, headers: dict 
     except HTTPClientError as err:
         return err.code, json.loads(err.response.body)
     return resp.code, json.loads(resp.body) if resp.body else None
+
+
+class TakenPorts:
+    """jupyter_client's port picker, but the picks numbered in ``taken`` get a port another program listens on: the
+    race papermill knows (jupyter_client picks a kernel's ports free and closes them, the kernel binds them a moment
+    later, and another process may take one in between), made to happen where a test wants it."""
+
+    def __init__(self, monkeypatch, taken: set):
+        from jupyter_client.connect import LocalPortCache
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.taken, self.picks, pick = taken, [], LocalPortCache.find_available_port
+
+        def picker(cache, ip):
+            self.picks.append(self.server.getsockname()[1] if len(self.picks) in self.taken else pick(cache, ip))
+            return self.picks[-1]
+
+        monkeypatch.setattr(LocalPortCache, "find_available_port", picker)

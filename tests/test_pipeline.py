@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from harness import all_runs, notebook
+from harness import TakenPorts, all_runs, notebook
 
 from mlops_jupyter import pipeline
 from mlops_jupyter.pipeline import analysis, serializers, tags
@@ -455,24 +454,6 @@ def test_a_forked_kernel_that_dies_at_start_up_is_replaced_by_a_usual_one(projec
     result = pipeline.run(project / "pipe", params=[f"runner={os.getpid()}"], echo=lambda s: None)
     assert result.ok and ran(result) == {"one", "two"}, result
     assert metrics(project / "pipe", "two") == {"plain": 2}
-
-
-class TakenPorts:
-    """jupyter_client's port picker, but the picks numbered in ``taken`` get a port another program listens on: the
-    race papermill knows (jupyter_client picks a kernel's ports free and closes them, the kernel binds them a moment
-    later, and another process may take one in between), made to happen where a test wants it."""
-
-    def __init__(self, monkeypatch, taken: set):
-        from jupyter_client.connect import LocalPortCache
-
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.taken, self.picks, pick = taken, [], LocalPortCache.find_available_port
-
-        def picker(cache, ip):
-            self.picks.append(self.server.getsockname()[1] if len(self.picks) in self.taken else pick(cache, ip))
-            return self.picks[-1]
-
-        monkeypatch.setattr(LocalPortCache, "find_available_port", picker)
 
 
 @pytest.mark.parametrize("fork", ["1", "0"])

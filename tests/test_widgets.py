@@ -11,7 +11,7 @@ import time
 
 import nbformat
 import pytest
-from harness import kernel, notebook
+from harness import TakenPorts, kernel, notebook
 
 SETUP = ["%load_ext mlops_jupyter", "%mlops init --experiment ui"]
 
@@ -155,6 +155,21 @@ def test_papermill_keeps_the_widget_and_the_text_table_and_prints_no_noise(proje
     assert "FINISHED" in bundle["text/plain"] and "acc=0.5" in bundle["text/plain"]
     assert "<table" in bundle["text/html"]
     assert "application/vnd.jupyter.widget-state+json" in done.metadata.get("widgets", {})
+
+
+def test_papermills_mlops_engine_starts_a_kernel_again_when_its_port_was_taken(project, monkeypatch, caplog):
+    """``papermill --engine mlops`` (and ``mlops reproduce``, which runs it): a kernel that dies as it starts,
+    another process having taken one of its ports, is started again with new ports, and the notebook runs."""
+    import papermill
+
+    ports = TakenPorts(monkeypatch, {0})  # the first kernel's shell port
+    nb = notebook(project / "ports.ipynb", ["print(6 * 7)"])
+    with ports.server:
+        done = papermill.execute_notebook(str(nb), str(project / "ports.out.ipynb"), engine_name="mlops",
+                                          progress_bar=False)
+    assert done.cells[0].outputs[0]["text"] == "42\n"
+    assert len(ports.picks) == 10  # 5 ports for each of 2 kernels: the one given the taken port was replaced
+    assert "starting it again with new ports" in caplog.text
 
 
 @pytest.mark.parametrize("text, message", [

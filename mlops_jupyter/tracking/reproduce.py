@@ -337,8 +337,6 @@ def _commit_with_md5(root: Path, dvc_rel: str, md5: str) -> str | None:
 def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: float, run_tags: dict) -> None:
     import papermill
 
-    from ..quiet import kernel_manager_class
-
     env = {"MLOPS_TRACKING_URI": settings.tracking_uri, "MLOPS_NOTEBOOK": str(nb),
            "MLOPS_RUN_TAGS": json.dumps(run_tags)}
     if settings.artifact_location:
@@ -347,8 +345,7 @@ def _execute(nb: Path, out: Path, params: dict, settings: Settings, timeout: flo
     os.environ.update(env)  # the kernel inherits them: its runs land in the original store
     try:
         papermill.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent),
-                                   progress_bar=False, execution_timeout=timeout,
-                                   kernel_manager_class=kernel_manager_class())
+                                   progress_bar=False, execution_timeout=timeout, engine_name="mlops")
     except papermill.PapermillExecutionError as exc:
         raise MlopsError(f"re-executing the notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; "
                          f"the executed notebook is {out}.") from None
