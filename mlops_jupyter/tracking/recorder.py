@@ -229,8 +229,8 @@ class Recorder:
 
     def _watch_op(self, done: threading.Event) -> None:
         """Every SLOW_OP_S that the op runs on, ask its store whether it answers, and report it as not answering
-        the first time it does not. Time alone misleads: the first cell's op imports IPython and reads git and
-        the environment, and six kernels starting on two cores made that take over 8 s while the store answered."""
+        the first time it does not. Time alone misleads: a kernel's first op imports IPython and reads git and the
+        environment, which took over 8 s with six kernels starting together on two busy cores."""
         while not done.wait(SLOW_OP_S):
             if self.degraded:
                 return
