@@ -154,7 +154,7 @@ def _pipeline_run(args) -> int:
     # this process exits next: the recorder writes the last records on its own (`mlops runs` waits for them)
     result = pipeline.run(args.dir, params=args.param, from_step=args.from_step, force=args.force,
                           wait_records=args.register, address=args.address, storage=args.storage,
-                          max_retries=args.max_retries)
+                          max_retries=args.max_retries, kept_driver=True)
     for note in result.notes:
         print(f"mlops: {note}", file=sys.stderr)
     print(result.summary())

@@ -556,6 +556,30 @@ def test_the_fork_server_refuses_to_fork_a_threaded_template(project):
     assert server.proc.returncode == 0
 
 
+def test_the_fork_server_says_whether_what_it_loaded_changed_on_disk(project, tmp_path, monkeypatch):
+    """A driver that stays connected keeps a fork server for its next runs only while it is fresh: every module
+    file it has loaded is unchanged since it started. A file rewritten (a package upgraded, a module edited) or
+    gone makes it stale, and the worker starts another."""
+    from mlops_jupyter.pipeline import kernels
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    helper = lib / "helper_mod.py"
+    helper.write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    for change in (lambda: helper.write_text("VALUE = 22\n"), helper.unlink):
+        ks = kernels.Kernels("python3", project)
+        ks.start_fork_server([kernels.SETUP, "import helper_mod"], ["import decimal"])
+        try:
+            assert ks.fresh() and ks.fresh()
+            change()
+            assert not ks.fresh()
+        finally:
+            ks.close()
+        assert not ks.fresh()  # nor is a server closed
+        helper.write_text("VALUE = 1\n")
+
+
 def test_ctrl_c_stops_a_pipeline_run_in_one_line_and_the_next_run_goes_on(project):
     import signal
     import time

@@ -282,29 +282,34 @@ def test_a_step_whose_only_fitting_node_is_gone_fails_after_the_wait(project, cl
             cluster.remove_node(lonely)
 
 
-def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluster):
+def interrupt(project: Path, args: list, pid_file: Path, env: dict | None = None) -> None:
+    """Ctrl-C to `mlops pipeline run ARGS` once the step kernel that writes ``pid_file`` runs: one line, exit
+    status 130, and the kernel stopped."""
     import os
     import signal
 
     import psutil
 
-    nb = notebook(project / "long.ipynb", [
-        ("x = 1", ["step:prep"]),
-        ("import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(300)\ny = x",
-         ["step:long", "after:prep"]),
-    ])
-    pipeline.export(nb, "pipe")
-    proc = subprocess.Popen(CLI + ["pipeline", "run", "pipe", "--address", cluster.address], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(CLI + ["pipeline", "run", *args], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        pid = int(wait_for(lambda: (project / "kernel.pid").exists() and (project / "kernel.pid").read_text(),
-                           timeout=120, what="the long step's kernel"))
+        pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=120, what="the step's kernel"))
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=90)
     finally:
         proc.kill()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     wait_for(lambda: not psutil.pid_exists(pid), timeout=60, what="the cancelled step's kernel to stop")
+
+
+def test_ctrl_c_cancels_the_running_step_and_keeps_what_finished(project, cluster):
+    nb = notebook(project / "long.ipynb", [
+        ("x = 1", ["step:prep"]),
+        ("import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(300)\ny = x",
+         ["step:long", "after:prep"]),
+    ])
+    pipeline.export(nb, "pipe")
+    interrupt(project, ["pipe", "--address", cluster.address], project / "kernel.pid")
     state = json.loads((project / "pipe" / STATE_DIR / "state.json").read_text())["steps"]
     assert "success" in state["prep"] and "success" not in state["long"]
     status = {name: st for name, st, _ in pipeline.status("pipe")}
@@ -346,13 +351,14 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
 
     nb = notebook(project / "iso.ipynb", [
         ("import json\nimport os\nimport time\nimport numpy as np\nimport psutil", ["imports"]),
-        ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()", ["step:one"]),
+        ("json.leak = 1\nsecret = 2\nr1 = float(np.random.rand())\npid1 = os.getpid()\n"
+         "template1 = psutil.Process().parent().pid", ["step:one"]),
         ("time.sleep(1.5)\nleaked = int(hasattr(json, 'leak') or 'secret' in globals())\n"
          "same_rng = int(r1 == float(np.random.rand()))\n"
          "same_pid = int(os.getpid() == pid1)\n"
          "forked = int('mlops_jupyter.pipeline.forkserver' in psutil.Process().parent().cmdline())\n"
          "template = psutil.Process().parent().pid", ["step:two"]),
-        ("leaked, same_rng, same_pid, forked, pid1, template", ["metrics"]),
+        ("leaked, same_rng, same_pid, forked, pid1, template, template1", ["metrics"]),
     ])
     pipeline.export(nb, "pipe")
     # the CLI, which never imports papermill itself: it runs in the workers
@@ -374,24 +380,34 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
     wait_for(lambda: not templates() and not psutil.pid_exists(int(got["pid1"])), timeout=60,
              what="the steps' kernels and template processes to exit")
 
-    # a driver that stays connected (a notebook that swept there) keeps its workers between runs: each run
-    # still forks from a template of its own, so no run's kernel has modules another run imported
+    # a driver that stays connected (a notebook that swept there, a kept driver) keeps its workers between runs,
+    # and they their templates: a later run forks from the same one while nothing it loaded has changed on disk
+    # (test_kernels), and its kernels share nothing all the same; other imports get another template
     import ray
 
     monkeypatch.setenv("MLOPS_RAY_IDLE_S", "oops")
     with pytest.raises(InvalidInput, match="MLOPS_RAY_IDLE_S='oops' is not a number of seconds; give how long a Ray"):
         pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None)
-    monkeypatch.setenv("MLOPS_RAY_IDLE_S", "1")  # step two runs longer than that, in a kernel forked from it
+    monkeypatch.delenv("MLOPS_RAY_IDLE_S")
     ray.init(address=cluster.address)
     try:
         seen = []
-        for _ in range(2):
+        for imports in ("", "import decimal\n", ""):  # the imports cell as it was, with one more, unchanged
+            if imports:
+                source = json.loads(nb.read_text())
+                source["cells"][0]["source"] = imports + "".join(source["cells"][0]["source"])
+                nb.write_text(json.dumps(source))
+                pipeline.export(nb, "pipe")
+            if len(seen) == 2:
+                monkeypatch.setenv("MLOPS_RAY_IDLE_S", "1")  # step two runs longer than that, in a kernel forked from it
             assert pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None).ok
             got = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
-            seen.append(got["template"])
+            assert {k: got[k] for k in ("leaked", "same_rng", "same_pid", "forked")} == {
+                "leaked": 0, "same_rng": 0, "same_pid": 0, "forked": 1}
+            seen.append(got["template1"])  # step one's: the run's first kernel (step two's may be another worker's)
             # a step's kernel ends with its step, though the workers stay for the next run
             wait_for(lambda: not psutil.pid_exists(int(got["pid1"])), timeout=30, what="step one's kernel to stop")
-        assert seen[0] != seen[1]
+        assert seen[0] != seen[1] == seen[2]
         # idle for 1 s, the workers still there let their templates and parked kernels go
         wait_for(lambda: not templates(), timeout=30, what="the idle workers' templates and kernels to exit")
         assert ray.is_initialized()
@@ -425,3 +441,123 @@ def test_one_worker_per_run_and_node_claims_the_warm_up(monkeypatch):
     monkeypatch.setenv("MLOPS_RAY_NODE", node)
     assert C._claim({"run": run})  # gone with the worker that held it
     C._claimed.pop(run).close()
+
+
+# ---- a kept driver (MLOPS_RAY_DRIVER_S) ---------------------------------------------------------------
+def drivers(mark: str) -> list:
+    """The kept drivers whose environment holds MLOPS_TEST_DRIVER=mark (each test's drivers are its own)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "mlops_jupyter.pipeline.driver" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("MLOPS_TEST_DRIVER") == mark:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture
+def kept():
+    """The environment of CLI runs through a kept driver, marked as this test's; its drivers go at the end."""
+    import os
+    import uuid
+
+    mark = uuid.uuid4().hex
+    yield {**os.environ, "MLOPS_RAY_DRIVER_S": "120", "MLOPS_TEST_DRIVER": mark, "PYTHONUNBUFFERED": "1"}
+    for p in drivers(mark):
+        p.kill()
+
+
+def cli(project: Path, env: dict, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + ["pipeline", "run", *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_kept_driver_runs_the_next_cli_runs_on_the_workers_and_kernels_it_kept(project, cluster, kept):
+    """Two CLI runs starting together on a new project start one driver; the runs after it take the kernels its
+    workers parked, forked from the template they kept, with the CLI's output, records, Ctrl-C and errors."""
+    import re
+    import time
+
+    import psutil
+
+    nb = notebook(project / "kept.ipynb", [
+        ("import os\nimport psutil", ["imports"]),
+        ("wait = 0", ["parameters"]),
+        ("import time\nopen('one.pid', 'w').write(str(os.getpid()))\ntime.sleep(wait)\n"
+         "t1 = psutil.Process().parent().pid", ["step:one"]),
+        ("t2 = psutil.Process().parent().pid", ["step:two", "after:one"]),
+        ("t1, t2", ["metrics"]),
+    ])
+    pipeline.export(nb, "pipe")
+    pipeline.export(nb, "pipe2")
+    address = ["--address", cluster.address]
+    both = [subprocess.Popen(CLI + ["pipeline", "run", folder, *address], cwd=project, env=kept,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for folder in ("pipe", "pipe2")]
+    for proc in both:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "2 ran" in out, out + err
+    (driver,) = drivers(kept["MLOPS_TEST_DRIVER"])
+    # the run after a pipeline's first imports what its hand-offs were saved in, once idle: another template
+    assert cli(project, kept, "pipe", "--force", *address).returncode == 0
+    templates = set(json.loads((project / "pipe" / "metrics" / "two.json").read_text()).values())
+
+    done = cli(project, kept, "pipe", "--force", *address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"pipeline kept: 2 steps in {project / 'pipe'} · Ray cluster {cluster.address}\n")
+    assert re.search(r"✓ one +ran in .* · on node ", done.stdout) and "2 ran in" in done.stdout
+    assert drivers(kept["MLOPS_TEST_DRIVER"]) == [driver]
+    again = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
+    assert again["t1"] in templates  # the first step's kernel came from a template kept from the run before
+    parent = re.search(r"mlflow run ([0-9a-f]{32})", done.stdout).group(1)
+    wait_for(lambda: {n: r.info.status for n, r in step_runs(project, parent).items()} ==
+             {"one": "FINISHED", "two": "FINISHED"}, timeout=60, what="the run's step records")
+
+    # Ctrl-C in the CLI stops the run in the driver, which stays for the next one: it resumes
+    (project / "one.pid").unlink()
+    interrupt(project, ["pipe", "--force", "-p", "wait=300", *address], project / "one.pid", env=kept)
+    # and so does the CLI's going away
+    (project / "one.pid").unlink()
+    proc = subprocess.Popen(CLI + ["pipeline", "run", "pipe", "-p", "wait=300", *address], cwd=project, env=kept,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = int(wait_for(lambda: (project / "one.pid").exists() and (project / "one.pid").read_text(), timeout=120,
+                       what="step one's kernel"))
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=60, what="the step's kernel to stop with its CLI gone")
+    assert {name: st for name, st, _ in pipeline.status("pipe")} == {"one": "failed", "two": "stale"}
+    done = cli(project, kept, "pipe", *address)
+    assert done.returncode == 0 and "▶ one  running (last run failed)" in done.stdout, done.stdout + done.stderr
+    assert drivers(kept["MLOPS_TEST_DRIVER"]) == [driver]
+
+    # its errors are the CLI's, word for word
+    plain = {k: v for k, v in kept.items() if k != "MLOPS_RAY_DRIVER_S"}
+    for args in (["-p", "nosuch=1"], ["--storage", " "]):
+        through, alone = cli(project, kept, "pipe", *args, *address), cli(project, plain, "pipe", *args, *address)
+        assert through.returncode == alone.returncode == 2 and through.stderr == alone.stderr != ""
+    started = time.monotonic()
+    done = cli(project, {**kept, "MLOPS_RAY_DRIVER_S": "soon"}, "pipe", *address)
+    assert done.returncode == 2 and "MLOPS_RAY_DRIVER_S='soon' is not a number of seconds; give how long a kept " \
+        "Ray driver stays connected after its last run" in done.stderr, done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_a_kept_driver_leaves_when_idle_and_when_its_cluster_goes(project, kept):
+    from ray.cluster_utils import Cluster
+
+    pipeline.export(notebook(project / "small.ipynb", [("x = 1", ["step:one"])]), "pipe")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * MB})
+    try:
+        mark = kept["MLOPS_TEST_DRIVER"]
+        done = cli(project, {**kept, "MLOPS_RAY_DRIVER_S": "1"}, "pipe", "--address", c.address)
+        assert done.returncode == 0 and "1 ran" in done.stdout, done.stdout + done.stderr
+        wait_for(lambda: not drivers(mark), timeout=60, what="the idle driver to leave")
+        done = cli(project, kept, "pipe", "--force", "--address", c.address)
+        assert done.returncode == 0 and "1 ran" in done.stdout, done.stdout + done.stderr
+        assert drivers(mark)
+    finally:
+        c.shutdown()
+    wait_for(lambda: not drivers(mark), timeout=60, what="the driver to leave with its cluster")

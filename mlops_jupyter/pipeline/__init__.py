@@ -39,13 +39,21 @@ def export(notebook, out, target="local", image=None):
 
 
 def run(folder, params=None, from_step=None, force=False, echo=print, wait_records=True, on_step=None,
-        address=None, storage=None, max_retries=2):
+        address=None, storage=None, max_retries=2, kept_driver=False):
     """Run an exported pipeline incrementally; returns a RunResult. ``wait_records=False``: return once the
     steps are done, leaving the last MLflow records to the recorder when the store has kept up (a process
     about to exit; `mlops runs` waits for them). ``on_step(name, status, result)``: each step as it starts
     executing and as it ends. ``address`` (else RAY_ADDRESS, else [tool.mlops] ray-address): each step a Ray
     task on that cluster, handing off through ``storage`` (default: the pipeline folder), run again up to
-    ``max_retries`` times when its node dies."""
+    ``max_retries`` times when its node dies. ``kept_driver`` (a process about to exit: the CLI): on a cluster,
+    through the driver that MLOPS_RAY_DRIVER_S keeps connected (``driver``), where it is set."""
+    if kept_driver:
+        from .driver import through_driver
+
+        result = through_driver(folder, params=params, from_step=from_step, force=force, wait_records=wait_records,
+                                address=address, storage=storage, max_retries=max_retries, echo=echo)
+        if result is not None:
+            return result
     from .execute import run_pipeline
 
     return run_pipeline(folder, params=params, from_step=from_step, force=force, echo=echo,

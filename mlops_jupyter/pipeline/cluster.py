@@ -14,11 +14,14 @@ notebook's folder: local modules, data files) must be at the same path on every 
 Speed: a worker forks its steps' kernels from a fork server of its own (``kernels``, ``forkserver``: ipykernel
 and the run's first step's imports loaded), and starts the next step's kernel while a step runs, so on the
 cluster, as on the local runner, a step after a worker's first pays neither for a kernel's start nor for its
-imports. The driver never imports papermill: a cell's error comes back as plain values (``CellError``).
+imports. A driver that stays connected (a notebook, a kept driver: ``driver``) keeps its job's workers, and its
+next run's first step too takes a kernel parked by the run before. The driver never imports papermill: a cell's
+error comes back as plain values (``CellError``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +41,10 @@ WAIT_ENV, WAIT_S, NODE_POLL_S = "MLOPS_RAY_NODE_WAIT_S", 300.0, 2.0
 # how long a worker keeps its kernels (the parked one, the fork server) once it serves no step: a driver that
 # stays connected (a notebook) keeps its job's workers after the run
 IDLE_ENV, IDLE_S = "MLOPS_RAY_IDLE_S", 60.0
+# a kept driver (``driver``) stays connected after each run: KEEP_CONNECTED, and the address it connected to
+KEEP_CONNECTED = False
+_connected: list = []
+_connecting = threading.Lock()  # one connection for the runs a kept driver serves at once
 
 
 def resolve_address(address: str | None, root: Path) -> str | None:
@@ -137,11 +144,14 @@ def _local_copy(job: dict, work: Path) -> Path:
 # node's next task to the worker that went idle last, which is the one that just ran a step (or warmed up), so
 # the step that follows finds its kernel started, as the local runner's steps do.
 _parked: list = []
-# run -> this worker's ``Kernels`` for that pipeline run: its fork server (see ``kernels``) outlives a step, so
-# a step's kernel is forked from a process that has ipykernel and the run's imports loaded, as on the local
-# runner. One per run, as there: a worker of a driver that stays connected (a notebook) serves later runs too,
-# and their kernels must not get modules imported before a package was upgraded or an imports cell changed.
+# what a fork server loads (``forks``: the kernel, the project, the imports) -> this worker's ``Kernels`` for
+# it: its fork server (see ``kernels``) outlives a step, so a step's kernel is forked from a process that has
+# ipykernel and the run's imports loaded, as on the local runner. A worker of a driver that stays connected (a
+# notebook, a kept driver) serves later runs too: they fork from the same server, and take a kernel it parked,
+# while the server says that nothing it loaded has changed on disk (a package upgraded, a file edited); an
+# imports cell changed is another ``forks``. One at a time.
 _templates: dict = {}
+_checked: dict = {}  # forks -> the run its server was last found fresh for
 # run -> the socket that tells this node's other workers that this one gets ready for the run's steps (_claim)
 _claimed: dict = {}
 
@@ -166,28 +176,38 @@ def _claim(job: dict) -> bool:
 
 
 def _kernels(job: dict):
-    """This worker's ``Kernels`` for the job's run, its fork server started (it imports while papermill does)."""
+    """This worker's ``Kernels`` for the job's run, its fork server started (it imports while papermill does):
+    an earlier run's, once asked whether it is still fresh, where that run's imports were the same."""
     from .kernels import Kernels
 
-    if job["run"] not in _templates:
-        _release(keep=job["run"])
-        _templates[job["run"]] = Kernels(job["kernel"], Path(job["root"]))
-        _templates[job["run"]].start_fork_server(job["preload"], job["later"])
-    return _templates[job["run"]]
+    key, run = job["forks"], job["run"]
+    kept = _templates.get(key)
+    if kept is not None and _checked.get(key) != run:
+        if not kept.fresh():
+            kept = None
+        _checked[key] = run
+    if kept is None:
+        _release(keep=run)
+        kept = _templates[key] = Kernels(job["kernel"], Path(job["root"]))
+        kept.start_fork_server(job["preload"], job["later"])
+        _checked[key] = run
+    return kept
 
 
 def _fit(job: dict) -> tuple:
-    """What a parked kernel must match: the run, and this task's environment (Ray sets some variables per
-    task, CUDA_VISIBLE_DEVICES among them, and a kernel keeps the environment it started with)."""
-    return job["run"], tuple(sorted(os.environ.items()))
+    """What a parked kernel must match: what it was forked from, and this task's environment (Ray sets some
+    variables per task, CUDA_VISIBLE_DEVICES among them, and a kernel keeps the environment it started with)."""
+    return job["forks"], tuple(sorted(os.environ.items()))
 
 
 def _park(job: dict) -> None:
     """Start a kernel for this worker's next step, without waiting: it gets ready while the worker works or
     idles. A failure leaves the fork server alone (a step may be running in a kernel it forked): the next
-    step's ``Kernels.start`` finds out and falls back."""
-    _unpark()
+    step's ``Kernels.start`` finds out and falls back. A parked kernel that suits the job is kept."""
     kernels = _kernels(job)
+    if _parked and _parked[0][0] == _fit(job) and _alive(_parked[0][1]):
+        return
+    _unpark()
     km = kernels.manager()
     try:
         kernels.launch(km, job["root"])
@@ -196,19 +216,27 @@ def _park(job: dict) -> None:
     _parked.append((_fit(job), km))
 
 
-def _take(job: dict):
-    """The parked kernel, if it suits this step and still runs; else a new one (forked where it can be)."""
+def _alive(km) -> bool:
     from jupyter_core.utils import run_sync
 
+    try:
+        return bool(run_sync(km.is_alive)())
+    except Exception:  # noqa: BLE001 - gone
+        return False
+
+
+def _take(job: dict):
+    """The parked kernel, if it suits this step and still runs; else a new one (forked where it can be)."""
+    kernels = _kernels(job)  # first: a server found stale takes its parked kernel with it
     if _parked and _parked[0][0] == _fit(job):
         km = _parked.pop()[1]
-        try:
-            if run_sync(km.is_alive)():
-                return km
-        except Exception:  # noqa: BLE001 - gone: the step starts its own
-            pass
+        if _alive(km):
+            return km
+        from .kernels import Kernels
+
+        Kernels.stop(km)
     _unpark()
-    return _kernels(job).start(job["root"])
+    return kernels.start(job["root"])
 
 
 def _unpark() -> None:
@@ -221,9 +249,11 @@ def _unpark() -> None:
 def _release(keep: str | None = None) -> None:
     """Close this worker's fork servers (each kills the kernels it forked, a parked one too, and exits) and give
     up its runs' claims, but ``keep``'s claim."""
+    _unpark()
     for old in _templates.values():
         old.close(wait=False)
     _templates.clear()
+    _checked.clear()
     for run in [r for r in _claimed if r != keep]:
         _claimed.pop(run).close()
 
@@ -275,12 +305,12 @@ def _warm_up(job: dict) -> None:
     import ray
 
     os.environ["MLOPS_RAY_NODE"] = ray.get_runtime_context().get_node_id()
-    if job["run"] in _templates or not os.path.isdir(job["root"]) or not _claim(job):
-        return  # this worker, or another on its node, is ready already
+    if not os.path.isdir(job["root"]) or not _claim(job):
+        return  # another worker on its node gets ready
     _kernels(job)
     import papermill  # noqa: F401
 
-    _park(job)
+    _park(job)  # (a worker that is ready already keeps its parked kernel)
 
 
 def run_step(job: dict) -> dict:
@@ -307,7 +337,7 @@ def _run_step(job: dict) -> dict:
     # server is new and has hand-off formats' libraries to import once idle: a kernel forked before then
     # would import them again, so it is parked as the step ends
     gpus = bool(ray.get_gpu_ids())
-    early = not gpus and not (job["later"] and job["run"] not in _templates)
+    early = not gpus and not (job["later"] and job["forks"] not in _templates)
     if not gpus:
         _claim(job)
     try:
@@ -402,7 +432,6 @@ class RayRunner(_Runner):
         self.shipped: set = set()  # steps whose hand-off is in the storage for this run
         self._shipping: dict = {}  # step -> the lock held while its hand-off is put there
         self.owned = False  # this run connected to Ray (and disconnects at the end)
-        self._connect_lock = threading.Lock()
         self._nodes_lock = threading.Lock()
         self._nodes: tuple = (float("-inf"), [])  # (when, ray.nodes()): one look at the cluster for all waiting steps
 
@@ -412,16 +441,16 @@ class RayRunner(_Runner):
         cluster."""
         if not (self.likely or needed):
             return
-        with self._connect_lock:
+        with _connecting:
             if self.remote is not None:
                 return
             import ray
 
             from .. import sweep
 
-            if ray.is_initialized() and (self.address == "auto" or
+            if ray.is_initialized() and (self.address == "auto" or self.address in _connected or
                                          ray.get_runtime_context().gcs_address == self.address):
-                pass  # this process is on that cluster already (a kernel that swept there)
+                pass  # this process is on that cluster already (a kernel that swept there, a kept driver)
             else:
                 if ray.is_initialized():
                     ray.shutdown()
@@ -432,7 +461,8 @@ class RayRunner(_Runner):
                         "address is ray://head:10001 for Ray Client, host:6379 for a cluster this machine belongs "
                         "to, or auto for the cluster started on this machine.", what="address", address=self.address,
                         reason=reason)
-                self.owned = True
+                self.owned = not KEEP_CONNECTED
+                _connected[:] = [self.address]
             nodes = sweep.cluster_nodes()
             self._check(nodes, sweep.describe_nodes)
             self.remote = ray.remote(run_step)
@@ -442,6 +472,8 @@ class RayRunner(_Runner):
             first = next((s for s in self.pipe.steps if s["name"] in self.likely), self.pipe.steps[0])
             self.template = {"run": uuid.uuid4().hex, "kernel": self.pipe.kernel, "root": str(self.root),
                              "preload": self.preload(first), "later": self._format_libs(), "idle_s": self.idle_s}
+            loads = [self.template[k] for k in ("kernel", "root", "preload", "later")]
+            self.template["forks"] = hashlib.sha256(json.dumps(loads).encode()).hexdigest()[:16]
             # sent after the first step: its worker starts first (a raylet starts a node's workers a few at a
             # time), and a warm-up on its node then sees it and does nothing (_warm). Ray places a task on the
             # driver's own node while it has room, so the first step goes there when it fits: a warm-up there

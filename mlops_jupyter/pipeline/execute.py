@@ -138,6 +138,7 @@ class _Runner:
         self.stoppers: list = []  # threads shutting kernels down off the steps' critical path
         self.threads: list = []  # one per step
         self.stopping = False  # Ctrl-C: no step starts from now on
+        self.cancel: threading.Event | None = None  # set: Ctrl-C from elsewhere (a kept driver's client)
         self.placed: dict = {}  # step -> the cluster node it ran on (Ray runs only; see _placement)
         # pipeline.svg coloured live (running, then fresh or failed): the sidebar draws it while the run goes
         self.drawn = picture.before_run([s["name"] for s in pipe.steps], self.state.steps, self.likely)
@@ -184,6 +185,8 @@ class _Runner:
                         t = threading.Thread(target=self._step, args=(spec,), name=f"step-{name}", daemon=True)
                         t.start()
                         self.threads.append(t)
+                if self.cancel is not None and self.cancel.is_set():
+                    raise KeyboardInterrupt
                 self.cond.wait(1.0)
         for t in self.threads:
             t.join()
@@ -552,12 +555,13 @@ def _lock(folder: Path):
 
 
 def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, workers=None,
-                 wait_records=True, on_step=None, address=None, storage=None, max_retries=2) -> RunResult:
+                 wait_records=True, on_step=None, address=None, storage=None, max_retries=2,
+                 cancel: threading.Event | None = None) -> RunResult:
     """Run the pipeline in ``folder``; ``params``: ["key=value", ...] overrides for this run. ``on_step(name,
     status, result)`` hears each step start executing and end (ran, skipped, failed, blocked), from the
     step's own thread. ``address`` (else RAY_ADDRESS, else [tool.mlops] ray-address): run the steps as Ray
     tasks on that cluster (``cluster``), handing off through ``storage`` (default: the pipeline folder), a
-    task run again up to ``max_retries`` times when its node dies."""
+    task run again up to ``max_retries`` times when its node dies. ``cancel`` set: as Ctrl-C (KeyboardInterrupt)."""
     t0 = time.time()
     pipe = load_pipeline(folder)
     values = S.override(S.load_params(pipe), params)
@@ -591,6 +595,7 @@ def run_pipeline(folder, params=None, from_step=None, force=False, echo=print, w
         else:
             runner = _Runner(pipe, values, forced, echo, workers, on_step)
             resources.check_local(pipe, runner.likely)  # a step wanting GPUs this machine lacks: before anything runs
+        runner.cancel = cancel
         try:
             runner.run()
         except BaseException:

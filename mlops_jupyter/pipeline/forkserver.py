@@ -12,7 +12,9 @@ the kernel's shell exists; a preload that starts a Python thread makes the serve
 Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src...]}`` once, then
 ``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
 are appended to), answered on stdout with ``{"pid": N}`` (or ``{"error": ...}``: the runner then starts kernels
-the usual way). The server is the kernels' parent, the only process that learns how one ended: it reaps each as
+the usual way); ``{"fresh": true}`` is answered with ``{"fresh": bool}``: whether every module file it has
+loaded is as it was when it started (a driver that stays connected keeps a server for its next runs, unless a
+package was upgraded or a file edited meanwhile). The server is the kernels' parent, the only process that learns how one ended: it reaps each as
 it exits and appends ``EXIT`` and its exit code (-N: killed by signal N, as Popen's) as the last line of its log.
 ``later`` statements are imported while no kernel is asked for. EOF on stdin: the kernels still running are
 killed and the server exits. Stdlib only until the preload.
@@ -68,6 +70,33 @@ class _Lines:
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         return line.decode()
+
+
+def _files() -> dict:
+    """The loaded modules' files, each with its modification time and size (None: gone)."""
+    found = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            try:
+                st = os.stat(path)
+                found[path] = st.st_mtime_ns, st.st_size
+            except OSError:
+                found[path] = None
+    return found
+
+
+def _note(seen: dict) -> None:
+    """Add the files of the modules loaded since the last call to ``seen``, as they are now."""
+    for path, mtime in _files().items():
+        seen.setdefault(path, mtime)
+
+
+def _fresh(seen: dict) -> bool:
+    """Whether every file in ``seen`` is as it was when its module was loaded."""
+    _note(seen)
+    now = _files()
+    return all(now.get(path, mtime) == mtime and mtime is not None for path, mtime in seen.items())
 
 
 def _reap(children: dict) -> None:
@@ -135,6 +164,8 @@ def main() -> None:
     # the kernel's own code (what its start-up imports, debugger included), while the runner gets going
     for module in ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger"):
         _import(f"import {module}")
+    seen: dict = {}  # the loaded modules' files as they were loaded (see _fresh)
+    _note(seen)
     refuse = _Refuse()
     sys.meta_path.insert(0, refuse)
     lines = _Lines()
@@ -142,17 +173,22 @@ def main() -> None:
         head = json.loads(lines.next() or "{}")
         for src in head.get("preload", []):
             _import(src)
+        _note(seen)
         later = list(head.get("later", []))
         while True:
             # import the ``later`` statements one by one while nobody waits for a kernel
             while later and not lines.pending():
                 _import(later.pop(0))
+                _note(seen)
             if refuse in sys.meta_path and not later:
                 sys.meta_path.remove(refuse)
             line = lines.next()
             if not line:
                 break
             req = json.loads(line)
+            if req.get("fresh"):
+                print(json.dumps({"fresh": _fresh(seen)}), flush=True)
+                continue
             threads = sys.modules["threading"].active_count() if "threading" in sys.modules else 1
             if threads > 1:  # a preloaded module started a thread: a fork would copy its locks, not the thread
                 print(json.dumps({"error": "a preloaded module started a thread"}), flush=True)

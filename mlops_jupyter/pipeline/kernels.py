@@ -209,12 +209,11 @@ class ForkServer:
         self.proc.stdin.write((json.dumps(obj) + "\n").encode())
         self.proc.stdin.flush()
 
-    def fork(self, argv: list, env: dict, cwd: str, log: str | None = None, timeout: float = 120) -> int:
-        """A new kernel process running ``python -m ipykernel_launcher *argv``, its stdout and stderr appended to
-        ``log``; returns its pid."""
+    def _ask(self, obj: dict, timeout: float) -> dict:
+        """Send one request and read its answer."""
         with self._lock:
             try:
-                self._send({"argv": argv, "env": env, "cwd": cwd, "log": log})
+                self._send(obj)
             except (OSError, ValueError):
                 raise RuntimeError("the kernel fork server exited") from None
             fd = self.proc.stdout.fileno()
@@ -227,10 +226,22 @@ class ForkServer:
                     raise RuntimeError("the kernel fork server exited")
                 self._buf += chunk
             line, _, self._buf = self._buf.partition(b"\n")
-        reply = json.loads(line)
+        return json.loads(line)
+
+    def fork(self, argv: list, env: dict, cwd: str, log: str | None = None, timeout: float = 120) -> int:
+        """A new kernel process running ``python -m ipykernel_launcher *argv``, its stdout and stderr appended to
+        ``log``; returns its pid."""
+        reply = self._ask({"argv": argv, "env": env, "cwd": cwd, "log": log}, timeout)
         if "pid" not in reply:
             raise RuntimeError(f"the kernel fork server cannot fork: {reply.get('error')}")
         return int(reply["pid"])
+
+    def fresh(self, timeout: float = 30) -> bool:
+        """Whether the modules the server has loaded are unchanged on disk since it started (see ``forkserver``)."""
+        try:
+            return bool(self._ask({"fresh": True}, timeout).get("fresh"))
+        except (RuntimeError, ValueError):
+            return False
 
     def close(self, wait: bool = True) -> None:
         """End of stdin: the server kills the kernels it forked that still run, and exits."""
@@ -399,6 +410,12 @@ class Kernels:
             self.server = ForkServer(spec, python, self.root, preload, [s for s in later if s not in preload])
         except OSError:
             self.server = None
+
+    def fresh(self) -> bool:
+        """Whether the fork server still runs and what it has loaded is unchanged on disk: the kernels it forks
+        are as a new server's would be."""
+        server = self.server
+        return server is not None and not server.closed and server.proc.poll() is None and server.fresh()
 
     def manager(self):
         """A jupyter_client kernel manager for one step's kernel (not started yet): forked while the fork
