@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import TakenPorts, all_runs, notebook
+from harness import TakenPorts, all_runs, niceness, notebook, recorder_pids
 
 from mlops_jupyter import pipeline
 from mlops_jupyter.pipeline import analysis, serializers, tags
@@ -601,9 +601,18 @@ def test_ctrl_c_stops_a_pipeline_run_in_one_line_and_the_next_run_goes_on(projec
             break
     assert run.poll() is None, seen
     time.sleep(1)
+    recorders = recorder_pids(str(project))  # niced, as beside any run's kernels
+    assert recorders
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 130, (out, err)
     assert "Traceback" not in err and "interrupted; finished steps are kept" in err, err
+    # the interrupted run's last records are written at normal priority: niced, they could wait behind whatever
+    # keeps the machine busy, for as long as that lasts
+    for pid in recorders:
+        try:
+            assert niceness(pid) == {0}
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # written and gone already
     result = pipeline.run(project / "pipe", echo=lambda s: None, params=["wait=0"])
     assert result.ok and ran(result) == {"slow"}  # what finished before Ctrl-C is not redone

@@ -312,7 +312,9 @@ class _Runner:
         if skipped:
             self.recording.log(self.parent, tags={"mlops.pipeline.skipped": ",".join(skipped)})
         self.recording.end_run(self.parent, status)
-        if not wait:  # an interrupted run: the recorder ends it (and any step still open) on its own
+        if not wait:  # an interrupted run: the recorder ends it (and any step still open) on its own, at normal
+            # priority (niced, it could wait behind whatever keeps the machine busy for as long as that lasts)
+            self.recording.unnice()
             self.recording.link.close()
             return None, None
         self.recording.unnice()  # nothing else runs now
