@@ -150,17 +150,18 @@ def main() -> None:
               f"{r / IDEAL:.2f}x the ideal {IDEAL:g}s; the local runner on the same pipeline: {l:.2f}s = "
               f"{l / IDEAL:.2f}x (median of {REPEAT})")
         m = statistics.median(mixed)
-        print(f"through a kept driver (MLOPS_RAY_DRIVER_S), --force, one run after another: {k:.2f}s = {k / IDEAL:.2f}x "
-              f"the ideal (goal <= 1.3x: {'ok' if k / IDEAL <= 1.3 else 'MISSED'}); right after another Ray job's run "
-              f"on the nodes: {m:.2f}s = {m / IDEAL:.2f}x")
+        print(f"through a kept driver (MLOPS_RAY_DRIVER_S), --force, one run after another: {k:.2f}s = "
+              f"{k / IDEAL:.2f}x the ideal (goal <= 1.3x: {'ok' if k / IDEAL <= 1.3 else 'MISSED'}); right after "
+              f"another Ray job's run on the nodes: {m:.2f}s = {m / IDEAL:.2f}x")
         print(f"plain Ray's floor, a new driver running the same shape of tasks: {p:.2f}s = {p / IDEAL:.2f}x the "
               f"ideal; ours over it: {r - p:+.2f}s")
         print("until the first 2 s step began, the cores were busy: "
               + " · ".join(f"{k} {' '.join(f'{x:.0%}' for x in v)}" for k, v in busy.items())
               + f" (both nodes on these {os.cpu_count()} cores)")
         for what, secs, said in (("", u, out), (" through the kept driver", uk, out_kept)):
-            print(f"unchanged re-run with --address{what}: {secs:.2f}s (goal <= 2 s: {'ok' if secs <= 2 else 'MISSED'}; "
-                  f"nothing run: {'yes' if f'{STEPS + 1} skipped' in said else 'NO'})")
+            print(f"unchanged re-run with --address{what}: {secs:.2f}s (goal <= 2 s: "
+                  f"{'ok' if secs <= 2 else 'MISSED'}; nothing run: "
+                  f"{'yes' if f'{STEPS + 1} skipped' in said else 'NO'})")
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -399,7 +399,7 @@ def test_steps_on_the_cluster_run_in_forked_kernels_that_share_nothing(project, 
                 nb.write_text(json.dumps(source))
                 pipeline.export(nb, "pipe")
             if len(seen) == 2:
-                monkeypatch.setenv("MLOPS_RAY_IDLE_S", "1")  # step two runs longer than that, in a kernel forked from it
+                monkeypatch.setenv("MLOPS_RAY_IDLE_S", "1")  # step two runs longer, in a kernel forked from it
             assert pipeline.run("pipe", address=cluster.address, force=True, echo=lambda s: None).ok
             got = json.loads((project / "pipe" / "metrics" / "two.json").read_text())
             assert {k: got[k] for k in ("leaked", "same_rng", "same_pid", "forked")} == {

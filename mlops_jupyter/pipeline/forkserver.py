@@ -13,11 +13,11 @@ Protocol, one JSON object per line: stdin ``{"preload": [src...], "later": [src.
 ``{"argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` per kernel (``log``: a file its stdout and stderr
 are appended to), answered on stdout with ``{"pid": N}`` (or ``{"error": ...}``: the runner then starts kernels
 the usual way); ``{"fresh": true}`` is answered with ``{"fresh": bool}``: whether every module file it has
-loaded is as it was when it started (a driver that stays connected keeps a server for its next runs, unless a
-package was upgraded or a file edited meanwhile). The server is the kernels' parent, the only process that learns how one ended: it reaps each as
-it exits and appends ``EXIT`` and its exit code (-N: killed by signal N, as Popen's) as the last line of its log.
-``later`` statements are imported while no kernel is asked for. EOF on stdin: the kernels still running are
-killed and the server exits. Stdlib only until the preload.
+loaded is as it was when loaded (a driver that stays connected keeps a server for its next runs, unless a
+package was upgraded or a file edited meanwhile). The server is the kernels' parent, the only process that
+learns how one ended: it reaps each as it exits and appends ``EXIT`` and its exit code (-N: killed by signal N,
+as Popen's) as the last line of its log. ``later`` statements are imported while no kernel is asked for. EOF on
+stdin: the kernels still running are killed and the server exits. Stdlib only until the preload.
 """
 
 from __future__ import annotations
@@ -86,17 +86,18 @@ def _files() -> dict:
     return found
 
 
-def _note(seen: dict) -> None:
-    """Add the files of the modules loaded since the last call to ``seen``, as they are now."""
-    for path, mtime in _files().items():
+def _note(seen: dict, now: dict | None = None) -> dict:
+    """Add the files of the modules loaded since the last call to ``seen``, as they are ``now``; returns now."""
+    now = _files() if now is None else now
+    for path, mtime in now.items():
         seen.setdefault(path, mtime)
+    return now
 
 
 def _fresh(seen: dict) -> bool:
-    """Whether every file in ``seen`` is as it was when its module was loaded."""
-    _note(seen)
-    now = _files()
-    return all(now.get(path, mtime) == mtime and mtime is not None for path, mtime in seen.items())
+    """Whether every file in ``seen`` is as it was when its module was loaded (one look at each)."""
+    now = _note(seen)
+    return all(now.get(path) == mtime and mtime is not None for path, mtime in seen.items())
 
 
 def _reap(children: dict) -> None:
